@@ -1,0 +1,42 @@
+# The two entry points the README promises: `make run` and `make test`.
+# Both create .venv and install what they need, so they work on a fresh clone.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench chromium clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.app-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[postgres]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev,postgres]"
+	touch $@ $(VENV)/.app-installed
+
+run: $(VENV)/.app-installed
+	$(VENV)/bin/atelier run
+
+# Browser tests drive Debian's Chromium (Playwright cannot download its own offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+
+test: $(VENV)/.dev-installed chromium lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/sidebar_listing.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""One agent turn: stream the model's reply, run the tools it calls, repeat until done.
+
+Works against OpenAI and OpenAI-compatible servers (Ollama, vLLM, llama.cpp): the Chat
+Completions API is pinned, and a server that fails at streaming gets one non-streamed
+retry. Malformed tool calls are reported to the user and answered to the model as
+errors, so a confused model cannot crash the turn or loop forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chainlit as cl
+import openai
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+
+from chat_app import rendering
+from chat_app.settings import Settings
+from chat_app.tool_runner import run_tool_call
+from memory.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
+from memory.logging_setup import get_logger
+from tools.context import ToolContext
+from tools.registry import build_tools
+
+log = get_logger(__name__)
+MAX_ROUNDS = 5
+
+
+def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
+    base_url, api_key = settings.llm_endpoint
+    return ChatOpenAI(
+        model=settings.llm_model,
+        base_url=base_url,
+        api_key=api_key,
+        streaming=streaming,
+        use_responses_api=False,
+        timeout=settings.request_timeout_s,
+        max_retries=settings.max_retries,
+    )
+
+
+def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
+    base, _ = settings.llm_endpoint
+    where = base or "api.openai.com"
+    if isinstance(exc, openai.AuthenticationError):
+        return BackendNotConfigured(
+            f"The chat model server at {where} rejected the API key "
+            "(ATELIER_LLM_API_KEY or OPENAI_API_KEY)."
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return RateLimited("The chat model is rate-limited or out of credit. Try again shortly.")
+    if isinstance(exc, openai.NotFoundError):
+        return BackendNotConfigured(
+            f"The chat model server at {where} does not know the model "
+            f"{settings.llm_model!r} (ATELIER_LLM_MODEL)."
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailable(f"Could not reach the chat model server at {where}.")
+    return BackendUnavailable(f"The chat model failed ({type(exc).__name__}). Try again.")
+
+
+async def _complete(settings: Settings, tools: list, messages: list[BaseMessage]) -> AIMessage:
+    """Stream the reply into a chat message; fall back to one non-streamed call."""
+    reply = cl.Message(content="")
+    if settings.llm_stream:
+        full: AIMessageChunk | None = None
+        try:
+            async for chunk in chat_model(settings, True).bind_tools(tools).astream(messages):
+                full = chunk if full is None else full + chunk
+                if isinstance(chunk.content, str) and chunk.content:
+                    await reply.stream_token(chunk.content)
+        except (openai.AuthenticationError, openai.RateLimitError, openai.APIConnectionError):
+            raise
+        except openai.APIError as exc:
+            if reply.content:
+                raise
+            log.warning("llm_stream_failed_falling_back", error=type(exc).__name__)
+            full = None
+        if full is not None:
+            if reply.content:
+                await reply.send()
+            return AIMessage(
+                content=full.content,
+                tool_calls=full.tool_calls,
+                invalid_tool_calls=full.invalid_tool_calls,
+                id=full.id,
+            )
+    result = await chat_model(settings, False).bind_tools(tools).ainvoke(messages)
+    if isinstance(result.content, str) and result.content:
+        reply.content = result.content
+        await reply.send()
+    return result  # type: ignore[return-value]
+
+
+async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMessage]) -> None:
+    tools = build_tools(ctx)
+    by_name = {tool.name: tool for tool in tools}
+    for _ in range(MAX_ROUNDS):
+        try:
+            ai = await _complete(settings, tools, messages)
+        except openai.OpenAIError as exc:
+            raise llm_error(exc, settings) from exc
+        messages.append(ai)
+        if not ai.tool_calls and not ai.invalid_tool_calls:
+            return
+        for bad in ai.invalid_tool_calls:
+            messages.append(await _reject_malformed(bad))
+        for call in ai.tool_calls:
+            messages.append(await run_tool_call(by_name, ctx, dict(call)))
+    await rendering.error(
+        f"The model kept calling tools for {MAX_ROUNDS} rounds without finishing, so I stopped "
+        "it. Everything made so far is saved above."
+    )
+
+
+async def _reject_malformed(bad: dict[str, Any]) -> ToolMessage:
+    name = bad.get("name") or "a tool"
+    log.info("malformed_tool_call", tool=name)
+    await rendering.notice(
+        f"The model asked for {name} with arguments that are not valid JSON, so nothing was "
+        "run. It has been asked to try again."
+    )
+    return ToolMessage(
+        content=(
+            f"Error: your call to {name} had malformed arguments (not valid JSON: "
+            f"{str(bad.get('error') or '')[:200]}). Call it again with a valid JSON object."
+        ),
+        tool_call_id=bad.get("id") or "invalid",
+        status="error",
+    )

@@ -1,0 +1,131 @@
+"""The `atelier` command: run the app, manage users, check the set-up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from chat_app.settings import Settings, load_settings
+from memory.errors import AtelierError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return load_settings(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chat_app.server import create_app
+
+    settings = _settings(args)
+    hosts = (
+        {args.host, "localhost", "127.0.0.1"}
+        if args.host in ("127.0.0.1", "localhost")
+        else {args.host}
+    )
+    origins = sorted(f"http://{host}:{args.port}" for host in hosts)
+    extra = os.environ.get("ATELIER_PUBLIC_ORIGINS")
+    if extra:
+        origins += [o.strip() for o in extra.split(",") if o.strip()]
+    app = create_app(settings, public_origins=origins)
+    print(f"Atelier on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return 0
+
+
+async def _users(args: argparse.Namespace) -> int:
+    from memory.db import create_engine, migrate, session_factory
+    from memory.users import UserStore
+
+    settings = _settings(args)
+    from chat_app.bootstrap import ensure_data_dir
+
+    ensure_data_dir(settings)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        store = UserStore(session_factory(engine))
+        if args.action == "list":
+            for account in await store.list():
+                print(f"{account.identifier}\t{account.role}")
+        elif args.action == "remove":
+            await store.remove(args.name)
+            print(f"Removed {args.name}.")
+        elif args.action in ("add", "passwd"):
+            password = _read_password(args.password_stdin)
+            if args.action == "add":
+                await store.add(args.name, password, role="admin" if args.admin else "user")
+                print(f"Added {args.name}.")
+            else:
+                await store.set_password(args.name, password)
+                print(f"Changed the password of {args.name}.")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat: ") != first:
+        raise AtelierError("The passwords do not match.")
+    return first
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from chat_app.doctor import doctor
+
+    return doctor(_settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the web app")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--data-dir", help="where the database and files live (ATELIER_DATA_DIR)")
+    run.set_defaults(func=_run)
+
+    users = sub.add_parser("users", help="manage accounts")
+    users.add_argument("--data-dir")
+    actions = users.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument("--admin", action="store_true")
+    passwd = actions.add_parser("passwd", help="change a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    actions.add_parser("list", help="list users")
+    remove = actions.add_parser("remove", help="remove a user and their conversations")
+    remove.add_argument("name")
+    users.set_defaults(func=lambda a: asyncio.run(_users(a)))
+
+    doctor = sub.add_parser("doctor", help="show what is configured and reachable")
+    doctor.add_argument("--data-dir")
+    doctor.set_defaults(func=_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AtelierError as exc:
+        print(f"atelier: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

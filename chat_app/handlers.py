@@ -1,0 +1,45 @@
+"""Chainlit's entry points. Chainlit imports this file by path (see server.py)."""
+
+from __future__ import annotations
+
+import chainlit as cl
+from chainlit.types import ThreadDict
+
+from chat_app import commands, rendering
+from chat_app.runtime import get_runtime
+from chat_app.turn import handle_message
+from memory.logging_setup import get_logger
+
+log = get_logger(__name__)
+
+
+@cl.data_layer
+def _data_layer():
+    return get_runtime().data_layer
+
+
+@cl.password_auth_callback
+async def _login(username: str, password: str) -> cl.User | None:
+    account = await get_runtime().users.verify(username[:128], password[:1024])
+    if account is None:
+        log.info("login_failed")
+        return None
+    log.info("login", user=account.identifier)
+    return cl.User(identifier=account.identifier, metadata={"role": account.role})
+
+
+@cl.on_chat_start
+async def _start() -> None:
+    await cl.context.emitter.set_commands(commands.COMMANDS)
+    await rendering.welcome(get_runtime())
+
+
+@cl.on_chat_resume
+async def _resume(thread: ThreadDict) -> None:
+    # The agent's memory is rebuilt from the database on every turn (conversation.py).
+    await cl.context.emitter.set_commands(commands.COMMANDS)
+
+
+@cl.on_message
+async def _message(message: cl.Message) -> None:
+    await handle_message(get_runtime(), message)

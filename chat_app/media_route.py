@@ -1,0 +1,58 @@
+"""GET /media/<key>: stored files, for their owner (login cookie) or a signed link."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from chat_app.runtime import get_runtime
+from memory import signed_links
+from memory.errors import NotFound
+from memory.ids import require_media_key
+
+router = APIRouter()
+
+_HEADERS = {
+    "Cache-Control": "private, max-age=86400",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'",
+}
+
+
+async def _requester_id(request: Request) -> str | None:
+    from chainlit.auth.cookie import get_token_from_cookies
+    from chainlit.auth.jwt import decode_jwt
+
+    token = get_token_from_cookies(dict(request.cookies))
+    if not token:
+        return None
+    try:
+        user = decode_jwt(token)
+    except Exception:  # expired, forged or malformed: treated as not logged in
+        return None
+    persisted = await get_runtime().data_layer.get_user(user.identifier)
+    return persisted.id if persisted else None
+
+
+@router.get("/media/{key}")
+async def media(key: str, request: Request, exp: str | None = None, sig: str | None = None):
+    runtime = get_runtime()
+    try:
+        key = require_media_key(key)
+    except NotFound:
+        raise HTTPException(status_code=404, detail="Not found") from None
+    if signed_links.verify(runtime.auth_secret, key, exp, sig):
+        mime = await runtime.images.media_mime(key)
+    else:
+        user_id = await _requester_id(request)
+        if user_id is None:
+            raise HTTPException(status_code=401, detail="Log in to see this file.")
+        mime = await runtime.images.media_owner_ok(key, user_id)
+    if mime is None:
+        raise HTTPException(status_code=404, detail="Not found")
+    try:
+        data = await asyncio.to_thread(runtime.media.get, key)
+    except NotFound:
+        raise HTTPException(status_code=404, detail="Not found") from None
+    return Response(content=data, media_type=mime, headers=_HEADERS)

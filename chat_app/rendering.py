@@ -1,0 +1,92 @@
+"""How things look in the chat: welcome, errors, notices, images."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import chainlit as cl
+
+from chat_app.runtime import Runtime
+from tools.context import ToolArtifact
+
+
+def _host(url: str | None, default: str) -> str:
+    if not url:
+        return default
+    parts = urlsplit(url)
+    return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else url
+
+
+def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
+    settings = runtime.settings
+    if settings.llm_configured:
+        base, _ = settings.llm_endpoint
+        where = f" at {_host(base, 'api.openai.com')}" if is_admin else ""
+        llm = f"`{settings.llm_model}`{where}"
+        how = "Ask in plain words, e.g. *draw a fox in the snow, watercolour*."
+    else:
+        llm = "not configured, so Atelier runs in **command mode**"
+        how = (
+            "Type what you want to see and it becomes the image prompt, or use "
+            "`/image <prompt> [--size 1536x1024] [--n 2] [--quality high]`. `/help` lists commands."
+        )
+    backends = runtime.backends.available()
+    images = (
+        ", ".join(f"{b.label}" for b in backends)
+        if backends
+        else "none configured (set OPENAI_API_KEY to enable OpenAI images)"
+    )
+    database = "SQLite" if runtime.engine.dialect.name == "sqlite" else "PostgreSQL"
+    return (
+        "**Welcome to Atelier.** " + how + "\n\n"
+        f"- Chat model: {llm}\n"
+        f"- Image backends: {images}\n"
+        f"- Storage: {database}"
+        + (f", files in `{settings.data_dir}`" if is_admin else "")
+        + "\n\n"
+        "To add or change a model, set `ATELIER_LLM_MODEL`, `ATELIER_LLM_BASE_URL` "
+        "(e.g. Ollama or vLLM), `OPENAI_API_KEY` or `REPLICATE_API_TOKEN` and restart; "
+        "`atelier doctor` shows what is configured and reachable."
+    )
+
+
+async def welcome(runtime: Runtime) -> None:
+    user = cl.user_session.get("user")
+    is_admin = bool(user and (user.metadata or {}).get("role") == "admin")
+    await cl.Message(content=welcome_text(runtime, is_admin), author="Atelier").send()
+
+
+async def error(text: str) -> None:
+    await cl.Message(content=f"**Could not do that:** {text}", author="Atelier").send()
+
+
+async def notice(text: str) -> None:
+    await cl.Message(content=text, author="Atelier").send()
+
+
+def caption(artifact: ToolArtifact) -> str:
+    first = artifact.images[0][0]
+    count = len(artifact.images)
+    lines = [
+        f"{'Image' if count == 1 else f'{count} images'} for *{first.prompt_sent[:300]}*",
+        f"{first.width}×{first.height} · {first.backend} `{first.model}` · "
+        + ", ".join(f"id `{record.id[:8]}`" for record, _ in artifact.images),
+    ]
+    lines.extend(f"_{note}_" for note in artifact.notes)
+    return "\n\n".join(lines)
+
+
+async def images(artifact: ToolArtifact) -> None:
+    if not artifact.images:
+        return
+    elements = [
+        cl.Image(
+            content=data,
+            name=f"{record.id}.png",
+            display="inline",
+            size="large",
+            mime=record.mime,
+        )
+        for record, data in artifact.images
+    ]
+    await cl.Message(content=caption(artifact), elements=elements, author="Atelier").send()

@@ -1,0 +1,94 @@
+"""The app's long-lived objects, built once from Settings and handed to handlers.
+
+Chainlit loads the handlers module by path, so handlers cannot receive arguments; they
+ask `get_runtime()` for the Runtime that `create_app` installed. Tests build their own.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_app.settings import Settings
+from memory.data_layer import AtelierDataLayer
+from memory.db import create_engine, migrate, session_factory
+from memory.images import ImageStore
+from memory.logging_setup import get_logger
+from memory.media_store import MediaStore
+from memory.users import UserStore
+from pipelines.registry import BackendRegistry
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    media: MediaStore
+    data_layer: AtelierDataLayer
+    users: UserStore
+    images: ImageStore
+    backends: BackendRegistry
+    auth_secret: str
+
+    async def start(self) -> None:
+        await migrate(self.engine)
+        await self._ensure_first_user()
+        log.info(
+            "started",
+            database=self.engine.dialect.name,
+            backends=[b.id for b in self.backends.available()],
+            llm=self.settings.llm_model if self.settings.llm_configured else None,
+        )
+
+    async def stop(self) -> None:
+        await self.engine.dispose()
+
+    async def _ensure_first_user(self) -> None:
+        if await self.users.count() > 0:
+            return
+        given = self.settings.admin_password
+        password = given.get_secret_value() if given else secrets.token_urlsafe(12)
+        await self.users.add("admin", password, role="admin")
+        log.info("admin_created", credentials_generated=given is None)
+        if given is None:
+            # Printed once to the operator's terminal, never logged.
+            print(
+                f"\n  Created user 'admin' with password: {password}\n"
+                "  (shown only now; change it with `atelier users passwd admin`)\n",
+                file=sys.stdout,
+                flush=True,
+            )
+
+
+def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
+    engine = create_engine(settings.resolved_database_url)
+    media = MediaStore(settings.data_dir.resolve() / "media")
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        media=media,
+        data_layer=AtelierDataLayer(engine, media, auth_secret),
+        users=UserStore(session_factory(engine)),
+        images=ImageStore(engine, media),
+        backends=BackendRegistry.from_settings(settings),
+        auth_secret=auth_secret,
+    )
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
+
+
+def get_runtime() -> Runtime:
+    if _current is None:
+        raise RuntimeError("No runtime installed: start the app with `atelier run`.")
+    return _current

@@ -1,0 +1,136 @@
+"""The one typed settings object, read from the environment and `.env`.
+
+Everything configurable lives here so that a bad value stops start-up with a message
+naming the variable, instead of failing later inside a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memory.errors import ConfigError
+
+_SQLITE_PREFIXES = ("sqlite+aiosqlite://", "sqlite://")
+_POSTGRES_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Application settings; each field documents its environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Field(Path("./data"), validation_alias=_env("ATELIER_DATA_DIR"))
+    database_url: str | None = Field(None, validation_alias=_env("ATELIER_DATABASE_URL"))
+
+    llm_model: str = Field("gpt-5-mini", validation_alias=_env("ATELIER_LLM_MODEL"))
+    llm_base_url: str | None = Field(None, validation_alias=_env("ATELIER_LLM_BASE_URL"))
+    llm_api_key: SecretStr | None = Field(None, validation_alias=_env("ATELIER_LLM_API_KEY"))
+    llm_stream: bool = Field(True, validation_alias=_env("ATELIER_LLM_STREAM"))
+
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    image_model: str = Field("gpt-image-1.5", validation_alias=_env("ATELIER_IMAGE_MODEL"))
+    request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        120.0, validation_alias=_env("ATELIER_REQUEST_TIMEOUT")
+    )
+    max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        2, validation_alias=_env("ATELIER_MAX_RETRIES")
+    )
+
+    replicate_api_token: SecretStr | None = Field(
+        None, validation_alias=_env("REPLICATE_API_TOKEN")
+    )
+    replicate_base_url: str | None = Field(None, validation_alias=_env("REPLICATE_BASE_URL"))
+
+    admin_password: SecretStr | None = Field(None, validation_alias=_env("ATELIER_ADMIN_PASSWORD"))
+    auth_secret: SecretStr | None = Field(None, validation_alias=_env("CHAINLIT_AUTH_SECRET"))
+
+    log_json: bool = Field(False, validation_alias=_env("ATELIER_LOG_JSON"))
+    log_level: str = Field("info", validation_alias=_env("ATELIER_LOG_LEVEL"))
+    max_message_chars: Annotated[int, Field(ge=100, le=1_000_000)] = Field(
+        8000, validation_alias=_env("ATELIER_MAX_MESSAGE_CHARS")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith(_SQLITE_PREFIXES + _POSTGRES_PREFIXES):
+            return value
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value
+
+    @field_validator("llm_base_url", "openai_base_url", "replicate_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL; the default is a SQLite file in the data dir."""
+        url = self.database_url
+        if url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'atelier.db').resolve()}"
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def llm_configured(self) -> bool:
+        """An agent needs either a key or a local OpenAI-compatible server."""
+        return bool(self.llm_base_url or self.llm_api_key or self.openai_api_key)
+
+    @property
+    def llm_endpoint(self) -> tuple[str | None, str]:
+        """(base URL, key) for the chat model; local servers accept any key."""
+        base = self.llm_base_url or self.openai_base_url
+        key = self.llm_api_key or self.openai_api_key
+        return base, key.get_secret_value() if key else "not-needed"
+
+    @property
+    def openai_images_configured(self) -> bool:
+        return self.openai_api_key is not None
+
+
+_ENV_NAMES = {
+    name: (field.validation_alias.choices[0] if field.validation_alias else name.upper())
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning validation errors into one message that names each variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = _ENV_NAMES.get(field, field)
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,65 @@
+"""Run one tool call as a visible step, for the agent and for commands alike.
+
+Errors become the step's error output and a chat message; the model gets the same text
+as the tool result so it can explain or retry with other arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import chainlit as cl
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
+from pydantic import ValidationError
+
+from chat_app import rendering
+from memory.errors import AtelierError
+from memory.logging_setup import get_logger
+from tools.context import ToolArtifact, ToolContext
+
+log = get_logger(__name__)
+
+
+def describe_validation(name: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        problems.append(f"{where}: {error['msg']}")
+    return f"{name} got invalid arguments ({'; '.join(problems)})."
+
+
+async def run_tool_call(
+    tools: dict[str, BaseTool], ctx: ToolContext, call: dict[str, Any]
+) -> ToolMessage:
+    name, call_id = call["name"], call.get("id") or "call"
+    tool = tools.get(name)
+    if tool is None:
+        text = f"There is no tool called {name!r}. Available: {', '.join(sorted(tools))}."
+        await rendering.error(text)
+        return ToolMessage(content=f"Error: {text}", tool_call_id=call_id, status="error")
+    step = cl.Step(name=name, type="tool")
+    step.input = json.dumps(call.get("args") or {}, ensure_ascii=False)
+    artifact: ToolArtifact | None = None
+    failure: str | None = None
+    async with step:
+        ctx.message_id = step.id
+        try:
+            result = await tool.ainvoke({**call, "id": call_id, "type": "tool_call"})
+            artifact = result.artifact
+            step.output = str(result.content)
+        except ValidationError as exc:
+            failure = describe_validation(name, exc)
+        except AtelierError as exc:
+            failure = exc.message
+        if failure is not None:
+            log.info("tool_failed", tool=name, reason=failure[:200])
+            step.is_error = True
+            step.output = failure
+    if failure is not None:
+        await rendering.error(failure)
+        return ToolMessage(content=f"Error: {failure}", tool_call_id=call_id, status="error")
+    if artifact is not None:
+        await rendering.images(artifact)
+    return ToolMessage(content=step.output, tool_call_id=call_id)

@@ -1,0 +1,92 @@
+"""Handling one incoming chat message: validate, route, and turn errors into messages.
+
+This is the edge: below it everything raises; here errors become chat messages and the
+log gets the thread, user and request ids.
+"""
+
+from __future__ import annotations
+
+import chainlit as cl
+import structlog
+
+from chat_app import agent, commands, rendering
+from chat_app.conversation import build_messages, history_from_steps
+from chat_app.runtime import Runtime
+from memory.errors import AtelierError, InvalidInput
+from memory.logging_setup import get_logger
+from tools.context import ToolContext
+
+log = get_logger(__name__)
+
+
+async def _user_id(runtime: Runtime) -> str:
+    user = cl.user_session.get("user")
+    if user is not None and getattr(user, "id", None):
+        return user.id
+    persisted = await runtime.data_layer.get_user(user.identifier) if user else None
+    if persisted is None:
+        raise InvalidInput("Your session has no user; log in again.")
+    return persisted.id
+
+
+def check_text(text: str, limit: int, has_files: bool) -> str:
+    text = (text or "").strip()
+    if not text and not has_files:
+        raise InvalidInput(
+            "Your message is empty. Describe the image you want, e.g. 'a fox in the snow'."
+        )
+    if len(text) > limit:
+        raise InvalidInput(
+            f"Your message has {len(text):,} characters; the limit is {limit:,}. "
+            "It is saved above; send a shorter one (a prompt rarely needs more than a "
+            "few hundred characters)."
+        )
+    return text
+
+
+async def handle_message(runtime: Runtime, message: cl.Message) -> None:
+    structlog.contextvars.bind_contextvars(thread_id=message.thread_id, request_id=message.id)
+    try:
+        user_id = await _user_id(runtime)
+        structlog.contextvars.bind_contextvars(user_id=user_id)
+        text = check_text(
+            message.content, runtime.settings.max_message_chars, bool(message.elements)
+        )
+        if not text:
+            raise InvalidInput(
+                "Editing uploaded images comes with the next release; for now, describe the "
+                "image you want in words."
+            )
+        ctx = ToolContext(
+            thread_id=message.thread_id,
+            user_id=user_id,
+            backends=runtime.backends,
+            images=runtime.images,
+            backend_id=runtime.backends.default_id(),
+        )
+        if message.command:
+            await commands.run(ctx, message.command.lower(), text)
+        elif text.startswith("/"):
+            await commands.run(ctx, *commands.split_slash(text))
+        elif runtime.settings.llm_configured:
+            await _agent_turn(runtime, ctx, message, text)
+        else:
+            await commands.run(ctx, "image", text)
+    except AtelierError as exc:
+        log.info("turn_refused", kind=type(exc).__name__, reason=exc.message[:200])
+        await rendering.error(exc.message)
+    except Exception:
+        log.exception("turn_failed")
+        await rendering.error(
+            f"Something went wrong on our side (request {message.id[:8]}). Your message is "
+            "saved; please try again."
+        )
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:
+    thread = await runtime.data_layer.get_thread(message.thread_id)
+    history = history_from_steps(thread["steps"] if thread else [], message.id)
+    images = await runtime.images.for_thread(ctx.thread_id, ctx.user_id)
+    await agent.run_turn(runtime.settings, ctx, build_messages(history, images, text))

@@ -1,0 +1,719 @@
+"""Chainlit's `BaseDataLayer` on the project's own SQLAlchemy models.
+
+Why not the stock `SQLAlchemyDataLayer` (see shared notes): it swallows write errors,
+loses step output when `send()` and `update()` race, pastes ids into SQL, and pages the
+sidebar in Python. Here:
+
+- every id from a client is validated as a UUID before any query; all SQL is bound;
+- every step write carries a version taken when Chainlit *calls* us (before any await),
+  and the upsert only applies if it is newer than what is stored, so background tasks
+  that finish out of order cannot replace new output with old;
+- write failures are retried (SQLite busy), then logged, shown to the user as a toast,
+  and raised, never swallowed;
+- reads check the owner whenever a Chainlit context names the requester, and a thread
+  can never change owner;
+- the sidebar is one keyset-paginated query with search and feedback filters in SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from chainlit.context import context_var
+from chainlit.data.base import BaseDataLayer
+from chainlit.data.utils import queue_until_user_message
+from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, ThreadFilter
+from chainlit.user import PersistedUser
+from sqlalchemy import and_, delete, exists, or_, select, tuple_
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from memory import media_claims, signed_links
+from memory.db import session_factory
+from memory.errors import InvalidInput, NotFound, PersistenceError
+from memory.ids import is_uuid, require_uuid
+from memory.logging_setup import get_logger
+from memory.media_store import MediaStore
+from memory.models import Element, Step, Thread, User, utcnow
+from memory.models import Feedback as FeedbackRow
+
+if TYPE_CHECKING:
+    from chainlit.element import Element as ChainlitElement
+    from chainlit.element import ElementDict
+    from chainlit.step import StepDict
+    from chainlit.types import ThreadDict
+    from chainlit.user import User as ChainlitUser
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+MAX_PAGE = 100
+_WRITE_ATTEMPTS = 4
+_SHOW_INPUT = {True: "true", False: "false"}
+
+
+def _queue_in_session(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Chainlit's write queue (held until the first user message) where a session exists.
+
+    Its decorator raises outside a Chainlit context; the CLI, jobs and tests write at once.
+    """
+    queued = queue_until_user_message()(method)
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if context_var.get(None) is None:
+            return await method(self, *args, **kwargs)
+        return await queued(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _step_column(attribute: str) -> str:
+    return Step.__mapper__.attrs[attribute].columns[0].name
+
+
+class _Requester:
+    """Who is asking, read from Chainlit's context when there is one."""
+
+    def __init__(self, identifier: str | None, user_id: str | None) -> None:
+        self.identifier = identifier
+        self.user_id = user_id
+
+
+def current_requester() -> _Requester:
+    try:
+        from chainlit.context import context
+
+        user = context.session.user
+    except Exception:  # no Chainlit context: a direct call (CLI, tests, HTTP route)
+        return _Requester(None, None)
+    if user is None:
+        return _Requester(None, None)
+    return _Requester(user.identifier, getattr(user, "id", None))
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO time with an offset: SQLite returns naive datetimes, browsers read those as local."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def _thread_dict(
+    thread: Thread,
+    identifier: str | None,
+    metadata: dict | None = None,
+    steps: list | None = None,
+    elements: list | None = None,
+) -> ThreadDict:
+    """The sidebar needs only the header; a resume also gets metadata, steps and elements."""
+    return {
+        "id": thread.id,
+        "createdAt": _iso(thread.created_at) or "",
+        "name": thread.name,
+        "userId": thread.user_id,
+        "userIdentifier": identifier,
+        "tags": thread.tags,
+        "metadata": metadata,
+        "steps": steps or [],
+        "elements": elements or [],
+    }
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return any(word in text for word in ("locked", "busy", "deadlock", "could not serialize"))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class AtelierDataLayer(BaseDataLayer):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        media: MediaStore,
+        link_secret: str,
+        requester: Callable[[], _Requester] = current_requester,
+    ) -> None:
+        self._engine = engine
+        self._sessions = session_factory(engine)
+        self._media = media
+        self._link_secret = link_secret
+        self._requester = requester
+        self._last_version = 0
+        self._insert = media_claims.insert_for(engine)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _next_version(self) -> int:
+        """Monotonic across calls and (being time based) across restarts."""
+        self._last_version = max(self._last_version + 1, time.time_ns())
+        return self._last_version
+
+    async def _write(self, what: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run one write transaction, retrying transient lock errors; never swallow failure."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                async with self._sessions() as session, session.begin():
+                    return await work(session)
+            except (InvalidInput, NotFound):
+                raise
+            except OperationalError as exc:
+                if attempt < _WRITE_ATTEMPTS and _is_transient(exc):
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                await self._report_failure(what, exc)
+                raise PersistenceError(f"Could not save the {what}; it was not stored.") from exc
+            except Exception as exc:
+                await self._report_failure(what, exc)
+                raise PersistenceError(f"Could not save the {what}; it was not stored.") from exc
+        raise AssertionError("unreachable")
+
+    async def _report_failure(self, what: str, exc: Exception) -> None:
+        log.error("persist_failed", what=what, error=type(exc).__name__, detail=str(exc)[:300])
+        try:
+            from chainlit.context import context
+
+            await context.emitter.send_toast(
+                f"Could not save this {what}. It is shown here but will be missing later.",
+                "error",
+            )
+        except Exception:  # no live session to tell: the log line above stands
+            pass
+
+    async def _check_thread_access(self, session: AsyncSession, thread_id: str) -> Thread | None:
+        """The thread row, refusing if the current requester is not its owner."""
+        thread = await session.get(Thread, thread_id)
+        requester = self._requester()
+        if thread is not None and requester.identifier is not None and thread.user_id is not None:
+            owner = await session.scalar(select(User.identifier).where(User.id == thread.user_id))
+            if owner != requester.identifier:
+                log.warning("thread_access_denied", thread_id=thread_id)
+                raise NotFound("No such conversation.")
+        return thread
+
+    async def _ensure_thread(
+        self, session: AsyncSession, thread_id: str, owner_id: str | None = None
+    ) -> Thread:
+        """The thread, created if absent (owned by `owner_id`, else by the requester).
+
+        Insert-if-absent, because a step's write and Chainlit's update_thread race to
+        create the same row; neither may fail on the other.
+        """
+        thread = await self._check_thread_access(session, thread_id)
+        if thread is not None:
+            return thread
+        now = utcnow()
+        await session.execute(
+            self._insert(Thread)
+            .values(
+                id=thread_id,
+                user_id=owner_id or self._requester().user_id,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        thread = await self._check_thread_access(session, thread_id)
+        if thread is None:
+            raise NotFound("No such conversation.")
+        return thread
+
+    def media_url(self, key: str) -> str:
+        return f"/media/{key}?{signed_links.sign(self._link_secret, key)}"
+
+    # ------------------------------------------------------------------ users
+
+    async def get_user(self, identifier: str) -> PersistedUser | None:
+        async with self._sessions() as session:
+            user = await session.scalar(select(User).where(User.identifier == identifier))
+        if user is None:
+            return None
+        return PersistedUser(
+            id=user.id,
+            identifier=user.identifier,
+            metadata={**(user.meta or {}), "role": user.role},
+            createdAt=_iso(user.created_at) or "",
+        )
+
+    async def create_user(self, user: ChainlitUser) -> PersistedUser | None:
+        """Chainlit calls this after login; accounts themselves are made by `UserStore`."""
+        existing = await self.get_user(user.identifier)
+        if existing is not None:
+            return existing
+
+        async def work(session: AsyncSession) -> None:
+            await session.execute(
+                self._insert(User)
+                .values(identifier=user.identifier, role="user", meta=dict(user.metadata or {}))
+                .on_conflict_do_nothing(index_elements=["identifier"])
+            )
+
+        await self._write("user", work)
+        return await self.get_user(user.identifier)
+
+    # ---------------------------------------------------------------- threads
+
+    async def get_thread_author(self, thread_id: str) -> str:
+        if not is_uuid(thread_id):
+            return ""
+        async with self._sessions() as session:
+            owner = await session.scalar(
+                select(User.identifier)
+                .join(Thread, Thread.user_id == User.id)
+                .where(Thread.id == require_uuid(thread_id))
+            )
+        return owner or ""
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        thread_id = require_uuid(thread_id, "thread id")
+        if user_id is not None:
+            user_id = require_uuid(user_id, "user id")
+        clean_meta = {k: v for k, v in (metadata or {}).items() if k != "is_shared"}
+
+        async def work(session: AsyncSession) -> None:
+            requester_id = self._requester().user_id
+            if user_id is not None and requester_id is not None and user_id != requester_id:
+                log.error("thread_for_other_user_refused", thread_id=thread_id)
+                raise NotFound("No such conversation.")
+            thread = await self._ensure_thread(session, thread_id, user_id)
+            if user_id is not None and thread.user_id not in (None, user_id):
+                log.error("thread_owner_change_refused", thread_id=thread_id)
+                raise NotFound("No such conversation.")
+            if user_id is not None:
+                thread.user_id = user_id
+            if name is not None:
+                thread.name = name[:255]
+            if tags is not None:
+                thread.tags = tags
+            if metadata is not None:
+                thread.meta = {**(thread.meta or {}), **clean_meta}
+            thread.updated_at = utcnow()
+
+        await self._write("conversation", work)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        thread_id = require_uuid(thread_id, "thread id")
+
+        async def work(session: AsyncSession) -> None:
+            if await self._check_thread_access(session, thread_id) is None:
+                raise NotFound("No such conversation.")
+            await session.execute(delete(Thread).where(Thread.id == thread_id))
+
+        await self._write("deletion", work)
+
+    async def list_threads(
+        self, pagination: Pagination, filters: ThreadFilter
+    ) -> PaginatedResponse[ThreadDict]:
+        if not filters.userId:
+            raise InvalidInput("Listing conversations needs a user.")
+        user_id = require_uuid(filters.userId, "user id")
+        page_size = max(1, min(int(pagination.first or 20), MAX_PAGE))
+
+        query = (
+            select(Thread, User.identifier)
+            .join(User, User.id == Thread.user_id)
+            .where(Thread.user_id == user_id)
+        )
+        if filters.search:
+            pattern = f"%{_escape_like(filters.search[:200])}%"
+            in_messages = exists().where(
+                Step.thread_id == Thread.id,
+                Step.type.in_(("user_message", "assistant_message")),
+                Step.output.ilike(pattern, escape="\\"),
+            )
+            query = query.where(or_(Thread.name.ilike(pattern, escape="\\"), in_messages))
+        if filters.feedback is not None:
+            query = query.where(
+                exists().where(
+                    FeedbackRow.thread_id == Thread.id, FeedbackRow.value == filters.feedback
+                )
+            )
+
+        async with self._sessions() as session:
+            if pagination.cursor:
+                cursor_id = require_uuid(pagination.cursor, "cursor")
+                anchor = await session.scalar(
+                    select(Thread.created_at).where(
+                        Thread.id == cursor_id, Thread.user_id == user_id
+                    )
+                )
+                if anchor is None:
+                    raise InvalidInput("Invalid cursor.")
+                query = query.where(
+                    tuple_(Thread.created_at, Thread.id) < tuple_(anchor, cursor_id)
+                )
+            query = query.order_by(Thread.created_at.desc(), Thread.id.desc()).limit(page_size + 1)
+            rows = (await session.execute(query)).all()
+
+        has_next = len(rows) > page_size
+        rows = rows[:page_size]
+        data = [_thread_dict(thread, identifier) for thread, identifier in rows]
+        return PaginatedResponse(
+            pageInfo=PageInfo(
+                hasNextPage=has_next,
+                startCursor=data[0]["id"] if data else None,
+                endCursor=data[-1]["id"] if data else None,
+            ),
+            data=data,
+        )
+
+    async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._sessions() as session:
+            try:
+                thread = await self._check_thread_access(session, thread_id)
+            except NotFound:
+                return None
+            if thread is None:
+                return None
+            identifier = None
+            if thread.user_id:
+                identifier = await session.scalar(
+                    select(User.identifier).where(User.id == thread.user_id)
+                )
+            steps = (
+                await session.scalars(
+                    select(Step)
+                    .where(Step.thread_id == thread_id)
+                    .order_by(Step.created_at, Step.position)
+                )
+            ).all()
+            feedback = (
+                await session.scalars(select(FeedbackRow).where(FeedbackRow.thread_id == thread_id))
+            ).all()
+            elements = (
+                await session.scalars(
+                    select(Element)
+                    .where(Element.thread_id == thread_id)
+                    .order_by(Element.created_at)
+                )
+            ).all()
+        by_step = {f.step_id: f for f in feedback}
+        return _thread_dict(
+            thread,
+            identifier,
+            metadata=thread.meta or {},
+            steps=[self._step_dict(s, by_step.get(s.id)) for s in steps],
+            elements=[self._element_dict(e) for e in elements],
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    async def create_step(self, step_dict: StepDict) -> None:
+        await self._write_step_queued(dict(step_dict), self._next_version())
+
+    async def update_step(self, step_dict: StepDict) -> None:
+        await self._write_step_queued(dict(step_dict), self._next_version())
+
+    @_queue_in_session
+    async def _write_step_queued(self, step_dict: dict[str, Any], version: int) -> None:
+        # One queue (one method name) for creates and updates keeps their order.
+        await self.write_step(step_dict, version)
+
+    async def write_step(self, step_dict: dict[str, Any], version: int) -> None:
+        """Insert or update a step unless a newer version of it is already stored."""
+        step_id = require_uuid(step_dict.get("id"), "step id")
+        thread_id = require_uuid(step_dict.get("threadId"), "thread id")
+        parent_id = step_dict.get("parentId")
+        show_input = step_dict.get("showInput")
+        values = {
+            "thread_id": thread_id,
+            "parent_id": require_uuid(parent_id, "parent step id") if parent_id else None,
+            "name": str(step_dict.get("name") or "")[:255],
+            "type": str(step_dict.get("type") or "undefined")[:32],
+            "input": step_dict.get("input"),
+            "output": step_dict.get("output"),
+            "meta": step_dict.get("metadata") or {},
+            "tags": step_dict.get("tags"),
+            "generation": step_dict.get("generation"),
+            "modes": step_dict.get("modes"),
+            "command": step_dict.get("command"),
+            "is_error": bool(step_dict.get("isError")),
+            "streaming": bool(step_dict.get("streaming")),
+            "wait_for_answer": step_dict.get("waitForAnswer"),
+            "show_input": _SHOW_INPUT.get(show_input, show_input)
+            if show_input is not None
+            else None,
+            "language": step_dict.get("language"),
+            "default_open": step_dict.get("defaultOpen"),
+            "auto_collapse": step_dict.get("autoCollapse"),
+            "created_at": step_dict.get("createdAt"),
+            "start_at": step_dict.get("start"),
+            "end_at": step_dict.get("end"),
+            "write_version": version,
+        }
+
+        async def work(session: AsyncSession) -> None:
+            await self._ensure_thread(session, thread_id)
+            owner_thread = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+            if owner_thread is not None and owner_thread != thread_id:
+                raise InvalidInput("Invalid step id.")
+            insert = self._insert(Step).values(id=step_id, position=version, **values)
+            await session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={c: insert.excluded[c] for c in map(_step_column, values)},
+                    where=Step.write_version < insert.excluded.write_version,
+                )
+            )
+            await session.execute(
+                Thread.__table__.update().where(Thread.id == thread_id).values(updated_at=utcnow())
+            )
+
+        await self._write("message", work)
+
+    @_queue_in_session
+    async def delete_step(self, step_id: str) -> None:
+        step_id = require_uuid(step_id, "step id")
+
+        async def work(session: AsyncSession) -> None:
+            thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+            if thread_id is None:
+                return
+            await self._check_thread_access(session, thread_id)
+            await session.execute(delete(FeedbackRow).where(FeedbackRow.step_id == step_id))
+            await session.execute(delete(Step).where(Step.id == step_id))
+
+        await self._write("deletion", work)
+
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        user_id = require_uuid(user_id, "user id")
+        async with self._sessions() as session:
+            steps = (
+                await session.scalars(
+                    select(Step)
+                    .join(Thread, Thread.id == Step.thread_id)
+                    .where(Thread.user_id == user_id, Step.meta["favorite"].as_boolean())
+                    .order_by(Step.created_at.desc())
+                    .limit(200)
+                )
+            ).all()
+        return [self._step_dict(s, None) for s in steps]
+
+    def _step_dict(self, step: Step, feedback: FeedbackRow | None) -> StepDict:
+        show_input: bool | str | None = step.show_input
+        if show_input in ("true", "false"):
+            show_input = show_input == "true"
+        result: dict[str, Any] = {
+            "id": step.id,
+            "threadId": step.thread_id,
+            "parentId": step.parent_id,
+            "name": step.name,
+            "type": step.type,
+            "input": step.input or "",
+            "output": step.output or "",
+            "metadata": step.meta or {},
+            "tags": step.tags,
+            "generation": step.generation,
+            "modes": step.modes,
+            "command": step.command,
+            "isError": step.is_error,
+            "streaming": False,
+            "waitForAnswer": step.wait_for_answer,
+            "showInput": show_input,
+            "language": step.language,
+            "defaultOpen": step.default_open,
+            "autoCollapse": step.auto_collapse,
+            "createdAt": step.created_at,
+            "start": step.start_at,
+            "end": step.end_at,
+        }
+        if feedback is not None:
+            result["feedback"] = {
+                "id": feedback.id,
+                "forId": feedback.step_id,
+                "threadId": feedback.thread_id,
+                "value": feedback.value,
+                "comment": feedback.comment,
+            }
+        return result  # type: ignore[return-value]
+
+    # --------------------------------------------------------------- elements
+
+    @_queue_in_session
+    async def create_element(self, element: ChainlitElement) -> None:
+        element_id = require_uuid(element.id, "element id")
+        thread_id = require_uuid(element.thread_id, "thread id")
+        data = await self._element_bytes(element)
+        media_key = await asyncio.to_thread(self._media.put, data) if data is not None else None
+        mime = element.mime or "application/octet-stream"
+
+        async def work(session: AsyncSession) -> None:
+            await self._ensure_thread(session, thread_id)
+            existing = await session.scalar(
+                select(Element.thread_id).where(Element.id == element_id)
+            )
+            if existing is not None and existing != thread_id:
+                raise InvalidInput("Invalid element id.")
+            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+            await session.execute(
+                self._insert(Element)
+                .values(
+                    id=element_id,
+                    thread_id=thread_id,
+                    for_id=element.for_id if is_uuid(element.for_id) else None,
+                    type=element.type,
+                    name=(element.name or "")[:255],
+                    display=element.display,
+                    size=getattr(element, "size", None),
+                    language=element.language,
+                    page=getattr(element, "page", None),
+                    mime=mime[:128],
+                    props=getattr(element, "props", None),
+                    auto_play=getattr(element, "auto_play", None),
+                    player_config=getattr(element, "player_config", None),
+                    media_key=media_key,
+                    external_url=None if media_key else element.url,
+                    chainlit_key=element.chainlit_key,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            if media_key is not None:
+                await media_claims.claim(
+                    session,
+                    self._insert,
+                    media_key=media_key,
+                    thread_id=thread_id,
+                    user_id=owner,
+                    mime=mime,
+                    size_bytes=len(data or b""),
+                )
+
+        await self._write("attachment", work)
+
+    async def _element_bytes(self, element: ChainlitElement) -> bytes | None:
+        if isinstance(element.content, bytes | bytearray):
+            return bytes(element.content)
+        if isinstance(element.content, str):
+            return element.content.encode()
+        if element.path:
+            try:
+                return await asyncio.to_thread(Path(element.path).read_bytes)
+            except OSError as exc:
+                await self._report_failure("attachment", exc)
+                raise PersistenceError("Could not read the attachment to save it.") from exc
+        return None
+
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        thread_id = require_uuid(thread_id, "thread id")
+        element_id = require_uuid(element_id, "element id")
+        async with self._sessions() as session:
+            try:
+                await self._check_thread_access(session, thread_id)
+            except NotFound:
+                return None
+            row = await session.scalar(
+                select(Element).where(Element.id == element_id, Element.thread_id == thread_id)
+            )
+        return self._element_dict(row) if row else None
+
+    @_queue_in_session
+    async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
+        element_id = require_uuid(element_id, "element id")
+
+        async def work(session: AsyncSession) -> None:
+            owner_thread = await session.scalar(
+                select(Element.thread_id).where(Element.id == element_id)
+            )
+            if owner_thread is None:
+                return
+            if thread_id is not None and require_uuid(thread_id, "thread id") != owner_thread:
+                raise NotFound("No such attachment.")
+            await self._check_thread_access(session, owner_thread)
+            await session.execute(delete(Element).where(Element.id == element_id))
+
+        await self._write("deletion", work)
+
+    def _element_dict(self, element: Element) -> ElementDict:
+        url = self.media_url(element.media_key) if element.media_key else element.external_url
+        return {  # type: ignore[return-value]
+            "id": element.id,
+            "threadId": element.thread_id,
+            "type": element.type,
+            "chainlitKey": None,
+            "url": url,
+            "objectKey": element.media_key,
+            "name": element.name,
+            "display": element.display,
+            "size": element.size,
+            "language": element.language,
+            "page": element.page,
+            "props": element.props,
+            "autoPlay": element.auto_play,
+            "playerConfig": element.player_config,
+            "forId": element.for_id,
+            "mime": element.mime,
+        }
+
+    # --------------------------------------------------------------- feedback
+
+    async def upsert_feedback(self, feedback: Feedback) -> str:
+        step_id = require_uuid(feedback.forId, "message id")
+        feedback_id = require_uuid(feedback.id, "feedback id") if feedback.id else None
+        if feedback.value not in (0, 1):
+            raise InvalidInput("Feedback must be 0 or 1.")
+
+        async def work(session: AsyncSession) -> str:
+            thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
+            if thread_id is None or await self._check_thread_access(session, thread_id) is None:
+                raise NotFound("No such message.")
+            row = await session.scalar(
+                select(FeedbackRow).where(
+                    or_(
+                        FeedbackRow.id == feedback_id,
+                        and_(FeedbackRow.step_id == step_id, FeedbackRow.thread_id == thread_id),
+                    )
+                )
+            )
+            if row is None:
+                row = FeedbackRow(step_id=step_id, thread_id=thread_id, value=feedback.value)
+                if feedback_id:
+                    row.id = feedback_id
+                session.add(row)
+            elif row.step_id != step_id:
+                raise NotFound("No such feedback.")
+            row.value = int(feedback.value)
+            row.comment = (feedback.comment or None) and feedback.comment[:4000]
+            await session.flush()
+            return row.id
+
+        return await self._write("feedback", work)
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        feedback_id = require_uuid(feedback_id, "feedback id")
+
+        async def work(session: AsyncSession) -> bool:
+            row = await session.get(FeedbackRow, feedback_id)
+            if row is None:
+                return False
+            await self._check_thread_access(session, row.thread_id)
+            await session.delete(row)
+            return True
+
+        return await self._write("feedback", work)
+
+    # ------------------------------------------------------------------ other
+
+    async def build_debug_url(self) -> str:
+        return ""
+
+    async def close(self) -> None:
+        """The engine belongs to the app's runtime, which disposes it on shutdown."""

@@ -1,0 +1,201 @@
+"""Lineage of images: what was asked, what was sent, by which backend, and the file.
+
+Every read is scoped to a user, so an image id that a model or user makes up (or copies
+from someone else's thread) is simply not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memory import media_claims
+from memory.db import session_factory
+from memory.errors import NotFound
+from memory.ids import require_uuid
+from memory.media_store import MediaStore
+from memory.models import Image, MediaRef, Thread, new_id, utcnow
+from memory.png_metadata import embed
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    thread_id: str
+    parent_id: str | None
+    media_key: str
+    mime: str
+    prompt_typed: str
+    prompt_sent: str
+    backend: str
+    model: str
+    parameters: dict[str, Any]
+    seed: int | None
+    width: int
+    height: int
+    cost_usd: float | None
+    duration_ms: int | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Image) -> ImageRecord:
+        return cls(
+            id=row.id,
+            thread_id=row.thread_id,
+            parent_id=row.parent_id,
+            media_key=row.media_key,
+            mime=row.mime,
+            prompt_typed=row.prompt_typed,
+            prompt_sent=row.prompt_sent,
+            backend=row.backend,
+            model=row.model,
+            parameters=dict(row.parameters or {}),
+            seed=row.seed,
+            width=row.width,
+            height=row.height,
+            cost_usd=row.cost_usd,
+            duration_ms=row.duration_ms,
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class NewImage:
+    data: bytes
+    mime: str
+    width: int
+    height: int
+    prompt_typed: str
+    prompt_sent: str
+    backend: str
+    model: str
+    parameters: dict[str, Any]
+    seed: int | None = None
+    parent_id: str | None = None
+    message_id: str | None = None
+    cost_usd: float | None = None
+    duration_ms: int | None = None
+
+
+class ImageStore:
+    def __init__(self, engine: AsyncEngine, media: MediaStore) -> None:
+        self._sessions = session_factory(engine)
+        self._media = media
+        self._insert = media_claims.insert_for(engine)
+
+    async def record(
+        self, thread_id: str, user_id: str, new: NewImage
+    ) -> tuple[ImageRecord, bytes]:
+        """Store the file (with its parameters embedded) and its lineage row.
+
+        Returns the record and the bytes as stored, so the chat shows exactly the file
+        that a later download returns.
+        """
+        thread_id = require_uuid(thread_id, "thread id")
+        image_id = new_id()
+        created = utcnow()
+        data = new.data
+        if new.mime == "image/png":
+            data = await asyncio.to_thread(
+                embed,
+                new.data,
+                {
+                    "image_id": image_id,
+                    "prompt_typed": new.prompt_typed,
+                    "prompt_sent": new.prompt_sent,
+                    "backend": new.backend,
+                    "model": new.model,
+                    "parameters": new.parameters,
+                    "seed": new.seed,
+                    "width": new.width,
+                    "height": new.height,
+                    "parent_id": new.parent_id,
+                    "created_at": created.isoformat(),
+                },
+            )
+        key = await asyncio.to_thread(self._media.put, data)
+        row = Image(
+            id=image_id,
+            thread_id=thread_id,
+            user_id=user_id,
+            message_id=new.message_id,
+            parent_id=new.parent_id,
+            media_key=key,
+            mime=new.mime,
+            prompt_typed=new.prompt_typed,
+            prompt_sent=new.prompt_sent,
+            backend=new.backend,
+            model=new.model,
+            parameters=new.parameters,
+            seed=new.seed,
+            width=new.width,
+            height=new.height,
+            cost_usd=new.cost_usd,
+            duration_ms=new.duration_ms,
+            created_at=created,
+        )
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                self._insert(Thread)
+                .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+            if owner not in (None, user_id):
+                raise NotFound("No such conversation.")
+            session.add(row)
+            await media_claims.claim(
+                session,
+                self._insert,
+                media_key=key,
+                thread_id=thread_id,
+                user_id=user_id,
+                mime=new.mime,
+                size_bytes=len(data),
+            )
+        return ImageRecord.from_row(row), data
+
+    async def get(self, image_id: str, user_id: str) -> ImageRecord:
+        image_id = require_uuid(image_id, "image id")
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(Image).where(Image.id == image_id, Image.user_id == user_id)
+            )
+        if row is None:
+            raise NotFound(f"No image with id {image_id} in your conversations.")
+        return ImageRecord.from_row(row)
+
+    async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[ImageRecord]:
+        """The thread's images, oldest first (the newest `limit` of them)."""
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(Image)
+                    .where(Image.thread_id == thread_id, Image.user_id == user_id)
+                    .order_by(Image.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [ImageRecord.from_row(r) for r in reversed(rows)]
+
+    async def media_owner_ok(self, key: str, user_id: str) -> str | None:
+        """The file's mime type if `user_id` owns a thread that references it."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(MediaRef.mime)
+                .join(Thread, Thread.id == MediaRef.thread_id)
+                .where(MediaRef.media_key == key, Thread.user_id == user_id)
+                .limit(1)
+            )
+
+    async def media_mime(self, key: str) -> str | None:
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(MediaRef.mime).where(MediaRef.media_key == key).limit(1)
+            )

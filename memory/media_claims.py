@@ -1,0 +1,40 @@
+"""Recording that a thread may read a stored file (the media route checks this)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from memory.models import MediaRef
+
+
+def insert_for(engine: AsyncEngine) -> Callable[..., Any]:
+    """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+async def claim(
+    session: AsyncSession,
+    insert: Callable[..., Any],
+    *,
+    media_key: str,
+    thread_id: str,
+    user_id: str | None,
+    mime: str,
+    size_bytes: int,
+) -> None:
+    """Idempotent: the same file claimed twice by one thread is one row."""
+    await session.execute(
+        insert(MediaRef)
+        .values(
+            media_key=media_key,
+            thread_id=thread_id,
+            user_id=user_id,
+            mime=mime[:128],
+            size_bytes=size_bytes,
+        )
+        .on_conflict_do_nothing(index_elements=["media_key", "thread_id"])
+    )

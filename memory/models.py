@@ -1,0 +1,185 @@
+"""SQLAlchemy 2 models: the project's own schema, changed only through migrations.
+
+Chainlit's entities (users, threads, steps, elements, feedback) keep the column meanings
+of its data-layer contract, but with the indexes the sidebar and resume paths need.
+`media_refs` says which thread (and so which user) may read a stored file; `images`
+records the lineage of every generated image.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    identifier: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_user_created", "user_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE")
+    )
+    name: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list[Any] | None] = mapped_column(JSON)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_thread_order", "thread_id", "created_at", "position"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    parent_id: Mapped[str | None] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    type: Mapped[str] = mapped_column(String(32))
+    input: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    tags: Mapped[list[Any] | None] = mapped_column(JSON)
+    generation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    modes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    command: Mapped[str | None] = mapped_column(String(64))
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    streaming: Mapped[bool] = mapped_column(Boolean, default=False)
+    wait_for_answer: Mapped[bool | None] = mapped_column(Boolean)
+    show_input: Mapped[str | None] = mapped_column(String(16))
+    language: Mapped[str | None] = mapped_column(String(32))
+    default_open: Mapped[bool | None] = mapped_column(Boolean)
+    auto_collapse: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[str | None] = mapped_column(String(40))
+    start_at: Mapped[str | None] = mapped_column(String(40))
+    end_at: Mapped[str | None] = mapped_column(String(40))
+    # Order of first write, a tie-breaker when created_at stamps collide.
+    position: Mapped[int] = mapped_column(BigInteger)
+    # Order of the latest write applied: an older write arriving late is ignored.
+    write_version: Mapped[int] = mapped_column(BigInteger)
+
+
+class Element(Base):
+    __tablename__ = "elements"
+    __table_args__ = (Index("ix_elements_thread", "thread_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    for_id: Mapped[str | None] = mapped_column(String(36))
+    type: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    display: Mapped[str | None] = mapped_column(String(16))
+    size: Mapped[str | None] = mapped_column(String(16))
+    language: Mapped[str | None] = mapped_column(String(32))
+    page: Mapped[int | None] = mapped_column(Integer)
+    mime: Mapped[str | None] = mapped_column(String(128))
+    props: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    auto_play: Mapped[bool | None] = mapped_column(Boolean)
+    player_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    media_key: Mapped[str | None] = mapped_column(String(64))
+    external_url: Mapped[str | None] = mapped_column(Text)
+    chainlit_key: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Feedback(Base):
+    __tablename__ = "feedbacks"
+    __table_args__ = (Index("ix_feedbacks_step", "step_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    step_id: Mapped[str] = mapped_column(String(36))
+    thread_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("threads.id", ondelete="CASCADE"), index=True
+    )
+    value: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class MediaRef(Base):
+    """A thread's claim on a stored file: the media route serves a key only to its owners."""
+
+    __tablename__ = "media_refs"
+
+    media_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    mime: Mapped[str] = mapped_column(String(128))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Image(Base):
+    """Lineage of one generated (or uploaded) image."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_thread_created", "thread_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    parent_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="SET NULL")
+    )
+    media_key: Mapped[str] = mapped_column(String(64))
+    mime: Mapped[str] = mapped_column(String(64), default="image/png")
+    prompt_typed: Mapped[str] = mapped_column(Text, default="")
+    prompt_sent: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,174 @@
+"""OpenAI's Images API through the official client (generations; edits come later).
+
+The client's own retry policy handles timeouts, connection errors, 429 and 5xx with
+`retry-after`; what is left when it gives up is translated here into the project's
+errors, each with a message that tells the user what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import openai
+from PIL import Image
+
+from memory.errors import (
+    BackendError,
+    BackendFailed,
+    BackendNotConfigured,
+    BackendUnavailable,
+    ContentRefused,
+    InvalidInput,
+    QuotaExhausted,
+    RateLimited,
+)
+from pipelines.base import (
+    Capabilities,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    check_request,
+)
+
+CAPABILITIES = Capabilities(
+    sizes=("1024x1024", "1536x1024", "1024x1536", "auto"),
+    qualities=("auto", "low", "medium", "high"),
+    max_n=4,
+    seed=False,
+)
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    code = getattr(exc, "code", None) or (error.get("code") if isinstance(error, dict) else None)
+    return str(code) if code else None
+
+
+def translate_error(exc: openai.OpenAIError) -> BackendError | InvalidInput:
+    """Map the client's exceptions to errors with a user-facing message."""
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendUnavailable("OpenAI did not answer in time. Try again in a moment.")
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailable(
+            "Could not reach OpenAI (network error). Check the connection or OPENAI_BASE_URL."
+        )
+    if not isinstance(exc, openai.APIStatusError):
+        return BackendFailed(f"OpenAI image request failed: {type(exc).__name__}.")
+    code = _error_code(exc)
+    detail = _message(exc)
+    if code == "moderation_blocked" or code == "content_policy_violation":
+        return ContentRefused(
+            "OpenAI's safety system refused this prompt (moderation_blocked). "
+            "Rephrase it and try again; nothing was charged for the refused image."
+        )
+    if code == "insufficient_quota":
+        return QuotaExhausted(
+            "Your OpenAI account has run out of credit (insufficient_quota). "
+            "Add credit or raise the limit at OpenAI's billing page; retrying will not help."
+        )
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after") if exc.response else None
+        wait = f" OpenAI asks to wait {retry_after} s." if retry_after else ""
+        return RateLimited(
+            f"OpenAI is rate-limiting image requests right now.{wait} Try again shortly.",
+            retry_after_s=float(retry_after) if retry_after and _is_number(retry_after) else None,
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return BackendNotConfigured(
+            "OpenAI rejected the API key (check OPENAI_API_KEY; it may be wrong or revoked)."
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return InvalidInput(f"OpenAI does not know this image model: {detail}")
+    if isinstance(exc, openai.BadRequestError):
+        return InvalidInput(f"OpenAI refused the request: {detail}")
+    if exc.status_code >= 500:
+        return BackendFailed("OpenAI had a server error and gave up after retries. Try again.")
+    return BackendFailed(f"OpenAI answered {exc.status_code}: {detail}")
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or exc.message)[:300]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class OpenAIImages:
+    id = "openai"
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str,
+        base_url: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.model = model
+        self.label = f"OpenAI {model}"
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+        )
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        request = check_request(self, request)
+        params: dict[str, Any] = {
+            "size": request.size,
+            "quality": request.quality,
+            "n": request.n,
+            "output_format": "png",
+        }
+        try:
+            response = await self._client.images.generate(
+                model=self.model, prompt=request.prompt, **params
+            )
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
+        if not images:
+            raise BackendFailed("OpenAI answered without any image. Try again.")
+        usage = response.usage.model_dump() if getattr(response, "usage", None) else None
+        return ImageResult(
+            images=images,
+            backend=self.id,
+            model=self.model,
+            prompt_sent=request.prompt,
+            parameters=params,
+            usage=usage,
+            seed_honoured=False,
+        )
+
+
+def _decode(b64: str) -> GeneratedImage:
+    try:
+        data = base64.b64decode(b64, validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            mime = Image.MIME.get(image.format or "", "application/octet-stream")
+    except (ValueError, OSError) as exc:
+        raise BackendFailed("OpenAI returned data that is not a readable image.") from exc
+    return GeneratedImage(data=data, mime=mime, width=width, height=height)
+
+
+def create_backend(settings: Any) -> OpenAIImages | None:
+    if settings.openai_api_key is None:
+        return None
+    return OpenAIImages(
+        api_key=settings.openai_api_key.get_secret_value(),
+        model=settings.image_model,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.request_timeout_s,
+        max_retries=settings.max_retries,
+    )

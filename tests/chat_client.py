@@ -1,0 +1,113 @@
+"""A test client that speaks Chainlit's real protocol: POST /login, then Socket.IO.
+
+It behaves like the browser: it logs in for a cookie, connects to /ws/socket.io with the
+session auth the front end sends, emits `client_message` and waits for `task_end`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import socketio
+
+
+def login_cookie(base_url: str, username: str, password: str) -> str:
+    response = httpx.post(
+        f"{base_url}/login", data={"username": username, "password": password}, timeout=30
+    )
+    response.raise_for_status()
+    cookies = "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+    assert cookies, "login set no cookie"
+    return cookies
+
+
+@dataclass
+class ChatSession:
+    base_url: str
+    cookie: str
+    thread_id: str | None = None
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    elements: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    resumed: dict[str, Any] | None = None
+
+    async def connect(self, resume_thread: str | None = None) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self._task_end = asyncio.Event()
+        self._resumed = asyncio.Event()
+
+        @self.sio.on("*")
+        async def any_event(event: str, data: Any = None) -> None:
+            self.events.append((event, data))
+            if event in ("new_message", "update_message") and isinstance(data, dict):
+                if data["id"] not in self.messages:
+                    self.order.append(data["id"])
+                self.messages[data["id"]] = {**self.messages.get(data["id"], {}), **data}
+            elif event == "stream_token" and isinstance(data, dict):
+                entry = self.messages.setdefault(data["id"], {"id": data["id"], "output": ""})
+                if data["id"] not in self.order:
+                    self.order.append(data["id"])
+                entry["output"] = (entry.get("output") or "") + data.get("token", "")
+            elif event == "element":
+                self.elements.append(data)
+            elif event == "task_end":
+                self._task_end.set()
+            elif event == "resume_thread":
+                self.resumed = data
+                self._resumed.set()
+            elif event == "first_interaction" and isinstance(data, dict):
+                self.thread_id = data.get("thread_id") or self.thread_id
+
+        self.thread_id = resume_thread or self.thread_id or str(uuid.uuid4())
+        await self.sio.connect(
+            self.base_url,
+            socketio_path="/ws/socket.io",
+            headers={"Cookie": self.cookie},
+            auth={
+                "sessionId": str(uuid.uuid4()),
+                "threadId": self.thread_id,
+                "clientType": "webapp",
+                "userEnv": "{}",
+            },
+            transports=["websocket"],
+        )
+        await self.sio.emit("connection_successful")
+        if resume_thread:
+            await asyncio.wait_for(self._resumed.wait(), 20)
+        else:
+            await asyncio.wait_for(self._task_end.wait(), 20)
+            for _ in range(200):  # the welcome message comes from on_chat_start's task
+                if self.order:
+                    break
+                await asyncio.sleep(0.05)
+
+    async def send(self, text: str, command: str | None = None, timeout: float = 60) -> list[dict]:
+        """Send a user message; return the messages the app produced for it."""
+        before = len(self.order)
+        self._task_end.clear()
+        message = {
+            "id": str(uuid.uuid4()),
+            "threadId": self.thread_id,
+            "type": "user_message",
+            "name": "user",
+            "output": text,
+            "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        if command:
+            message["command"] = command
+        await self.sio.emit("client_message", {"message": message, "fileReferences": None})
+        await asyncio.wait_for(self._task_end.wait(), timeout)
+        return [self.messages[i] for i in self.order[before:]]
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+def outputs(messages: list[dict]) -> list[str]:
+    return [m.get("output") or "" for m in messages]

@@ -1,0 +1,263 @@
+"""The real front end in a real browser: Chromium driven by Playwright.
+
+The app runs as a subprocess (`atelier run`) against the fake OpenAI server. The test
+logs in through the form, asks for an image, and checks the tool step and the image
+(really decoded: ``naturalWidth > 0``) live, after a new page load from the history
+sidebar, and after the server process restarts on the same data directory.
+
+Everything off localhost (Google Fonts, KaTeX CSS from a CDN) is aborted: with no
+internet the page's load event would otherwise hang.
+
+Screenshots go to the test's tmp_path and, when ATELIER_SCREENSHOT_DIR is set, there too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.app_process import ADMIN_PASSWORD, AppProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing (Debian's chromium package; `make chromium` installs it)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # `expect` has its own 5 s default
+PROMPT = "draw a red fox in the snow"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Images in the conversation, not the authors' avatars.
+CONTENT_IMAGES = "[data-step-type] img:not([alt^='Avatar for'])"
+TOOL_STEP = "[data-step-type='tool']"
+THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
+MEDIA_URL = r"/media/[0-9a-f]+\?"
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    context.set_default_navigation_timeout(WAIT_MS)
+    context.route("**/*", _localhost_only)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page_errors(page: Page) -> list[str]:
+    """Uncaught JavaScript errors on the page."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def _localhost_only(route: Route) -> None:
+    if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+        route.continue_()
+    else:
+        route.abort()
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    """The chat scrolls inside its own pane, so a tall viewport shows the whole thread."""
+    path = tmp_path / f"{name}.png"
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1280, "height": 1800})
+    page.wait_for_timeout(300)  # let the layout settle
+    page.screenshot(path=str(path), animations="disabled")
+    if size:
+        page.set_viewport_size(size)
+    target = os.environ.get("ATELIER_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+    return path
+
+
+@contextmanager
+def _on_failure_show(app: AppProcess, page: Page, tmp_path: Path) -> Iterator[None]:
+    """On failure: a screenshot, and the app's error log lines (conftest prints only
+    logs that hold a Traceback)."""
+    try:
+        yield
+    except BaseException:
+        for line in _app_errors(app):
+            print(f"app log: {line}")
+        with suppress(Exception):  # the page may be gone; the original error matters more
+            print(f"failure screenshot: {_save_screenshot(page, tmp_path, 'failure')}")
+        raise
+
+
+def _app_errors(app: AppProcess) -> list[str]:
+    """Error lines in the app's log: structlog JSON at level error, or stdlib ERROR."""
+    return [
+        line
+        for line in app.log().splitlines()
+        if '"level": "error"' in line or line.startswith(("ERROR:", "CRITICAL:"))
+    ]
+
+
+def _log_in(page: Page, password: str = ADMIN_PASSWORD) -> None:
+    expect(page.locator("#email")).to_be_visible()
+    page.fill("#email", "admin")
+    page.fill("#password", password)
+    page.press("#password", "Enter")
+
+
+def _open(page: Page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+
+
+def _expect_tool_step(page: Page) -> None:
+    step = page.locator(TOOL_STEP).filter(has_text="generate_image")
+    expect(step).to_have_count(1)
+    expect(step).to_be_visible()
+    # The step opens to show the call's arguments (the prompt) and its result.
+    toggle = step.locator("button[aria-expanded]", has_text="generate_image")
+    if toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    details = step.get_by_role("region")
+    expect(details).to_be_visible()
+    expect(details).to_contain_text(f'"prompt": "{PROMPT}"')
+    expect(details).to_contain_text("Generated 1 image(s)")
+
+
+def _expect_image_loaded(page: Page, src_pattern: str) -> str:
+    """One content image, decoded by the browser; returns its URL."""
+    image = page.locator(CONTENT_IMAGES)
+    expect(image).to_have_count(1)
+    expect(image).to_have_attribute("src", re.compile(src_pattern))
+    image.scroll_into_view_if_needed()  # the front end marks it loading="lazy"
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0",
+        arg=image.element_handle(),
+        timeout=WAIT_MS,
+    )
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [1024, 1024]
+    return image.get_attribute("src") or ""
+
+
+def _expect_conversation(page: Page, src_pattern: str) -> str:
+    expect(page.locator("[data-step-type='user_message']")).to_contain_text(PROMPT)
+    expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
+    src = _expect_image_loaded(page, src_pattern)
+    _expect_tool_step(page)
+    return src
+
+
+def _open_from_sidebar(page: Page) -> None:
+    entry = page.locator("#thread-history").get_by_text(PROMPT, exact=True)
+    expect(
+        entry,
+        "the thread should be listed under its first message (an 'Untitled Conversation' "
+        "means the thread name was not stored: look for persist_failed in the app log)",
+    ).to_be_visible()
+    entry.click()
+    expect(page).to_have_url(THREAD_URL)
+
+
+# --------------------------------------------------------------------------------- tests
+
+
+def test_generate_image_survives_reload_and_restart(
+    make_app, page: Page, page_errors: list[str], tmp_path: Path
+):
+    app = make_app()
+    with _on_failure_show(app, page, tmp_path):
+        _open(page, app.base_url)
+        _log_in(page)
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
+
+        chat_input.fill(PROMPT)
+        page.locator("#chat-submit").click()
+        expect(page.locator(TOOL_STEP).filter(has_text="generate_image")).to_be_visible()
+        expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
+        expect(page).to_have_url(THREAD_URL)
+        thread_url = page.url
+        live_src = _expect_conversation(page, r"/project/file/")
+        assert live_src.startswith(app.base_url)
+        _save_screenshot(page, tmp_path, "1-live")
+
+        # A new page load: start on a fresh chat, then open the thread from the sidebar.
+        _open(page, app.base_url)
+        expect(page.locator("#chat-input")).to_be_visible()
+        _open_from_sidebar(page)
+        assert page.url == thread_url
+        resumed_src = _expect_conversation(page, MEDIA_URL)
+        _save_screenshot(page, tmp_path, "2-reloaded")
+
+        app.restart()
+        # Same data dir, so same auth secret: the login cookie is still good.
+        page.reload(wait_until="domcontentloaded")
+        expect(page.locator("#chat-input")).to_be_visible()
+        expect(page.locator("#email")).to_have_count(0)
+        assert page.url == thread_url
+        _expect_conversation(page, MEDIA_URL)
+
+        _open(page, app.base_url)
+        expect(page.locator("#chat-input")).to_be_visible()
+        _open_from_sidebar(page)
+        assert page.url == thread_url
+        after_restart_src = _expect_conversation(page, MEDIA_URL)
+        assert urlsplit(after_restart_src).path == urlsplit(resumed_src).path
+        _save_screenshot(page, tmp_path, "3-after-restart")
+
+    assert page_errors == []
+    assert _app_errors(app) == []
+
+
+def test_wrong_password_is_refused(make_app, page: Page, tmp_path: Path):
+    app = make_app()
+    with _on_failure_show(app, page, tmp_path):
+        _open(page, app.base_url)
+        _log_in(page, password="not-the-password")
+        expect(page.get_by_role("alert").filter(has_text="Unable to sign in")).to_be_visible()
+        expect(page.locator("#email")).to_be_visible()
+        _save_screenshot(page, tmp_path, "login-refused")
+        expect(page.locator("#chat-input")).to_have_count(0)
+        assert page.context.cookies() == []  # no session cookie was handed out

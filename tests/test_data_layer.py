@@ -1,0 +1,512 @@
+"""AtelierDataLayer against real databases (SQLite and PostgreSQL), read back through
+the data layer or straight from the tables — no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from chainlit.element import Image
+from chainlit.types import Feedback, Pagination, ThreadFilter
+from sqlalchemy import func, select, text
+from structlog.testing import capture_logs
+
+from memory import signed_links
+from memory.data_layer import AtelierDataLayer
+from memory.db import session_factory
+from memory.errors import InvalidInput, NotFound, PersistenceError
+from memory.media_store import MediaStore
+from memory.models import Element, MediaRef, Step, Thread
+from memory.users import Account, UserStore
+from tests.db_fixtures import *  # noqa: F403 (fixtures)
+from tests.db_fixtures import LINK_SECRET, step_dict
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
+CRAFTED_IDS = ["x' OR '1'='1", "../etc", "a" * 10_240]
+
+
+async def make_user(users: UserStore, name: str) -> Account:
+    return await users.add(name, "correct horse battery")
+
+
+async def new_thread(dl: AtelierDataLayer, owner: Account, name: str | None = None) -> str:
+    thread_id = str(uuid.uuid4())
+    await dl.update_thread(thread_id, name=name, user_id=owner.id)
+    return thread_id
+
+
+async def list_all(dl: AtelierDataLayer, owner: Account, **filters: object) -> list[str]:
+    page = await dl.list_threads(Pagination(first=100), ThreadFilter(userId=owner.id, **filters))
+    return [t["id"] for t in page.data]
+
+
+def image(thread_id: str, data: bytes = PNG, for_id: str | None = None) -> Image:
+    return Image(content=data, name="x.png", thread_id=thread_id, mime="image/png", for_id=for_id)
+
+
+# ------------------------------------------------------------------------ threads
+
+
+async def test_create_get_and_rename_thread(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice, "First idea")
+
+    thread = await data_layer.get_thread(thread_id)
+    assert thread is not None
+    assert (thread["name"], thread["userId"], thread["userIdentifier"]) == (
+        "First idea",
+        alice.id,
+        "alice",
+    )
+    assert thread["steps"] == [] and thread["elements"] == []
+    assert await data_layer.get_thread_author(thread_id) == "alice"
+
+    await data_layer.update_thread(thread_id, name="Renamed", metadata={"k": "v"})
+    thread = await data_layer.get_thread(thread_id)
+    assert thread["name"] == "Renamed"
+    assert thread["metadata"] == {"k": "v"}
+    assert await list_all(data_layer, alice) == [thread_id]
+
+
+async def test_list_threads_paginates_newest_first_with_cursor(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    created = [await new_thread(data_layer, alice, f"thread {i}") for i in range(45)]
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await data_layer.list_threads(
+            Pagination(first=20, cursor=cursor), ThreadFilter(userId=alice.id)
+        )
+        pages += 1
+        assert len(page.data) <= 20
+        seen += [t["id"] for t in page.data]
+        assert page.pageInfo.endCursor == (page.data[-1]["id"] if page.data else None)
+        if not page.pageInfo.hasNextPage:
+            break
+        cursor = page.pageInfo.endCursor
+        assert pages < 10, "pagination does not terminate"
+
+    assert pages == 3
+    assert len(seen) == len(set(seen)) == 45
+    assert seen == created[::-1]
+
+
+async def test_search_by_name_and_message_text(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    by_name = await new_thread(data_layer, alice, "Purple giraffe poster")
+    by_user_message = await new_thread(data_layer, alice, "untitled")
+    by_assistant_message = await new_thread(data_layer, alice, "untitled")
+    by_tool_only = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(
+        step_dict(by_user_message, type="user_message", output="draw a GIRAFFE please")
+    )
+    await data_layer.create_step(step_dict(by_assistant_message, output="Here is your giraffe."))
+    await data_layer.create_step(
+        step_dict(by_tool_only, type="tool", name="generate", output="giraffe.png")
+    )
+
+    found = await list_all(data_layer, alice, search="giraffe")
+    assert set(found) == {by_name, by_user_message, by_assistant_message}
+    assert await list_all(data_layer, alice, search="no such words") == []
+
+
+async def test_search_wildcards_match_literally(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    percent = await new_thread(data_layer, alice, "100% cotton")
+    await new_thread(data_layer, alice, "100 cotton")
+    underscore = await new_thread(data_layer, alice, "snake_case names")
+    await new_thread(data_layer, alice, "snakeXcase names")
+    in_message = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(step_dict(in_message, type="user_message", output="50% off"))
+
+    assert await list_all(data_layer, alice, search="100%") == [percent]
+    assert await list_all(data_layer, alice, search="e_c") == [underscore]
+    assert await list_all(data_layer, alice, search="0%") == [in_message, percent]
+    assert await list_all(data_layer, alice, search="%") == [in_message, percent]
+    assert await list_all(data_layer, alice, search="_") == [underscore]
+
+
+async def test_delete_thread_removes_steps_and_elements(data_layer, users, requester, engine):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice, "to delete")
+    kept = await new_thread(data_layer, alice, "to keep")
+    step = step_dict(thread_id, output="hello")
+    await data_layer.create_step(step)
+    await data_layer.create_step(step_dict(kept, output="stay"))
+    await data_layer.create_element(image(thread_id, for_id=step["id"]))
+
+    await data_layer.delete_thread(thread_id)
+
+    assert await data_layer.get_thread(thread_id) is None
+    assert await list_all(data_layer, alice) == [kept]
+    async with session_factory(engine)() as session:
+        for model in (Step, Element, MediaRef):
+            rows = await session.scalar(
+                select(func.count()).select_from(model).where(model.thread_id == thread_id)
+            )
+            assert rows == 0, model.__tablename__
+        assert await session.scalar(select(func.count()).select_from(Step)) == 1
+    with pytest.raises(NotFound):
+        await data_layer.delete_thread(thread_id)
+
+
+# -------------------------------------------------------------------------- steps
+
+
+async def test_quick_concurrent_step_writes_all_land_in_order(data_layer, users, requester):
+    """Chainlit's Step.send()/update() fire create and update as parallel tasks."""
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = str(uuid.uuid4())  # created by the first step write, as Chainlit does
+    start = datetime.now(UTC)
+    steps = [
+        step_dict(thread_id, output="", created=start + timedelta(milliseconds=i))
+        for i in range(60)
+    ]
+
+    tasks = []
+    for i, step in enumerate(steps):
+        tasks.append(asyncio.create_task(data_layer.create_step(step)))
+        tasks.append(asyncio.create_task(data_layer.update_step({**step, "output": f"final {i}"})))
+    await asyncio.gather(*tasks)
+
+    thread = await data_layer.get_thread(thread_id)
+    assert thread is not None and thread["userId"] == alice.id
+    stored = thread["steps"]
+    assert [s["id"] for s in stored] == [s["id"] for s in steps]
+    assert [s["output"] for s in stored] == [f"final {i}" for i in range(60)]
+    stamps = [s["createdAt"] for s in stored]
+    assert all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+async def test_older_write_arriving_late_never_wins(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice)
+    step = step_dict(thread_id)
+
+    await data_layer.write_step({**step, "output": "newest"}, version=300)
+    await data_layer.write_step({**step, "output": "stale"}, version=100)
+    await data_layer.write_step({**step, "output": "also stale"}, version=300)
+    assert [s["output"] for s in (await data_layer.get_thread(thread_id))["steps"]] == ["newest"]
+
+    await data_layer.write_step({**step, "output": "newer still"}, version=301)
+    assert [s["output"] for s in (await data_layer.get_thread(thread_id))["steps"]] == [
+        "newer still"
+    ]
+
+
+@pytest.mark.parametrize("crafted", CRAFTED_IDS, ids=["sql", "path", "10kb"])
+async def test_crafted_thread_ids_are_rejected(data_layer, users, requester, crafted):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    await new_thread(data_layer, alice, "real")
+
+    with pytest.raises(InvalidInput):
+        await data_layer.get_thread(crafted)
+    with pytest.raises(InvalidInput):
+        await data_layer.update_thread(crafted, name="x")
+    with pytest.raises(InvalidInput):
+        await data_layer.create_step(step_dict(crafted))
+    with pytest.raises(InvalidInput):
+        await data_layer.delete_thread(crafted)
+    with pytest.raises(InvalidInput):
+        await data_layer.list_threads(
+            Pagination(first=20, cursor=crafted), ThreadFilter(userId=alice.id)
+        )
+    assert await data_layer.get_thread_author(crafted) == ""
+    assert len(await list_all(data_layer, alice)) == 1
+
+
+# ---------------------------------------------------------------------- isolation
+
+
+async def test_users_cannot_reach_each_others_threads(data_layer, users, requester, engine):
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(bob)
+    bobs_thread = await new_thread(data_layer, bob, "bob's secret")
+    bobs_step = step_dict(bobs_thread, type="user_message", output="bob's words")
+    await data_layer.create_step(bobs_step)
+    bobs_image = image(bobs_thread, for_id=bobs_step["id"])
+    await data_layer.create_element(bobs_image)
+    feedback_id = await data_layer.upsert_feedback(Feedback(forId=bobs_step["id"], value=1))
+
+    requester.act_as(alice)
+    alices_thread = await new_thread(data_layer, alice, "alice's")
+    assert await data_layer.get_thread(bobs_thread) is None
+    assert await data_layer.get_element(bobs_thread, bobs_image.id) is None
+    with pytest.raises(NotFound):
+        await data_layer.create_step(step_dict(bobs_thread, output="injected"))
+    with pytest.raises(NotFound):
+        await data_layer.update_step({**bobs_step, "output": "overwritten"})
+    with pytest.raises(NotFound):
+        await data_layer.create_element(image(bobs_thread, data=b"alice's bytes"))
+    with pytest.raises(NotFound):
+        await data_layer.delete_thread(bobs_thread)
+    with pytest.raises(NotFound):
+        await data_layer.update_thread(bobs_thread, user_id=alice.id)
+    with pytest.raises(NotFound):
+        await data_layer.update_thread(bobs_thread, name="renamed by alice")
+    with pytest.raises(NotFound):
+        await data_layer.delete_element(bobs_image.id)
+    with pytest.raises(NotFound):
+        await data_layer.delete_step(bobs_step["id"])
+    with pytest.raises(NotFound):
+        await data_layer.upsert_feedback(Feedback(forId=bobs_step["id"], value=0))
+    with pytest.raises(NotFound):
+        await data_layer.delete_feedback(feedback_id)
+    assert await list_all(data_layer, alice) == [alices_thread]
+    assert await list_all(data_layer, alice, search="bob") == []
+
+    # Even a direct call with no session user cannot move a thread to another owner.
+    requester.act_as(None)
+    with pytest.raises(NotFound):
+        await data_layer.update_thread(bobs_thread, user_id=alice.id)
+
+    requester.act_as(bob)
+    thread = await data_layer.get_thread(bobs_thread)
+    assert thread is not None and thread["name"] == "bob's secret"
+    assert [s["output"] for s in thread["steps"]] == ["bob's words"]
+    assert thread["steps"][0]["feedback"]["value"] == 1
+    assert [e["id"] for e in thread["elements"]] == [bobs_image.id]
+    assert await data_layer.get_element(bobs_thread, bobs_image.id) is not None
+    async with session_factory(engine)() as session:
+        refs = (await session.execute(select(MediaRef.thread_id, MediaRef.user_id))).all()
+        assert [tuple(r) for r in refs] == [(bobs_thread, bob.id)]
+        owner = await session.scalar(select(Thread.user_id).where(Thread.id == bobs_thread))
+        assert owner == bob.id
+
+
+async def test_media_refs_name_only_the_uploading_thread(data_layer, users, requester, engine):
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(bob)
+    bobs_thread = await new_thread(data_layer, bob)
+    bobs_image = image(bobs_thread)
+    await data_layer.create_element(bobs_image)
+    requester.act_as(alice)
+    alices_thread = await new_thread(data_layer, alice)
+    await data_layer.create_element(image(alices_thread, data=b"other bytes"))
+
+    requester.act_as(bob)
+    key = (await data_layer.get_element(bobs_thread, bobs_image.id))["objectKey"]
+    async with session_factory(engine)() as session:
+        refs = (
+            await session.execute(
+                select(MediaRef.thread_id, MediaRef.user_id).where(MediaRef.media_key == key)
+            )
+        ).all()
+    assert [tuple(r) for r in refs] == [(bobs_thread, bob.id)]
+
+
+# ----------------------------------------------------------------------- elements
+
+
+async def test_element_bytes_go_to_the_media_store(data_layer, users, requester, media):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice)
+    step = step_dict(thread_id, output="two copies")
+    await data_layer.create_step(step)
+    first, second = image(thread_id, for_id=step["id"]), image(thread_id, for_id=step["id"])
+    await data_layer.create_element(first)
+    await data_layer.create_element(second)
+
+    elements = (await data_layer.get_thread(thread_id))["elements"]
+    assert {e["id"] for e in elements} == {first.id, second.id}
+    keys = {e["objectKey"] for e in elements}
+    assert len(keys) == 1, "same bytes must give the same content-addressed key"
+    key = keys.pop()
+    assert len(key) == 64
+    for element in elements:
+        assert element["url"].startswith(f"/media/{key}?exp=")
+        assert (element["forId"], element["mime"], element["type"]) == (
+            step["id"],
+            "image/png",
+            "image",
+        )
+        query = parse_qs(urlsplit(element["url"]).query)
+        assert signed_links.verify(LINK_SECRET, key, query["exp"][0], query["sig"][0])
+    assert media.get(key) == PNG
+    assert sum(1 for p in media.root.rglob("*") if p.is_file()) == 1
+
+    fetched = await data_layer.get_element(thread_id, first.id)
+    assert fetched["objectKey"] == key and fetched["url"].startswith(f"/media/{key}?exp=")
+
+
+async def test_element_from_path_is_stored(data_layer, users, requester, media, tmp_path):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice)
+    source = tmp_path / "upload.png"
+    source.write_bytes(PNG + b"from disk")
+    element = Image(path=str(source), name="upload.png", thread_id=thread_id, mime="image/png")
+    await data_layer.create_element(element)
+
+    stored = await data_layer.get_element(thread_id, element.id)
+    assert media.get(stored["objectKey"]) == PNG + b"from disk"
+
+
+# ----------------------------------------------------------------------- feedback
+
+
+async def test_feedback_upsert_delete_and_filter(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    rated = await new_thread(data_layer, alice, "rated")
+    unrated = await new_thread(data_layer, alice, "unrated")
+    step = step_dict(rated, output="an answer")
+    await data_layer.create_step(step)
+    await data_layer.create_step(step_dict(unrated, output="another"))
+
+    feedback_id = await data_layer.upsert_feedback(
+        Feedback(forId=step["id"], value=1, comment="nice")
+    )
+    assert (await data_layer.get_thread(rated))["steps"][0]["feedback"] == {
+        "id": feedback_id,
+        "forId": step["id"],
+        "threadId": rated,
+        "value": 1,
+        "comment": "nice",
+    }
+    assert await list_all(data_layer, alice, feedback=1) == [rated]
+    assert await list_all(data_layer, alice, feedback=0) == []
+
+    again = await data_layer.upsert_feedback(
+        Feedback(forId=step["id"], value=0, id=feedback_id, comment=None)
+    )
+    assert again == feedback_id
+    stored = (await data_layer.get_thread(rated))["steps"][0]["feedback"]
+    assert (stored["value"], stored["comment"]) == (0, None)
+    assert await list_all(data_layer, alice, feedback=0) == [rated]
+    assert await list_all(data_layer, alice, feedback=1) == []
+
+    # Without an id, a second rating of the same message updates the same row.
+    assert await data_layer.upsert_feedback(Feedback(forId=step["id"], value=1)) == feedback_id
+
+    assert await data_layer.delete_feedback(feedback_id) is True
+    assert "feedback" not in (await data_layer.get_thread(rated))["steps"][0]
+    assert await data_layer.delete_feedback(feedback_id) is False
+    assert await list_all(data_layer, alice, feedback=1) == []
+
+    with pytest.raises(NotFound):
+        await data_layer.upsert_feedback(Feedback(forId=str(uuid.uuid4()), value=1))
+
+
+# ---------------------------------------------------------------- failing writes
+
+
+async def _drop_table(engine, table: str) -> None:
+    await engine.dispose()
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text(f'DROP TABLE "{table}" CASCADE'))
+        else:
+            await connection.execute(text(f'DROP TABLE "{table}"'))
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("table", ["steps", "elements", "feedbacks", "threads"])
+async def test_failed_writes_raise(data_layer, users, requester, engine, table):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice, "before")
+    step = step_dict(thread_id, output="before")
+    await data_layer.create_step(step)
+    feedback_id = await data_layer.upsert_feedback(Feedback(forId=step["id"], value=1))
+
+    await _drop_table(engine, table)
+
+    with capture_logs() as logs, pytest.raises(PersistenceError):
+        if table == "steps":
+            await data_layer.update_step({**step, "output": "after"})
+        elif table == "elements":
+            await data_layer.create_element(image(thread_id))
+        elif table == "feedbacks":
+            await data_layer.upsert_feedback(Feedback(forId=step["id"], value=0, id=feedback_id))
+        else:
+            await data_layer.update_thread(thread_id, name="after")
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["persist_failed"]
+
+
+async def test_write_into_someone_elses_thread_raises_and_stores_nothing(
+    data_layer, users, requester, engine
+):
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(bob)
+    bobs_thread = await new_thread(data_layer, bob)
+
+    requester.act_as(alice)
+    step = step_dict(bobs_thread, output="sneaky")
+    with pytest.raises(NotFound):
+        await data_layer.create_step(step)
+    with pytest.raises(NotFound):
+        await data_layer.write_step(step, version=10**19)
+    async with session_factory(engine)() as session:
+        assert await session.get(Step, step["id"]) is None
+
+
+async def test_media_store_failure_is_not_silent(data_layer, users, requester, tmp_path):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice)
+    missing = Image(path=str(tmp_path / "gone.png"), name="gone.png", thread_id=thread_id)
+    with pytest.raises(PersistenceError):
+        await data_layer.create_element(missing)
+    assert (await data_layer.get_thread(thread_id))["elements"] == []
+
+
+def test_media_store_is_content_addressed(tmp_path):
+    store = MediaStore(tmp_path / "m")
+    assert store.put(b"same") == store.put(b"same") != store.put(b"other")
+    with pytest.raises(NotFound):
+        store.get("../" + "0" * 61)
+
+
+async def test_no_thread_can_be_created_for_someone_else(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(alice)
+    with pytest.raises(NotFound):
+        await data_layer.update_thread(str(uuid.uuid4()), name="planted", user_id=bob.id)
+    assert await list_all(data_layer, bob) == []
+
+
+async def test_element_id_reused_in_another_thread_is_refused(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    first, second = await new_thread(data_layer, alice), await new_thread(data_layer, alice)
+    element = image(first)
+    await data_layer.create_element(element)
+    element.thread_id = second
+    with pytest.raises(InvalidInput):
+        await data_layer.create_element(element)
+
+
+async def test_thread_times_carry_an_offset(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread = await data_layer.get_thread(await new_thread(data_layer, alice))
+    assert datetime.fromisoformat(thread["createdAt"]).tzinfo is not None
+
+
+async def test_naming_a_thread_a_step_already_created_keeps_the_name(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = str(uuid.uuid4())
+    await data_layer.create_step(step_dict(thread_id, type="user_message", output="hi"))
+    await data_layer.update_thread(thread_id, name="draw a fox", user_id=alice.id)
+    thread = await data_layer.get_thread(thread_id)
+    assert (thread["name"], thread["userId"]) == ("draw a fox", alice.id)

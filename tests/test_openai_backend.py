@@ -1,0 +1,111 @@
+"""The OpenAI image backend through the real client against the fake server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memory.db import create_engine, migrate
+from memory.errors import (
+    BackendUnavailable,
+    ContentRefused,
+    InvalidInput,
+    QuotaExhausted,
+    RateLimited,
+)
+from memory.images import ImageStore
+from memory.media_store import MediaStore
+from memory.png_metadata import read_embedded
+from pipelines.base import ImageRequest
+from pipelines.openai_images import OpenAIImages
+from pipelines.registry import BackendRegistry
+from tools.context import ToolContext
+from tools.generate_image import generate_image
+
+
+def backend(fake, retries: int = 0) -> OpenAIImages:
+    return OpenAIImages(
+        "sk-test", "gpt-image-1.5", fake.base_url, timeout_s=10, max_retries=retries
+    )
+
+
+async def test_generates_requested_size_and_reports_usage(fake_openai):
+    result = await backend(fake_openai).generate(ImageRequest("a heron", n=2, size="1536x1024"))
+    assert [(i.width, i.height) for i in result.images] == [(1536, 1024)] * 2
+    assert result.images[0].data != result.images[1].data
+    assert result.usage and result.usage["output_tokens"] > 0
+    assert not result.seed_honoured
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error", "words"),
+    [
+        ("FAIL_MODERATION", ContentRefused, "moderation_blocked"),
+        ("FAIL_QUOTA", QuotaExhausted, "run out of credit"),
+        ("FAIL_RATE", RateLimited, "rate-limiting"),
+    ],
+)
+async def test_provider_refusals_become_specific_errors(fake_openai, prompt, error, words):
+    with pytest.raises(error) as caught:
+        await backend(fake_openai).generate(ImageRequest(prompt))
+    assert words in caught.value.message
+
+
+async def test_transient_failure_is_retried_by_the_client(fake_openai):
+    fake_openai.fail_next("/images/generations", status=500, headers={"retry-after-ms": "10"})
+    result = await backend(fake_openai, retries=2).generate(ImageRequest("a heron"))
+    assert len(result.images) == 1
+    assert len(fake_openai.requests_to("/images/generations")) == 2
+
+
+async def test_unreachable_server_is_reported():
+    dead = OpenAIImages("sk-test", "gpt-image-1.5", "http://127.0.0.1:9/v1", 5, 0)
+    with pytest.raises(BackendUnavailable) as caught:
+        await dead.generate(ImageRequest("a heron"))
+    assert "Could not reach OpenAI" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (ImageRequest("x", size="999x999"), "Valid sizes: 1024x1024"),
+        (ImageRequest("x", n=11), "1 to 4 images"),
+        (ImageRequest("   "), "prompt is empty"),
+        (ImageRequest("x" * 5000), "at most 4,000"),
+        (ImageRequest("x", quality="ultra"), "Valid: auto, low, medium, high"),
+    ],
+)
+async def test_requests_it_cannot_honour_are_refused_before_sending(fake_openai, request_, words):
+    with pytest.raises(InvalidInput) as caught:
+        await backend(fake_openai).generate(request_)
+    assert words in caught.value.message
+    assert fake_openai.requests_to("/images/generations") == []
+
+
+async def test_tool_records_lineage_and_embeds_parameters(fake_openai, tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await migrate(engine)
+    from memory.db import session_factory
+    from memory.users import UserStore
+
+    account = await UserStore(session_factory(engine)).add("eve", "password-123")
+    images = ImageStore(engine, MediaStore(tmp_path / "media"))
+    ctx = ToolContext(
+        thread_id="8a0f6f6e-98f4-4b3c-9d55-2e0f0c7c1a11",
+        user_id=account.id,
+        backends=BackendRegistry({"openai": backend(fake_openai)}),
+        images=images,
+    )
+    text, artifact = await generate_image(ctx, "a blue kite", seed=42)
+    record, stored = artifact.images[0]
+    assert record.id in text and "seed 42 was recorded but not used" in text
+    chunks = read_embedded(stored)
+    assert chunks["parameters"].startswith("a blue kite\n")
+    assert "Seed: none" in chunks["parameters"] and "Size: 1024x1024" in chunks["parameters"]
+    assert json.loads(chunks["atelier"])["image_id"] == record.id
+    again = await images.get(record.id, account.id)
+    assert again.prompt_sent == "a blue kite" and again.parameters["seed_requested"] == 42
+    with pytest.raises(Exception, match="No image"):
+        await images.get(record.id, "00000000-0000-4000-8000-000000000000")
+    await engine.dispose()

@@ -1,0 +1,49 @@
+"""The agent's tools as langchain-core tools, bound to one conversation's context.
+
+Adding a tool is one module (an args model, a description, an async function taking the
+ToolContext first) plus one line in `TOOLS`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel
+
+from tools import generate_image
+from tools.context import ToolArtifact, ToolContext
+
+ToolFunction = Callable[..., Awaitable[tuple[str, ToolArtifact]]]
+
+TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
+    (
+        "generate_image",
+        generate_image.DESCRIPTION,
+        generate_image.GenerateImageArgs,
+        generate_image.generate_image,
+    ),
+]
+
+
+def tool_names() -> list[str]:
+    return [name for name, *_ in TOOLS]
+
+
+def build_tools(ctx: ToolContext) -> list[BaseTool]:
+    """Tools whose results are (text for the model, artifact for the chat)."""
+    tools: list[BaseTool] = []
+    for name, description, args, function in TOOLS:
+        bound: Callable[..., Awaitable[Any]] = functools.partial(function, ctx)
+        tools.append(
+            StructuredTool.from_function(
+                coroutine=bound,
+                name=name,
+                description=description,
+                args_schema=args,
+                response_format="content_and_artifact",
+            )
+        )
+    return tools
