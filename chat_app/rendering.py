@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import chainlit as cl
+from chainlit.data import get_data_layer
 
 from chat_app.runtime import Runtime
 from tools.context import ToolArtifact
@@ -90,3 +91,18 @@ async def images(artifact: ToolArtifact) -> None:
         for record, data in artifact.images
     ]
     await cl.Message(content=caption(artifact), elements=elements, author="Atelier").send()
+    await persist_elements(elements)
+
+
+async def persist_elements(elements: list[cl.Element]) -> None:
+    """Write elements before the turn ends, not in Chainlit's fire-and-forget task.
+
+    Chainlit schedules `create_element` with `asyncio.create_task`, so a reload right
+    after `task_end` could miss the image. The write is idempotent, so the background
+    copy that Chainlit still starts is harmless.
+    """
+    data_layer = get_data_layer()
+    if data_layer is None:
+        return
+    for element in elements:
+        await data_layer.create_element(element)

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         None, validation_alias=_env("REPLICATE_API_TOKEN")
     )
     replicate_base_url: str | None = Field(None, validation_alias=_env("REPLICATE_BASE_URL"))
+    replicate_model: str = Field(
+        "black-forest-labs/flux-schnell", validation_alias=_env("ATELIER_REPLICATE_MODEL")
+    )
+    replicate_poll_interval_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0, validation_alias=_env("ATELIER_REPLICATE_POLL_INTERVAL")
+    )
+
+    local_model: str = Field("stabilityai/sd-turbo", validation_alias=_env("ATELIER_LOCAL_MODEL"))
+    local_device: str = Field("auto", validation_alias=_env("ATELIER_LOCAL_DEVICE"))
+    local_enabled: bool = Field(True, validation_alias=_env("ATELIER_LOCAL_ENABLED"))
+    lora_dir: Path | None = Field(None, validation_alias=_env("ATELIER_LORA_DIR"))
+    styles_file: Path | None = Field(None, validation_alias=_env("ATELIER_STYLES_FILE"))
 
     admin_password: SecretStr | None = Field(None, validation_alias=_env("ATELIER_ADMIN_PASSWORD"))
     auth_secret: SecretStr | None = Field(None, validation_alias=_env("CHAINLIT_AUTH_SECRET"))
@@ -86,6 +98,19 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("local_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"auto", "cpu", "mps"} and not value.startswith("cuda"):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+    @property
+    def resolved_lora_dir(self) -> Path:
+        """Where LoRA files are looked up by name; defaults to <data dir>/loras."""
+        return (self.lora_dir or self.data_dir / "loras").resolve()
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,6 +10,8 @@ import pytest
 from tests.app_process import AppProcess
 from tests.fakes.openai_server import FakeOpenAI
 
+pytest_plugins = ["tests.replicate_fixtures", "tests.tiny_fixtures"]
+
 
 @pytest.fixture
 def fake_openai() -> Iterator[FakeOpenAI]:

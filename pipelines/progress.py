@@ -1,0 +1,87 @@
+"""Progress out of a running job and cancellation into it, across threads.
+
+Local pipelines run in worker threads and hosted ones poll from the event loop; both
+report through the same object. `report` may be called from any thread: it only stores
+the latest figures and wakes the loop, so a fast step callback never floods the chat.
+`cancel()` is what the chat calls when the user presses stop; a worker checks
+`cancelled` between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from memory.logging_setup import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    done: int
+    total: int
+    note: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
+
+
+Listener = Callable[[ProgressUpdate], Awaitable[None]]
+
+
+class Progress:
+    def __init__(self, listener: Listener | None = None) -> None:
+        self._listener = listener
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: ProgressUpdate | None = None
+        self._pending = False
+        self.history: list[ProgressUpdate] = []
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        return self._cancel
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def latest(self) -> ProgressUpdate | None:
+        return self._latest
+
+    def report(self, done: int, total: int, note: str = "") -> None:
+        """Record progress; thread-safe, and never blocks on the listener."""
+        update = ProgressUpdate(done, total, note)
+        with self._lock:
+            self._latest = update
+            self.history.append(update)
+            schedule = not self._pending and self._listener is not None
+            self._pending = self._pending or schedule
+        if schedule and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            self._pending = False
+            update = self._latest
+        if update is not None and self._listener is not None:
+            asyncio.ensure_future(self._safe_listen(update))
+
+    async def _safe_listen(self, update: ProgressUpdate) -> None:
+        # A display failing must never fail the job it displays.
+        try:
+            await self._listener(update)  # type: ignore[misc]
+        except Exception:
+            log.warning("progress_display_failed", exc_info=True)

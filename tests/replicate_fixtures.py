@@ -1,0 +1,1 @@
+"""Pytest fixtures for the fake Replicate server (filled in with the Replicate backend)."""
