@@ -12,7 +12,14 @@ from typing import Any
 
 import chainlit as cl
 import openai
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_openai import ChatOpenAI
 
 from chat_app import rendering
@@ -20,7 +27,7 @@ from chat_app.settings import Settings
 from chat_app.tool_runner import run_tool_call
 from memory.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
 from memory.logging_setup import get_logger
-from tools.context import ToolContext
+from tools.context import PromptRewriter, ToolContext
 from tools.registry import build_tools
 
 log = get_logger(__name__)
@@ -58,6 +65,23 @@ def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
     if isinstance(exc, openai.APIConnectionError):
         return BackendUnavailable(f"Could not reach the chat model server at {where}.")
     return BackendUnavailable(f"The chat model failed ({type(exc).__name__}). Try again.")
+
+
+def prompt_rewriter(settings: Settings) -> PromptRewriter | None:
+    """A tool-less chat call that refine_prompt uses; None in command mode."""
+    if not settings.llm_configured:
+        return None
+
+    async def rewrite(instructions: str, prompt: str) -> str:
+        try:
+            reply = await chat_model(settings, False).ainvoke(
+                [SystemMessage(content=instructions), HumanMessage(content=prompt)]
+            )
+        except openai.OpenAIError as exc:
+            raise llm_error(exc, settings) from exc
+        return reply.content if isinstance(reply.content, str) else str(reply.content)
+
+    return rewrite
 
 
 async def _complete(settings: Settings, tools: list, messages: list[BaseMessage]) -> AIMessage:

@@ -1,66 +1,180 @@
-"""Chainlit commands (`/image`, `/help`), which also make up command mode (no LLM)."""
+"""Slash commands, which also make up command mode (no chat model configured).
+
+Each image command maps onto the same tool the agent calls, so both paths share
+validation, recording and rendering. Options are `--name value`; unknown options and
+bad values are refused with a message listing what the command takes.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from chat_app import rendering
+from chat_app import rendering, settings_panel
+from chat_app.runtime import Runtime
 from chat_app.tool_runner import run_tool_call
 from memory.errors import InvalidInput
 from tools.context import ToolContext
 from tools.registry import build_tools
 
-COMMANDS: list[dict[str, Any]] = [
-    {
-        "id": "image",
-        "icon": "image",
-        "description": "Make an image: /image a fox in the snow --size 1536x1024 --n 2",
-        "button": True,
-        "persistent": False,
-    },
-    {
-        "id": "help",
-        "icon": "circle-help",
-        "description": "What Atelier can do and how to use it",
-        "button": False,
-        "persistent": False,
-    },
-]
 
-_FLAG = re.compile(r"(?:^|\s)--([A-Za-z_]+)(?:[ =](\S+))?")
-_INT_FLAGS = {"n", "seed"}
-_TEXT_FLAGS = {"size", "quality"}
+@dataclass(frozen=True)
+class Command:
+    id: str
+    icon: str
+    description: str
+    tool: str | None = None
+    text_arg: str | None = None  # the tool argument the free text becomes
+    ints: frozenset[str] = field(default_factory=frozenset)
+    floats: frozenset[str] = field(default_factory=frozenset)
+    texts: frozenset[str] = field(default_factory=frozenset)
+    button: bool = False
+
+    def options(self) -> str:
+        names = sorted(self.ints | self.floats | self.texts)
+        return ", ".join(f"--{n}" for n in names) or "none"
+
+
+_IMAGE_OPTS = dict(
+    ints=frozenset({"n", "seed", "steps"}),
+    floats=frozenset({"guidance"}),
+    texts=frozenset({"size", "quality", "negative_prompt", "lora", "backend"}),
+)
+
+COMMANDS: list[Command] = [
+    Command(
+        "image",
+        "image",
+        "Make an image: /image a fox in the snow --size 1536x1024 --n 2",
+        tool="generate_image",
+        text_arg="prompt",
+        button=True,
+        **_IMAGE_OPTS,
+    ),
+    Command(
+        "edit",
+        "pencil",
+        "Edit the latest image: /edit make the sky bluer [--image ID] [--mask ID]",
+        tool="edit_image",
+        text_arg="instruction",
+        ints=frozenset({"seed"}),
+        floats=frozenset({"strength"}),
+        texts=frozenset({"image", "mask", "backend"}),
+    ),
+    Command(
+        "variations",
+        "copy",
+        "More like an image: /variations [ID] --n 3",
+        tool="variations",
+        text_arg="image_id",
+        ints=frozenset({"n"}),
+    ),
+    Command(
+        "fork",
+        "git-branch",
+        "Redo an earlier image with changes: /fork ID --size 1536x1024 [--prompt ...]",
+        tool="fork_image",
+        text_arg="image_id",
+        ints=frozenset({"n", "seed", "steps"}),
+        floats=frozenset({"guidance"}),
+        texts=frozenset({"size", "quality", "negative_prompt", "backend", "prompt"}),
+    ),
+    Command(
+        "refine",
+        "sparkles",
+        "Improve a prompt, then draw it: /refine a red apple --style crayon",
+        tool="refine_prompt",
+        text_arg="prompt",
+        ints=frozenset({"n"}),
+        texts=frozenset({"style", "size"}),
+    ),
+    Command("styles", "palette", "List the style presets for /refine"),
+    Command("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
+    Command("help", "circle-help", "What Atelier can do and how to use it"),
+]
+BY_ID = {command.id: command for command in COMMANDS}
+# Options whose value may contain spaces run to the next option; others take one word.
+_MULTI_WORD = {"prompt", "negative_prompt"}
+_RENAMED = {"image": "image_id", "mask": "mask_id"}
 
 HELP = """**Commands**
-- `/image <prompt>` makes an image. Options: `--size 1024x1024|1536x1024|1024x1536`,
-  `--n 1-4`, `--quality low|medium|high`, `--seed N`.
-- `/help` shows this.
+- `/image <prompt>` makes an image. Options: `--size 1024x1024`, `--n 1-4`,
+  `--quality low|medium|high`, `--seed N`, `--steps N`, `--guidance 7.5`,
+  `--negative_prompt ...`, `--lora name:0.8`, `--backend replicate:owner/name`.
+- `/edit <instruction>` edits the latest image (or `--image ID`; `--mask ID` limits it).
+- `/variations [ID] --n 3` makes more like an image; `/fork ID --size 1536x1024` redoes an
+  earlier image with changes, keeping its history.
+- `/refine <prompt> --style crayon` improves a prompt and draws it; `/styles` lists styles.
+- `/backend openai|replicate[:owner/name]|local[:model]` switches this conversation's
+  backend (also in the settings panel, next to the message box).
+- Attach an image to edit it or start from it.
 
-With a chat model configured you can also just ask, e.g.
-*paint a lighthouse at dusk, then make it wider*.
+With a chat model configured you can just ask: *paint a lighthouse at dusk*, *make it
+bluer*, *four variations of that*, *go back to the first one and make it wider*.
 Every image, prompt and setting is saved with the conversation in the sidebar."""
 
 
-def parse_image_args(text: str) -> dict[str, Any]:
-    """Split `/image` text into prompt and `--flag value` options, refusing unknown ones."""
+def _tokens(text: str) -> list[tuple[str, str | None]]:
+    """[(option name or "", value)] — "" marks words of the free text."""
+    words = text.split()
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if not (word.startswith("--") and len(word) > 2):
+            out.append(("", word))
+            i += 1
+            continue
+        name, eq, inline = word[2:].partition("=")
+        name = name.lower()
+        if eq:
+            value: str | None = inline
+            i += 1
+        elif name in _MULTI_WORD:
+            j = i + 1
+            while j < len(words) and not words[j].startswith("--"):
+                j += 1
+            value = " ".join(words[i + 1 : j]) or None
+            i = j
+        else:
+            has_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+            value = words[i + 1] if has_value else None
+            i += 2 if has_value else 1
+        out.append((name, value))
+    return out
+
+
+def parse_args(command: Command, text: str) -> dict[str, Any]:
+    """Split text into the free-text argument and `--flag value` options."""
     args: dict[str, Any] = {}
-    for match in _FLAG.finditer(text):
-        name, value = match.group(1).lower(), match.group(2)
-        if name not in _INT_FLAGS | _TEXT_FLAGS:
-            raise InvalidInput(f"Unknown option --{name}. Options: --size, --n, --quality, --seed.")
+    rest: list[str] = []
+    for name, value in _tokens(text):
+        if not name:
+            rest.append(value or "")
+            continue
+        if name not in command.ints | command.floats | command.texts:
+            raise InvalidInput(
+                f"Unknown option --{name} for /{command.id}. Options: {command.options()}."
+            )
         if value is None:
             raise InvalidInput(f"Option --{name} needs a value, e.g. --{name} 2.")
-        if name in _INT_FLAGS:
+        if name in command.ints:
             if not re.fullmatch(r"\d{1,19}", value):
                 raise InvalidInput(f"Option --{name} takes a whole number, not {value!r}.")
             args[name] = int(value)
+        elif name in command.floats:
+            try:
+                args[name] = float(value)
+            except ValueError:
+                raise InvalidInput(f"Option --{name} takes a number, not {value!r}.") from None
         else:
-            args[name] = value
-    prompt = _FLAG.sub(" ", text).strip()
-    if not prompt:
-        raise InvalidInput("Say what the image should show, e.g. /image a fox in the snow.")
-    args["prompt"] = prompt
+            args[_RENAMED.get(name, name)] = value
+    free = " ".join(rest).strip()
+    if command.text_arg and free:
+        args[command.text_arg] = free
+    elif free:
+        raise InvalidInput(f"/{command.id} takes no text, only options: {command.options()}.")
     return args
 
 
@@ -70,14 +184,63 @@ def split_slash(text: str) -> tuple[str, str]:
     return name.strip().lower(), rest.strip()
 
 
-async def run(ctx: ToolContext, name: str, text: str) -> None:
-    if name == "help":
+def chainlit_commands() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c.id,
+            "icon": c.icon,
+            "description": c.description,
+            "button": c.button,
+            "persistent": False,
+        }
+        for c in COMMANDS
+    ]
+
+
+async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
+    command = BY_ID.get(name)
+    if command is None:
+        known = ", ".join(f"/{c.id}" for c in COMMANDS)
+        raise InvalidInput(f"Unknown command /{name[:40]}. Commands: {known}.")
+    if command.id == "help":
         await rendering.notice(HELP)
         return
-    if name == "image":
-        tools = {tool.name: tool for tool in build_tools(ctx)}
-        call = {"name": "generate_image", "args": parse_image_args(text), "id": "command"}
-        await run_tool_call(tools, ctx, call)
+    if command.id == "styles":
+        await rendering.notice("**Styles** (use with `/refine <prompt> --style NAME`)\n"
+                               + runtime.styles.describe())
         return
-    known = ", ".join(f"/{c['id']}" for c in COMMANDS)
-    raise InvalidInput(f"Unknown command /{name[:40]}. Commands: {known}.")
+    if command.id == "backend":
+        await rendering.notice(await settings_panel.use_backend(runtime, text, ctx.user_id))
+        return
+    args = parse_args(command, text)
+    if command.id == "image" and "prompt" not in args:
+        raise InvalidInput("Say what the image should show, e.g. /image a fox in the snow.")
+    if command.id == "edit" and "instruction" not in args:
+        raise InvalidInput("Say what to change, e.g. /edit make the sky bluer.")
+    if command.id == "fork" and "image_id" not in args:
+        raise InvalidInput("Name the image to fork from, e.g. /fork 1a2b3c4d --size 1536x1024.")
+    if command.id == "refine" and "prompt" not in args:
+        raise InvalidInput("Give a prompt to refine, e.g. /refine a red apple --style crayon.")
+    if "image_id" in args:
+        args["image_id"] = await _full_image_id(ctx, args["image_id"])
+    if "mask_id" in args:
+        args["mask_id"] = await _full_image_id(ctx, args["mask_id"])
+    tools = {tool.name: tool for tool in build_tools(ctx)}
+    await run_tool_call(tools, ctx, {"name": command.tool, "args": args, "id": "command"})
+
+
+async def _full_image_id(ctx: ToolContext, given: str) -> str:
+    """Captions show 8-character ids; accept those for this conversation's images."""
+    given = given.strip().strip("`")
+    if len(given) >= 32:
+        return given
+    matches = [
+        record.id
+        for record in await ctx.images.for_thread(ctx.thread_id, ctx.user_id, limit=500)
+        if record.id.startswith(given.lower())
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InvalidInput(f"No image in this conversation has an id starting with {given!r}.")
+    raise InvalidInput(f"Several images start with {given!r}; give more of the id.")

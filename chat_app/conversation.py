@@ -18,9 +18,15 @@ MAX_HISTORY_STEPS = 40
 MAX_IMAGES_LISTED = 20
 
 SYSTEM_PROMPT = """You are Atelier, an assistant that makes images with tools.
-When the user asks for a picture, call generate_image with a complete, specific prompt.
-When they refer to an earlier image ("make it bigger", "the one from before"), find it in
-the list of this conversation's images below and base the new prompt and settings on it.
+- A new picture: call generate_image with a complete, specific prompt.
+- A change to an existing image ("make it bluer", "add a hat"): call edit_image with the
+  instruction; it edits the most recent image unless you pass another image_id.
+- More of the same ("four variations of that"): call variations with the image id and n.
+- Redo an earlier image with other settings ("go back to the second one and make it
+  wider"): call fork_image with that image's id and only the settings that change.
+- A style or "improve my prompt": call refine_prompt (styles: {styles}).
+Find images by number or description in the list below and always pass their full ids.
+Only pass backend when the user asks for a specific backend or model.
 Keep replies short. If a tool reports an error, explain it plainly and suggest a fix.
 """
 
@@ -51,15 +57,26 @@ def describe_images(images: Sequence[ImageRecord]) -> str:
         return "This conversation has no images yet."
     lines = ["Images in this conversation, oldest first (the last one is the most recent):"]
     for number, image in enumerate(images[-MAX_IMAGES_LISTED:], start=1):
+        if image.backend == "upload":
+            what = f"uploaded by the user ({image.parameters.get('filename')})"
+        else:
+            what = (
+                f"backend={image.backend} model={image.model} seed={image.seed} "
+                f"prompt={image.prompt_sent[:400]!r}"
+            )
+        derived = f" derived_from={image.parent_id}" if image.parent_id else ""
         lines.append(
-            f"{number}. id={image.id} size={image.width}x{image.height} "
-            f"backend={image.backend} model={image.model} prompt={image.prompt_sent[:400]!r}"
+            f"{number}. id={image.id} size={image.width}x{image.height} {what}{derived}"
         )
     return "\n".join(lines)
 
 
 def build_messages(
-    history: list[BaseMessage], images: Sequence[ImageRecord], text: str
+    history: list[BaseMessage],
+    images: Sequence[ImageRecord],
+    text: str,
+    styles: Sequence[str] = (),
 ) -> list[BaseMessage]:
-    system = SystemMessage(content=SYSTEM_PROMPT + "\n" + describe_images(images))
+    prompt = SYSTEM_PROMPT.replace("{styles}", ", ".join(styles) or "none")
+    system = SystemMessage(content=prompt + "\n" + describe_images(images))
     return [system, *history, HumanMessage(content=text)]

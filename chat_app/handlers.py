@@ -5,9 +5,10 @@ from __future__ import annotations
 import chainlit as cl
 from chainlit.types import ThreadDict
 
-from chat_app import commands, rendering
+from chat_app import commands, rendering, settings_panel
 from chat_app.runtime import get_runtime
-from chat_app.turn import handle_message
+from chat_app.turn import current_user_id, handle_message
+from memory.errors import AtelierError
 from memory.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -30,14 +31,28 @@ async def _login(username: str, password: str) -> cl.User | None:
 
 @cl.on_chat_start
 async def _start() -> None:
-    await cl.context.emitter.set_commands(commands.COMMANDS)
+    await cl.context.emitter.set_commands(commands.chainlit_commands())
+    await settings_panel.show(get_runtime())
     await rendering.welcome(get_runtime())
 
 
 @cl.on_chat_resume
 async def _resume(thread: ThreadDict) -> None:
-    # The agent's memory is rebuilt from the database on every turn (conversation.py).
-    await cl.context.emitter.set_commands(commands.COMMANDS)
+    # The agent's memory is rebuilt from the database on every turn (conversation.py);
+    # Chainlit restores the user session (and so the panel) from the thread's metadata.
+    await cl.context.emitter.set_commands(commands.chainlit_commands())
+    await settings_panel.show(get_runtime())
+
+
+@cl.on_settings_update
+async def _settings(values: dict) -> None:
+    runtime = get_runtime()
+    try:
+        user_id = await current_user_id(runtime)
+        await rendering.notice(await settings_panel.update(runtime, values, user_id))
+    except AtelierError as exc:
+        await rendering.error(exc.message + " The previous settings are still in force.")
+        await settings_panel.show(runtime)
 
 
 @cl.on_message

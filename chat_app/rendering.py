@@ -8,6 +8,7 @@ import chainlit as cl
 from chainlit.data import get_data_layer
 
 from chat_app.runtime import Runtime
+from memory.images import ImageRecord
 from tools.context import ToolArtifact
 
 
@@ -33,7 +34,7 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
         )
     backends = runtime.backends.available()
     images = (
-        ", ".join(f"{b.label}" for b in backends)
+        ", ".join(f"{b.label} (`{b.default_model}`)" for b in backends)
         if backends
         else "none configured (set OPENAI_API_KEY to enable OpenAI images)"
     )
@@ -65,22 +66,47 @@ async def notice(text: str) -> None:
     await cl.Message(content=text, author="Atelier").send()
 
 
+def _seed_text(records: list[ImageRecord]) -> str:
+    seeds = [record.seed for record in records if record.seed is not None]
+    if seeds:
+        return "seed " + ", ".join(str(seed) for seed in seeds)
+    return f"no seed ({records[0].backend} does not take one)"
+
+
 def caption(artifact: ToolArtifact) -> str:
-    first = artifact.images[0][0]
-    count = len(artifact.images)
+    records = [record for record, _ in artifact.images]
+    first, count = records[0], len(records)
+    title = f"{'Image' if count == 1 else f'{count} images'} for *{first.prompt_sent[:300]}*"
+    if artifact.before:
+        source = artifact.before[0][0]
+        title = f"**Before** (`{source.id[:8]}`) and **after**: *{first.prompt_typed[:300]}*"
     lines = [
-        f"{'Image' if count == 1 else f'{count} images'} for *{first.prompt_sent[:300]}*",
+        title,
         f"{first.width}×{first.height} · {first.backend} `{first.model}` · "
-        + ", ".join(f"id `{record.id[:8]}`" for record, _ in artifact.images),
+        + _seed_text(records)
+        + " · "
+        + ", ".join(f"id `{record.id[:8]}`" for record in records),
     ]
     lines.extend(f"_{note}_" for note in artifact.notes)
     return "\n\n".join(lines)
 
 
 async def images(artifact: ToolArtifact) -> None:
+    if artifact.text:
+        await cl.Message(content=artifact.text, author="Atelier").send()
     if not artifact.images:
         return
-    elements = [
+    elements: list[cl.Element] = [
+        cl.Image(
+            content=data,
+            name=f"before-{record.id}.png",
+            display="inline",
+            size="medium",
+            mime=record.mime,
+        )
+        for record, data in artifact.before
+    ]
+    elements += [
         cl.Image(
             content=data,
             name=f"{record.id}.png",

@@ -20,6 +20,7 @@ from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.users import UserStore
 from pipelines.registry import BackendRegistry
+from tools.styles import StyleLibrary
 
 log = get_logger(__name__)
 
@@ -34,6 +35,7 @@ class Runtime:
     images: ImageStore
     backends: BackendRegistry
     auth_secret: str
+    styles: StyleLibrary
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -77,6 +79,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         images=ImageStore(engine, media),
         backends=BackendRegistry.from_settings(settings),
         auth_secret=auth_secret,
+        styles=StyleLibrary.load(settings.styles_file),
     )
 
 

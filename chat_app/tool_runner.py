@@ -6,6 +6,7 @@ as the tool result so it can explain or retry with other arguments.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from langchain_core.tools import BaseTool
 from pydantic import ValidationError
 
 from chat_app import rendering
+from chat_app.progress_display import ProgressDisplays
 from memory.errors import AtelierError
 from memory.logging_setup import get_logger
 from tools.context import ToolArtifact, ToolContext
@@ -43,8 +45,10 @@ async def run_tool_call(
     step.input = json.dumps(call.get("args") or {}, ensure_ascii=False)
     artifact: ToolArtifact | None = None
     failure: str | None = None
+    displays = ProgressDisplays()
     async with step:
         ctx.message_id = step.id
+        ctx.progress = displays.new
         try:
             result = await tool.ainvoke({**call, "id": call_id, "type": "tool_call"})
             artifact = result.artifact
@@ -53,6 +57,17 @@ async def run_tool_call(
             failure = describe_validation(name, exc)
         except AtelierError as exc:
             failure = exc.message
+        except asyncio.CancelledError:
+            # The user pressed stop: backends cancel their own work; say so and go on
+            # unwinding so Chainlit ends the task.
+            displays.cancel_all()
+            step.output = "Stopped by the user; nothing from this call was kept."
+            step.is_error = True
+            await displays.close()
+            raise
+        finally:
+            ctx.progress = None
+        await displays.close()
         if failure is not None:
             log.info("tool_failed", tool=name, reason=failure[:200])
             step.is_error = True

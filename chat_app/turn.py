@@ -9,9 +9,10 @@ from __future__ import annotations
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, rendering
+from chat_app import agent, commands, rendering, settings_panel
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
+from chat_app.uploads import acknowledgement, record_uploads
 from memory.errors import AtelierError, InvalidInput
 from memory.logging_setup import get_logger
 from tools.context import ToolContext
@@ -19,7 +20,7 @@ from tools.context import ToolContext
 log = get_logger(__name__)
 
 
-async def _user_id(runtime: Runtime) -> str:
+async def current_user_id(runtime: Runtime) -> str:
     user = cl.user_session.get("user")
     if user is not None and getattr(user, "id", None):
         return user.id
@@ -47,31 +48,37 @@ def check_text(text: str, limit: int, has_files: bool) -> str:
 async def handle_message(runtime: Runtime, message: cl.Message) -> None:
     structlog.contextvars.bind_contextvars(thread_id=message.thread_id, request_id=message.id)
     try:
-        user_id = await _user_id(runtime)
+        user_id = await current_user_id(runtime)
         structlog.contextvars.bind_contextvars(user_id=user_id)
         text = check_text(
             message.content, runtime.settings.max_message_chars, bool(message.elements)
         )
-        if not text:
-            raise InvalidInput(
-                "Editing uploaded images comes with the next release; for now, describe the "
-                "image you want in words."
-            )
         ctx = ToolContext(
             thread_id=message.thread_id,
             user_id=user_id,
             backends=runtime.backends,
             images=runtime.images,
-            backend_id=runtime.backends.default_id(),
+            defaults=settings_panel.current(),
+            styles=runtime.styles,
+            rewrite=agent.prompt_rewriter(runtime.settings),
+            message_id=message.id,
         )
+        uploads = []
+        if message.elements:
+            uploads = await record_uploads(ctx, list(message.elements), text)
+            await rendering.notice(acknowledgement(uploads))
+            if not text:
+                return
         if message.command:
-            await commands.run(ctx, message.command.lower(), text)
+            await commands.run(runtime, ctx, message.command.lower(), text)
         elif text.startswith("/"):
-            await commands.run(ctx, *commands.split_slash(text))
+            await commands.run(runtime, ctx, *commands.split_slash(text))
         elif runtime.settings.llm_configured:
             await _agent_turn(runtime, ctx, message, text)
+        elif uploads:
+            await commands.run(runtime, ctx, "edit", f"{text} --image {uploads[0].id}")
         else:
-            await commands.run(ctx, "image", text)
+            await commands.run(runtime, ctx, "image", text)
     except AtelierError as exc:
         log.info("turn_refused", kind=type(exc).__name__, reason=exc.message[:200])
         await rendering.error(exc.message)
@@ -89,4 +96,5 @@ async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, t
     thread = await runtime.data_layer.get_thread(message.thread_id)
     history = history_from_steps(thread["steps"] if thread else [], message.id)
     images = await runtime.images.for_thread(ctx.thread_id, ctx.user_id)
-    await agent.run_turn(runtime.settings, ctx, build_messages(history, images, text))
+    messages = build_messages(history, images, text, runtime.styles.names())
+    await agent.run_turn(runtime.settings, ctx, messages)

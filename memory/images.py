@@ -170,6 +170,10 @@ class ImageStore:
             raise NotFound(f"No image with id {image_id} in your conversations.")
         return ImageRecord.from_row(row)
 
+    def read(self, record: ImageRecord) -> bytes:
+        """The stored file of an image the caller already fetched (and so may see)."""
+        return self._media.get(record.media_key)
+
     async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[ImageRecord]:
         """The thread's images, oldest first (the newest `limit` of them)."""
         thread_id = require_uuid(thread_id, "thread id")

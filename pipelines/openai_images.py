@@ -1,8 +1,9 @@
-"""OpenAI's Images API through the official client (generations; edits come later).
+"""OpenAI's Images API through the official client: generations and edits.
 
 The client's own retry policy handles timeouts, connection errors, 429 and 5xx with
 `retry-after`; what is left when it gives up is translated here into the project's
-errors, each with a message that tells the user what happened and what to do.
+errors, each with a message that tells the user what happened and what to do. Model
+capabilities are data (`MODEL_CAPABILITIES`), so a new gpt-image model is one row.
 """
 
 from __future__ import annotations
@@ -29,15 +30,37 @@ from pipelines.base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    InputImage,
+    SizeRange,
     check_request,
 )
+from pipelines.progress import Progress
 
-CAPABILITIES = Capabilities(
-    sizes=("1024x1024", "1536x1024", "1024x1536", "auto"),
+_FIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+_COMMON = dict(
     qualities=("auto", "low", "medium", "high"),
-    max_n=4,
+    max_n=10,
     seed=False,
+    edit="instruction",
+    max_input_images=16,
+    mask=True,
+    backgrounds=("auto", "transparent", "opaque"),
+    output_formats=("png", "jpeg", "webp"),
+    max_prompt_chars=32000,
 )
+GPT_IMAGE = Capabilities(sizes=_FIXED_SIZES, **_COMMON)
+# gpt-image-2 takes any size whose sides are multiples of 16, up to 3840x2160.
+GPT_IMAGE_2 = Capabilities(
+    sizes=_FIXED_SIZES,
+    size_range=SizeRange(min_side=256, max_side=3840, multiple=16, max_pixels=3840 * 2160),
+    **_COMMON,
+)
+MODEL_CAPABILITIES: dict[str, Capabilities] = {
+    "gpt-image-1.5": GPT_IMAGE,
+    "gpt-image-1-mini": GPT_IMAGE,
+    "gpt-image-2": GPT_IMAGE_2,
+    "gpt-image-2.5": GPT_IMAGE_2,
+}
 
 
 def _error_code(exc: openai.APIStatusError) -> str | None:
@@ -106,7 +129,7 @@ def _is_number(text: str) -> bool:
 
 class OpenAIImages:
     id = "openai"
-    capabilities = CAPABILITIES
+    label = "OpenAI"
 
     def __init__(
         self,
@@ -116,39 +139,81 @@ class OpenAIImages:
         timeout_s: float = 120.0,
         max_retries: int = 2,
     ) -> None:
-        self.model = model
-        self.label = f"OpenAI {model}"
+        self.default_model = model
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
         )
 
-    async def generate(self, request: ImageRequest) -> ImageResult:
+    def capabilities(self, model: str | None = None) -> Capabilities:
+        # Unknown names (a newer model) get the common set; OpenAI itself refuses a bad id.
+        return MODEL_CAPABILITIES.get(model or self.default_model, GPT_IMAGE)
+
+    def suggested_models(self) -> list[str]:
+        return list(dict.fromkeys([self.default_model, *MODEL_CAPABILITIES]))
+
+    async def generate(
+        self, request: ImageRequest, progress: Progress | None = None
+    ) -> ImageResult:
         request = check_request(self, request)
+        if request.background == "transparent" and request.output_format == "jpeg":
+            raise InvalidInput("A transparent background needs output format png or webp.")
         params: dict[str, Any] = {
             "size": request.size,
             "quality": request.quality,
             "n": request.n,
-            "output_format": "png",
+            "output_format": request.output_format,
         }
+        if request.background:
+            params["background"] = request.background
+        if progress is not None:
+            progress.report(0, 1, "OpenAI is drawing")
         try:
-            response = await self._client.images.generate(
-                model=self.model, prompt=request.prompt, **params
-            )
+            if request.images:
+                response = await self._client.images.edit(
+                    model=request.model,
+                    prompt=request.prompt,
+                    image=_files(request.images),
+                    **({"mask": _file(request.mask, "mask")} if request.mask else {}),
+                    **params,
+                )
+            else:
+                response = await self._client.images.generate(
+                    model=request.model, prompt=request.prompt, **params
+                )
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
         images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
         if not images:
             raise BackendFailed("OpenAI answered without any image. Try again.")
         usage = response.usage.model_dump() if getattr(response, "usage", None) else None
+        if request.images:
+            params["input_images"] = len(request.images)
+            params["mask"] = request.mask is not None
         return ImageResult(
             images=images,
             backend=self.id,
-            model=self.model,
+            model=request.model or self.default_model,
             prompt_sent=request.prompt,
             parameters=params,
             usage=usage,
             seed_honoured=False,
         )
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def _file(image: InputImage, stem: str) -> tuple[str, bytes, str]:
+    """A multipart file part: the API checks the filename's extension and the type."""
+    return (f"{stem}.{_EXTENSIONS.get(image.mime, 'png')}", image.data, image.mime)
+
+
+def _files(images: tuple[InputImage, ...]) -> Any:
+    # One image goes as `image`, several as repeated `image[]` parts (the client decides
+    # by whether it gets a list).
+    if len(images) == 1:
+        return _file(images[0], "image")
+    return [_file(image, f"image{i}") for i, image in enumerate(images)]
 
 
 def _decode(b64: str) -> GeneratedImage:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image as PILImage
 
 from memory.db import create_engine, migrate
 from memory.errors import (
@@ -17,7 +19,7 @@ from memory.errors import (
 from memory.images import ImageStore
 from memory.media_store import MediaStore
 from memory.png_metadata import read_embedded
-from pipelines.base import ImageRequest
+from pipelines.base import ImageRequest, InputImage
 from pipelines.openai_images import OpenAIImages
 from pipelines.registry import BackendRegistry
 from tools.context import ToolContext
@@ -70,9 +72,12 @@ async def test_unreachable_server_is_reported():
     ("request_", "words"),
     [
         (ImageRequest("x", size="999x999"), "Valid sizes: 1024x1024"),
-        (ImageRequest("x", n=11), "1 to 4 images"),
+        (ImageRequest("x", n=11), "1 to 10 images"),
         (ImageRequest("   "), "prompt is empty"),
-        (ImageRequest("x" * 5000), "at most 4,000"),
+        (ImageRequest("x" * 40000), "at most 32,000"),
+        (ImageRequest("x", steps=4), "does not take a step count"),
+        (ImageRequest("x", background="transparent", output_format="jpeg"), "png or webp"),
+        (ImageRequest("x", model="gpt-image-2", size="1000x1000"), "multiples of 16"),
         (ImageRequest("x", quality="ultra"), "Valid: auto, low, medium, high"),
     ],
 )
@@ -109,3 +114,62 @@ async def test_tool_records_lineage_and_embeds_parameters(fake_openai, tmp_path)
     with pytest.raises(Exception, match="No image"):
         await images.get(record.id, "00000000-0000-4000-8000-000000000000")
     await engine.dispose()
+
+
+def _png(width: int, height: int, colour=(200, 30, 30, 255)) -> InputImage:
+    buffer = io.BytesIO()
+    PILImage.new("RGBA", (width, height), colour).save(buffer, "PNG")
+    return InputImage(buffer.getvalue(), "image/png", width, height)
+
+
+async def test_edit_sends_one_image_as_multipart_image_part(fake_openai):
+    source = _png(1024, 1024)
+    result = await backend(fake_openai).generate(
+        ImageRequest("make it bluer", images=(source,), size="1024x1024")
+    )
+    sent = fake_openai.requests_to("/images/edits")
+    assert len(sent) == 1 and fake_openai.requests_to("/images/generations") == []
+    form = sent[0].form
+    assert [part["content_type"] for part in form["image"]] == ["image/png"]
+    assert form["image"][0]["data"] == source.data
+    assert "image[]" not in form and "mask" not in form
+    assert form["prompt"] == ["make it bluer"] and form["model"] == ["gpt-image-1.5"]
+    assert result.parameters["input_images"] == 1 and len(result.images) == 1
+
+
+async def test_edit_with_several_images_and_a_mask(fake_openai):
+    first, second = _png(1024, 1024), _png(1024, 1024, (0, 0, 255, 255))
+    mask = _png(1024, 1024, (0, 0, 0, 0))
+    await backend(fake_openai).generate(
+        ImageRequest("put them together", images=(first, second), mask=mask)
+    )
+    form = fake_openai.requests_to("/images/edits")[0].form
+    assert [part["data"] for part in form["image[]"]] == [first.data, second.data]
+    assert form["mask"][0]["data"] == mask.data and form["mask"][0]["content_type"] == "image/png"
+
+
+async def test_mask_of_another_size_is_refused_before_sending(fake_openai):
+    with pytest.raises(InvalidInput, match="mask is 512x512 but the image is 1024x1024"):
+        await backend(fake_openai).generate(
+            ImageRequest("x", images=(_png(1024, 1024),), mask=_png(512, 512))
+        )
+    assert fake_openai.requests_to("/images/edits") == []
+
+
+async def test_transparent_background_and_output_formats(fake_openai):
+    result = await backend(fake_openai).generate(
+        ImageRequest("a sticker", background="transparent", output_format="webp")
+    )
+    body = fake_openai.requests_to("/images/generations")[0].json
+    assert body["background"] == "transparent" and body["output_format"] == "webp"
+    assert result.images[0].mime == "image/webp"
+    with PILImage.open(io.BytesIO(result.images[0].data)) as image:
+        assert image.mode == "RGBA" and image.getextrema()[3][0] == 0
+
+
+async def test_gpt_image_2_takes_any_multiple_of_16(fake_openai):
+    result = await backend(fake_openai).generate(
+        ImageRequest("a banner", model="gpt-image-2", size="2048x512")
+    )
+    assert (result.images[0].width, result.images[0].height) == (2048, 512)
+    assert result.model == "gpt-image-2"

@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
+from pipelines.progress import Progress
 from pipelines.registry import BackendRegistry
+from tools.styles import StyleLibrary
+
+# (instructions, prompt) -> rewritten prompt; None when no chat model is configured.
+PromptRewriter = Callable[[str, str], Awaitable[str]]
+# label -> a Progress whose reports the chat displays.
+ProgressFactory = Callable[[str], Progress]
+
+
+@dataclass
+class GenerationDefaults:
+    """A conversation's settings panel: what a request uses unless the call says otherwise.
+
+    `backend` is a spec ("replicate" or "replicate:owner/name"); `model` overrides the
+    spec's model. Unset fields fall back to the model's own defaults.
+    """
+
+    backend: str | None = None
+    model: str | None = None
+    size: str | None = None
+    quality: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GenerationDefaults:
+        """Lenient on read: a stored panel from an older version never breaks a resume."""
+        data = data or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -14,13 +51,36 @@ class ToolContext:
     user_id: str
     backends: BackendRegistry
     images: ImageStore
-    backend_id: str = "openai"
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    styles: StyleLibrary = field(default_factory=StyleLibrary.builtin)
+    rewrite: PromptRewriter | None = None
+    progress: ProgressFactory | None = None
     message_id: str | None = None
+
+    def new_progress(self, label: str) -> Progress | None:
+        return self.progress(label) if self.progress else None
+
+    async def image(self, image_id: str | None) -> ImageRecord:
+        """The named image, or the conversation's most recent one."""
+        if image_id:
+            record = await self.images.get(image_id, self.user_id)
+            return record
+        recent = await self.images.for_thread(self.thread_id, self.user_id, limit=1)
+        if not recent:
+            raise InvalidInput(
+                "This conversation has no image yet: make one first, or upload one."
+            )
+        return recent[-1]
 
 
 @dataclass
 class ToolArtifact:
-    """What the chat shows besides the tool's text: images (with stored bytes) and notes."""
+    """What the chat shows besides the tool's text: images (with stored bytes) and notes.
+
+    `before` holds the source image(s) of an edit, shown beside the result.
+    """
 
     images: list[tuple[ImageRecord, bytes]] = field(default_factory=list)
+    before: list[tuple[ImageRecord, bytes]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    text: str | None = None

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from pydantic import BaseModel, Field
 
-from memory.images import NewImage
-from pipelines.base import ImageRequest
+from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
 
 
@@ -20,11 +17,27 @@ class GenerateImageArgs(BaseModel):
     )
     quality: str | None = Field(None, description="low, medium, high or auto.")
     seed: int | None = Field(None, description="Seed for reproducible results, if supported.")
+    negative_prompt: str | None = Field(
+        None, description="What to keep out of the image (backends that support it)."
+    )
+    steps: int | None = Field(None, description="Denoising steps (local/diffusion models).")
+    guidance: float | None = Field(None, description="Guidance scale (diffusion models).")
+    lora: str | None = Field(
+        None, description="LoRA(s) to apply, 'name' or 'name:weight', comma-separated (local)."
+    )
+    backend: str | None = Field(
+        None,
+        description=(
+            "Only when the user asks for a specific backend/model: 'openai', 'local', "
+            "'replicate' or 'replicate:owner/name'. Otherwise the conversation's setting."
+        ),
+    )
 
 
 DESCRIPTION = (
-    "Generate new images from a text prompt. Use it whenever the user asks for a picture. "
-    "To change an earlier image, write a new full prompt based on that image's prompt."
+    "Generate new images from a text prompt. Use it whenever the user asks for a new "
+    "picture. To change an existing image use edit_image; to redo an earlier one with "
+    "other settings use fork_image; for more of the same use variations."
 )
 
 
@@ -35,46 +48,26 @@ async def generate_image(
     size: str | None = None,
     quality: str | None = None,
     seed: int | None = None,
+    negative_prompt: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    lora: str | None = None,
+    backend: str | None = None,
 ) -> tuple[str, ToolArtifact]:
-    backend = ctx.backends.get(ctx.backend_id)
-    started = time.perf_counter()
-    result = await backend.generate(
-        ImageRequest(prompt=prompt, n=n, size=size, quality=quality, seed=seed)
+    planned = image_jobs.plan(
+        ctx,
+        prompt,
+        backend,
+        n=n,
+        size=size,
+        quality=quality,
+        seed=seed,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        guidance=guidance,
+        loras=image_jobs.parse_loras(lora),
     )
-    duration_ms = int((time.perf_counter() - started) * 1000)
-    artifact = ToolArtifact()
-    if seed is not None and not result.seed_honoured:
-        artifact.notes.append(
-            f"{backend.label} has no seed parameter: seed {seed} was recorded but not used, "
-            "so this image cannot be reproduced exactly."
-        )
-    parameters = {**result.parameters, "usage": result.usage, "seed_requested": seed}
-    for image in result.images:
-        record, stored = await ctx.images.record(
-            ctx.thread_id,
-            ctx.user_id,
-            NewImage(
-                data=image.data,
-                mime=image.mime,
-                width=image.width,
-                height=image.height,
-                prompt_typed=prompt,
-                prompt_sent=result.prompt_sent,
-                backend=result.backend,
-                model=result.model,
-                parameters=parameters,
-                seed=image.seed,
-                message_id=ctx.message_id,
-                duration_ms=duration_ms,
-            ),
-        )
-        artifact.images.append((record, stored))
-    ids = ", ".join(record.id for record, _ in artifact.images)
-    first = artifact.images[0][0]
-    text = (
-        f"Generated {len(artifact.images)} image(s) [{ids}] at {first.width}x{first.height} "
-        f"with {backend.label} for the prompt: {result.prompt_sent}"
+    artifact = await image_jobs.run(
+        ctx, planned, prompt_typed=prompt, seed_requested=planned.request.seed
     )
-    if artifact.notes:
-        text += "\nNote: " + " ".join(artifact.notes)
-    return text, artifact
+    return image_jobs.summary("Generated", artifact, planned.label), artifact

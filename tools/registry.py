@@ -13,7 +13,7 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel
 
-from tools import generate_image
+from tools import edit_image, fork_image, generate_image, refine_prompt, variations
 from tools.context import ToolArtifact, ToolContext
 
 ToolFunction = Callable[..., Awaitable[tuple[str, ToolArtifact]]]
@@ -25,6 +25,15 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
         generate_image.GenerateImageArgs,
         generate_image.generate_image,
     ),
+    ("edit_image", edit_image.DESCRIPTION, edit_image.EditImageArgs, edit_image.edit_image),
+    (
+        "refine_prompt",
+        refine_prompt.DESCRIPTION,
+        refine_prompt.RefinePromptArgs,
+        refine_prompt.refine_prompt,
+    ),
+    ("variations", variations.DESCRIPTION, variations.VariationsArgs, variations.variations),
+    ("fork_image", fork_image.DESCRIPTION, fork_image.ForkImageArgs, fork_image.fork_image),
 ]
 
 

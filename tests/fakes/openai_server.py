@@ -152,13 +152,61 @@ def _text_of(content: Any) -> str:
     return str(content)
 
 
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "last": -1}
+_COUNTS = {"two": 2, "three": 3, "four": 4}
+_STYLES = ("crayon", "watercolour", "watercolor", "product", "line-art")
+_LISTED_IMAGE = re.compile(r"^\d+\. id=([0-9a-f-]{36})", re.MULTILINE)
+
+
+def _image_ids(messages: list[dict[str, Any]]) -> list[str]:
+    """Image ids from the app's system prompt, oldest first."""
+    for message in messages:
+        if message.get("role") == "system":
+            return _LISTED_IMAGE.findall(_text_of(message.get("content")))
+    return []
+
+
+def _iteration_call(lowered: str, text: str, ids: list[str]) -> ToolCall | None:
+    """The refinement loop: variations, fork, refine, edit — in that order of precedence."""
+    if "variation" in lowered and ids:
+        n = next((v for k, v in _COUNTS.items() if k in lowered.split()), 2)
+        digits = re.search(r"\b(\d)\b", lowered)
+        n = int(digits.group(1)) if digits else n
+        return ToolCall("variations", json.dumps({"image_id": ids[-1], "n": n}))
+    if ("go back" in lowered or "fork" in lowered) and ids:
+        ordinal = next((v for k, v in _ORDINALS.items() if k in lowered.split()), -1)
+        index = ordinal - 1 if ordinal > 0 else ordinal
+        args: dict[str, Any] = {"image_id": ids[index if -len(ids) <= index < len(ids) else -1]}
+        if "wider" in lowered:
+            args["size"] = "1536x1024"
+        if "taller" in lowered:
+            args["size"] = "1024x1536"
+        return ToolCall("fork_image", json.dumps(args))
+    style = next((s for s in _STYLES if s in lowered), None)
+    if "refine" in lowered or style:
+        prompt = re.sub(r"(?i)\b(refine|in|style|crayon|watercolou?r|product|line-art)\b", "", text)
+        args = {"prompt": " ".join(prompt.split()) or text}
+        if style:
+            args["style"] = style
+        return ToolCall("refine_prompt", json.dumps(args))
+    if ids and any(w in lowered for w in ("make it", "edit", "bluer", "add a", "remove")):
+        return ToolCall("edit_image", json.dumps({"instruction": text}))
+    return None
+
+
 def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
     """Rule-based model, deterministic so tests and browser runs can script a chat.
 
     - last message is a tool result -> "Done. " + its first line (result visible in chat);
+    - a tool-less call (prompt rewriting) -> "Refined: " + the user text;
     - last user text contains "malformed" -> generate_image with invalid JSON arguments;
-    - contains draw/image/picture/paint/generate/bigger/photo -> generate_image
-      ``{"prompt": text}`` (+ ``"size": "1536x1024"`` for "bigger");
+    - "bigger" -> generate_image with size 1536x1024;
+    - "variation(s)" -> variations of the newest listed image (n from "two/three/four/N");
+    - "go back to the first|second…" / "fork" -> fork_image of that image ("wider" →
+      1536x1024);
+    - "refine" or a style name -> refine_prompt (with that style);
+    - "make it|edit|bluer|add a|remove" with images listed -> edit_image;
+    - contains draw/image/picture/paint/generate/photo -> generate_image ``{"prompt": text}``;
     - otherwise -> "You said: <text[:200]>".
 
     Tool calls are only made when the request offered tools: the real API never answers
@@ -173,13 +221,21 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
             text = _text_of(message.get("content"))
             break
     lowered = text.lower()
-    if tools and "malformed" in lowered:
+    if not tools:
+        system = next((m for m in messages if m.get("role") == "system"), None)
+        if system and "Rewrite the user's image prompt" in _text_of(system.get("content")):
+            return Reply(content=f"Refined: {text}, finely detailed, soft light")
+        return Reply(content="You said: " + text[:200])
+    if "malformed" in lowered:
         return Reply(tool_calls=[ToolCall("generate_image", MALFORMED_ARGUMENTS)])
-    if tools and any(word in lowered for word in _IMAGE_WORDS):
-        args: dict[str, Any] = {"prompt": text}
-        if "bigger" in lowered:
-            args["size"] = "1536x1024"
+    if "bigger" in lowered:
+        args = {"prompt": text, "size": "1536x1024"}
         return Reply(tool_calls=[ToolCall("generate_image", json.dumps(args))])
+    call = _iteration_call(lowered, text, _image_ids(messages))
+    if call is not None:
+        return Reply(tool_calls=[call])
+    if any(word in lowered for word in _IMAGE_WORDS):
+        return Reply(tool_calls=[ToolCall("generate_image", json.dumps({"prompt": text}))])
     return Reply(content="You said: " + text[:200])
 
 
@@ -707,7 +763,7 @@ class FakeOpenAI:
         if body.get("stream"):
             raise _bad("Streaming image generation is not supported by the fake.", "stream")
         n = _parse_n(body.get("n"))
-        size_name, (width, height) = _parse_size(body.get("size"))
+        size_name, (width, height) = _parse_size(body.get("size"), body.get("model"))
         quality = _parse_choice(body.get("quality"), _QUALITIES, "quality", "auto")
         output_format = _parse_choice(body.get("output_format"), _FORMATS, "output_format", "png")
         background = _parse_choice(body.get("background"), _BACKGROUNDS, "background", "auto")
@@ -762,7 +818,7 @@ class FakeOpenAI:
             width, height = first.size
             size_name = f"{width}x{height}"
         else:
-            size_name, (width, height) = _parse_size(size_value)
+            size_name, (width, height) = _parse_size(size_value, _form_text(form, "model"))
         quality = _parse_choice(_form_text(form, "quality"), _QUALITIES, "quality", "auto")
         output_format = _parse_choice(
             _form_text(form, "output_format"), _FORMATS, "output_format", "png"
@@ -885,9 +941,16 @@ def _parse_n(value: Any) -> int:
     return value
 
 
-def _parse_size(value: Any) -> tuple[str, tuple[int, int]]:
+def _parse_size(value: Any, model: Any = None) -> tuple[str, tuple[int, int]]:
     if value is None or value == "auto":
         return "1024x1024", _SIZES["1024x1024"]
+    flexible = re.fullmatch(r"(\d+)x(\d+)", str(value))
+    if str(model or "").startswith("gpt-image-2") and flexible:
+        # gpt-image-2: any size with sides multiples of 16, up to 3840x2160.
+        width, height = int(flexible[1]), int(flexible[2])
+        if width % 16 or height % 16 or max(width, height) > 3840 or width * height > 3840 * 2160:
+            raise _bad(f"Invalid size '{value}' for {model}: use multiples of 16.", "size")
+        return str(value), (width, height)
     if value not in _SIZES:
         raise _bad(
             f"Invalid value: '{value}'. Supported values are: '1024x1024', '1024x1536', "

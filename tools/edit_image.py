@@ -1,0 +1,126 @@
+"""edit_image: change an existing image ("make it bluer"), keeping it as the parent.
+
+Backends edit in one of two ways. Instruction editors (OpenAI edits, flux-kontext) take
+the instruction as it is. img2img backends re-render from a full description, so they
+get the source's prompt with the instruction appended. When the chosen model cannot
+edit at all, a backend may name an `edit_model` to use instead; otherwise the user is
+told which backends can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pydantic import BaseModel, Field
+
+from memory.errors import InvalidInput
+from memory.images import ImageRecord
+from pipelines.base import Capabilities
+from tools import image_jobs
+from tools.context import ToolArtifact, ToolContext
+
+
+class EditImageArgs(BaseModel):
+    instruction: str = Field(description="The change to make, e.g. 'make the sky bluer'.")
+    image_id: str | None = Field(
+        None, description="The image to edit; omit for the conversation's most recent image."
+    )
+    mask_id: str | None = Field(
+        None,
+        description="An uploaded mask image (same size; transparent = repaint) to limit the edit.",
+    )
+    extra_image_ids: list[str] = Field(
+        default_factory=list, description="More reference images (backends that take several)."
+    )
+    strength: float | None = Field(
+        None, description="How far img2img may move from the source (0-1], local/diffusion."
+    )
+    seed: int | None = Field(None, description="Seed, if the backend supports it.")
+    backend: str | None = Field(None, description="Only when the user asks for a backend.")
+
+
+DESCRIPTION = (
+    "Edit an existing image: 'make it bluer', 'add a hat', 'remove the background'. Edits "
+    "the most recent image unless image_id names another (including uploaded images). "
+    "The result is recorded as derived from the source and shown beside it."
+)
+
+
+async def edit_image(
+    ctx: ToolContext,
+    instruction: str,
+    image_id: str | None = None,
+    mask_id: str | None = None,
+    extra_image_ids: list[str] | None = None,
+    strength: float | None = None,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> tuple[str, ToolArtifact]:
+    instruction = (instruction or "").strip()
+    if not instruction:
+        raise InvalidInput("Say what to change, e.g. 'make the sky bluer'.")
+    source = await ctx.image(image_id)
+    extras = [await ctx.image(extra) for extra in extra_image_ids or []]
+    mask = await ctx.image(mask_id) if mask_id else None
+    planned = image_jobs.plan(ctx, instruction, backend, strength=strength, seed=seed)
+    caps = planned.backend.capabilities(planned.request.model)
+    edit_model = getattr(planned.backend, "edit_model", None)
+    if caps.edit == "none" and edit_model:
+        planned = image_jobs.plan(
+            ctx, instruction, f"{planned.backend.id}:{edit_model}", strength=strength, seed=seed
+        )
+        caps = planned.backend.capabilities(edit_model)
+    if caps.edit == "none":
+        able = [
+            b.id for b in ctx.backends.available() if b.capabilities().edit != "none"
+        ]
+        raise InvalidInput(
+            f"{planned.label} cannot edit images. "
+            + (
+                f"Backends that can: {', '.join(able)} (say e.g. 'edit it with {able[0]}')."
+                if able
+                else "No configured backend can edit images."
+            )
+        )
+    prompt = instruction
+    if caps.edit == "img2img" and source.prompt_sent:
+        prompt = f"{source.prompt_sent.rstrip('. ')}. {instruction}"
+    images = [await image_jobs.input_image(ctx, record) for record in (source, *extras)]
+    request = replace(
+        planned.request,
+        prompt=prompt,
+        images=tuple(images),
+        mask=await image_jobs.input_image(ctx, mask) if mask else None,
+    )
+    # An edit keeps the source's size when the model can make it.
+    request = replace(request, size=_source_size(caps, source) or request.size)
+    planned = replace(planned, request=request)
+    artifact = await image_jobs.run(
+        ctx,
+        planned,
+        prompt_typed=instruction,
+        parent_id=source.id,
+        lineage={
+            "operation": "edit",
+            "source": source.id,
+            "references": [r.id for r in extras],
+            "mask": mask.id if mask else None,
+        },
+        seed_requested=seed,
+    )
+    artifact.before.append((source, await _bytes(ctx, source)))
+    return image_jobs.summary("Edited into", artifact, planned.label), artifact
+
+
+def _source_size(caps: Capabilities, source: ImageRecord) -> str | None:
+    """Keep the source's size when the model can make it; else the model's default."""
+    size = f"{source.width}x{source.height}"
+    if size in caps.sizes:
+        return size
+    if caps.size_range and caps.size_range.allows(source.width, source.height):
+        return size
+    return None
+
+
+async def _bytes(ctx: ToolContext, record: ImageRecord) -> bytes:
+    return (await image_jobs.input_image(ctx, record)).data

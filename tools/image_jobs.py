@@ -1,0 +1,270 @@
+"""The steps every image tool shares: plan a request, run it, record each image.
+
+Planning merges three layers — the model's defaults, the conversation's settings panel,
+and what this call asks for — and is honest about it: an explicit argument a model
+cannot honour is refused (by `check_request`), while a panel default that does not fit
+the chosen model is left out with a note, since the user never asked for it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from memory.errors import InvalidInput
+from memory.images import ImageRecord, NewImage
+from memory.png_metadata import open_image
+from pipelines.base import (
+    SIZE_PATTERN,
+    Capabilities,
+    ImageBackend,
+    ImageRequest,
+    InputImage,
+    LoraSpec,
+)
+from tools.context import ToolArtifact, ToolContext
+
+# Keys of ImageRequest that are stored with every image, so a fork can replay it.
+REPLAYABLE = (
+    "size",
+    "quality",
+    "steps",
+    "guidance",
+    "strength",
+    "scheduler",
+    "negative_prompt",
+    "background",
+    "output_format",
+)
+
+
+@dataclass
+class Plan:
+    backend: ImageBackend
+    request: ImageRequest
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.label} {self.request.model}"
+
+
+def parse_loras(text: str | None) -> tuple[LoraSpec, ...]:
+    """'name' or 'name:0.8', comma-separated."""
+    specs = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise InvalidInput(f"LoRA weight {weight!r} is not a number (use name:0.8).") from None
+        if not -4 <= value <= 4:
+            raise InvalidInput(f"LoRA weight {value} is out of range (-4 to 4).")
+        specs.append(LoraSpec(name.strip(), value))
+    return tuple(specs)
+
+
+def _fits(caps: Capabilities, name: str, value: Any) -> bool:
+    if name == "size":
+        match = SIZE_PATTERN.match(str(value))
+        in_range = bool(
+            caps.size_range and match and caps.size_range.allows(int(match[1]), int(match[2]))
+        )
+        return value in caps.sizes or in_range
+    if name == "quality":
+        return value in caps.qualities
+    if name == "scheduler":
+        return value in caps.schedulers
+    if name == "background":
+        return value in caps.backgrounds
+    if name == "loras":
+        return caps.lora
+    return bool(getattr(caps, name, False))
+
+
+def plan(
+    ctx: ToolContext,
+    prompt: str,
+    backend_spec: str | None = None,
+    *,
+    inherited: dict[str, Any] | None = None,
+    use_panel: bool = True,
+    **asked: Any,
+) -> Plan:
+    """Choose backend and model, then layer: call arguments over inherited over panel.
+
+    `inherited` holds the settings of an image being replayed (variations, forks); like
+    panel defaults, an inherited value the chosen model cannot take is left out with a
+    note, because the user did not ask for it in this call.
+    """
+    defaults = ctx.defaults
+    spec = backend_spec or defaults.backend or ctx.backends.default_id()
+    backend, model = ctx.backends.resolve(spec)
+    if not backend_spec and defaults.model and ":" not in (defaults.backend or ""):
+        model = defaults.model
+    caps = backend.capabilities(model)
+    values = {k: v for k, v in asked.items() if v not in (None, (), {})}
+    notes: list[str] = []
+    layers: list[tuple[str, dict[str, Any]]] = [("source image's {}", dict(inherited or {}))]
+    if use_panel:
+        panel = {k: v for k, v in defaults.to_dict().items() if k in _PANEL}
+        layers.append(("conversation's {} setting", panel))
+    for origin, layer in layers:
+        for name, value in layer.items():
+            if value in (None, (), {}) or name in values:
+                continue
+            if name in ("seed", "output_format") or _fits(caps, name, value):
+                values[name] = value
+            else:
+                what = origin.format(name.replace("_", " "))
+                notes.append(
+                    f"The {what} ({_show(value)}) does not apply to "
+                    f"{backend.label} {model}, so its default was used."
+                )
+    request = ImageRequest(prompt=prompt, model=model, **values)
+    return Plan(backend=backend, request=request, notes=notes)
+
+
+_PANEL = ("size", "quality", "steps", "guidance", "seed")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(f"{lora.name}:{lora.weight}" for lora in value)
+    return str(value)
+
+
+async def input_image(ctx: ToolContext, record: ImageRecord) -> InputImage:
+    data = await asyncio.to_thread(ctx.images.read, record)
+    return InputImage(
+        data=data, mime=record.mime, width=record.width, height=record.height, image_id=record.id
+    )
+
+
+async def check_upload(data: bytes) -> tuple[str, int, int]:
+    """(mime, width, height) of bytes that must be a readable, sane-sized image."""
+
+    def probe() -> tuple[str, int, int]:
+        with open_image(data) as image:
+            from PIL import Image
+
+            mime = Image.MIME.get(image.format or "", "")
+            if mime not in ("image/png", "image/jpeg", "image/webp"):
+                raise InvalidInput("Only PNG, JPEG and WebP images can be used.")
+            return mime, image.width, image.height
+
+    return await asyncio.to_thread(probe)
+
+
+async def run(
+    ctx: ToolContext,
+    planned: Plan,
+    *,
+    prompt_typed: str,
+    parent_id: str | None = None,
+    lineage: dict[str, Any] | None = None,
+    seed_requested: int | None = None,
+) -> ToolArtifact:
+    """Generate, then record every image with its full request and lineage."""
+    backend, request = planned.backend, planned.request
+    progress = ctx.new_progress(f"{backend.label} {request.model}")
+    started = time.perf_counter()
+    result = await backend.generate(request, progress)
+    duration_ms = int((time.perf_counter() - started) * 1000)
+    artifact = ToolArtifact(notes=list(planned.notes))
+    if seed_requested is not None and not result.seed_honoured:
+        artifact.notes.append(
+            f"{backend.label} {result.model} has no seed parameter: seed {seed_requested} was "
+            "recorded but not used, so this image cannot be reproduced exactly."
+        )
+    replay = {
+        key: getattr(request, key) for key in REPLAYABLE if getattr(request, key) is not None
+    }
+    if request.loras:
+        replay["loras"] = [[lora.name, lora.weight] for lora in request.loras]
+    parameters = {
+        **result.parameters,
+        "request": replay,
+        "usage": result.usage,
+        "metrics": result.metrics or None,
+        "seed_requested": seed_requested,
+        "seed_honoured": result.seed_honoured,
+        **({"lineage": lineage} if lineage else {}),
+    }
+    if request.images:
+        # Which stored images went in, so variations and forks can replay the edit.
+        parameters["inputs"] = {
+            "images": [image.image_id for image in request.images],
+            "mask": request.mask.image_id if request.mask else None,
+        }
+    for image in result.images:
+        record, stored = await ctx.images.record(
+            ctx.thread_id,
+            ctx.user_id,
+            NewImage(
+                data=image.data,
+                mime=image.mime,
+                width=image.width,
+                height=image.height,
+                prompt_typed=prompt_typed,
+                prompt_sent=result.prompt_sent,
+                backend=result.backend,
+                model=result.model,
+                parameters=parameters,
+                seed=image.seed,
+                parent_id=parent_id,
+                message_id=ctx.message_id,
+                duration_ms=duration_ms,
+            ),
+        )
+        artifact.images.append((record, stored))
+    return artifact
+
+
+def summary(verb: str, artifact: ToolArtifact, label: str) -> str:
+    """The tool result the model reads: ids first, so it can refer to them next turn."""
+    ids = ", ".join(record.id for record, _ in artifact.images)
+    first = artifact.images[0][0]
+    seeds = [record.seed for record, _ in artifact.images if record.seed is not None]
+    text = (
+        f"{verb} {len(artifact.images)} image(s) [{ids}] at {first.width}x{first.height} "
+        f"with {label} for the prompt: {first.prompt_sent}"
+    )
+    if seeds:
+        text += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    if first.parent_id:
+        text += f"; derived from image {first.parent_id}"
+    if artifact.notes:
+        text += "\nNote: " + " ".join(artifact.notes)
+    return text
+
+
+def replay_request(record: ImageRecord) -> dict[str, Any]:
+    """The request that made `record`, as keyword arguments for `plan`."""
+    stored = dict(record.parameters.get("request") or {})
+    values = {k: v for k, v in stored.items() if k in REPLAYABLE}
+    if stored.get("loras"):
+        values["loras"] = tuple(LoraSpec(name, float(weight)) for name, weight in stored["loras"])
+    if "size" not in values and record.width and record.height:
+        values["size"] = f"{record.width}x{record.height}"
+    return values
+
+
+async def with_replayed_inputs(ctx: ToolContext, planned: Plan, record: ImageRecord) -> Plan:
+    """An edit's result is replayed as the same edit: same source, references and mask.
+
+    Regenerating "make it bluer" from text alone would draw something unrelated, so
+    variations and forks of an edited image re-run the edit instead.
+    """
+    inputs = record.parameters.get("inputs") or {}
+    if not inputs.get("images"):
+        return planned
+    images = tuple([await input_image(ctx, await ctx.image(i)) for i in inputs["images"]])
+    mask_id = inputs.get("mask")
+    mask = await input_image(ctx, await ctx.image(mask_id)) if mask_id else None
+    return replace(planned, request=replace(planned.request, images=images, mask=mask))

@@ -1,0 +1,91 @@
+"""refine_prompt: rewrite a prompt (optionally in a preset style), show both, then draw.
+
+The user sees the original and the rewrite side by side; the rewrite is what is sent
+and recorded as `prompt_sent`, the original as `prompt_typed`. Without a chat model the
+style's template is applied as written, so command mode gets styles too.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from memory.errors import InvalidInput
+from tools import image_jobs
+from tools.context import ToolArtifact, ToolContext
+from tools.styles import Style
+
+MAX_REWRITE_CHARS = 2000
+
+INSTRUCTIONS = (
+    "Rewrite the user's image prompt into one vivid, specific prompt for an image model: "
+    "subject, composition, medium, lighting, colour. Keep every element the user asked "
+    "for and invent nothing that contradicts it. Answer with the prompt only, no quotes, "
+    "no preamble, at most 120 words."
+)
+
+
+class RefinePromptArgs(BaseModel):
+    prompt: str = Field(description="The user's prompt, as they wrote it.")
+    style: str | None = Field(
+        None, description="A style preset name (crayon, watercolour, product, line-art, ...)."
+    )
+    generate: bool = Field(True, description="Also generate an image from the rewrite.")
+    n: int = Field(1, description="How many images to make if generating (1-4).")
+    size: str | None = Field(None, description="WIDTHxHEIGHT if generating.")
+
+
+DESCRIPTION = (
+    "Improve a prompt before drawing, optionally in a named style preset. Use it when the "
+    "user asks to refine/improve a prompt or names a style. Shows the original and the "
+    "rewrite, then (by default) generates from the rewrite."
+)
+
+
+async def rewrite(ctx: ToolContext, prompt: str, style: Style | None) -> str:
+    if ctx.rewrite is None:
+        return style.apply(prompt) if style else prompt
+    instructions = INSTRUCTIONS
+    if style:
+        instructions += (
+            f"\nStyle to apply: {style.description}. {style.guidance or ''}\n"
+            f"Include these style words: {style.apply('').strip(', ')}"
+        )
+    text = (await ctx.rewrite(instructions, prompt)).strip().strip('"').strip()
+    if not text:
+        raise InvalidInput("The chat model returned an empty rewrite; try again.")
+    return text[:MAX_REWRITE_CHARS]
+
+
+async def refine_prompt(
+    ctx: ToolContext,
+    prompt: str,
+    style: str | None = None,
+    generate: bool = True,
+    n: int = 1,
+    size: str | None = None,
+) -> tuple[str, ToolArtifact]:
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise InvalidInput("Give a prompt to refine, e.g. 'a red apple'.")
+    chosen = ctx.styles.get(style) if style else None
+    rewritten = await rewrite(ctx, prompt, chosen)
+    shown = f"**Original:** {prompt}\n\n**Rewritten{f' ({chosen.name})' if chosen else ''}:** "
+    shown += rewritten
+    if not generate:
+        return f"Rewrote the prompt to: {rewritten}", ToolArtifact(text=shown)
+    negative = chosen.negative if chosen else None
+    planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size)
+    caps = planned.backend.capabilities(planned.request.model)
+    if negative and caps.negative_prompt:
+        planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size, negative_prompt=negative)
+    artifact = await image_jobs.run(
+        ctx,
+        planned,
+        prompt_typed=prompt,
+        lineage={"operation": "refine", "style": chosen.name if chosen else None},
+        seed_requested=planned.request.seed,
+    )
+    artifact.text = shown
+    return image_jobs.summary("Generated from the refined prompt", artifact, planned.label), (
+        artifact
+    )
