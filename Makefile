@@ -16,8 +16,10 @@ $(VENV)/.app-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[postgres]"
 	touch $@
 
+# Tests run the local diffusers backend on tiny models, so they need the `local` extra
+# (torch is pinned to the CPU wheel in pyproject.toml).
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev,postgres]"
+	$(PY) -m pip install -q -e ".[dev,postgres,local]"
 	touch $@ $(VENV)/.app-installed
 
 run: $(VENV)/.app-installed
@@ -37,6 +39,8 @@ test: $(VENV)/.dev-installed chromium lint
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/sidebar_listing.py
+	$(PY) benchmarks/local_overhead.py
+	$(PY) benchmarks/replicate_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ the latest figures and wakes the loop, so a fast step callback never floods the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class Progress:
         self._latest: ProgressUpdate | None = None
         self._pending = False
         self.history: list[ProgressUpdate] = []
+        # The listener runs in the creator's context (e.g. Chainlit's session context
+        # variable), not the worker thread's, which has none.
+        self._context = contextvars.copy_context()
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -70,7 +74,7 @@ class Progress:
             schedule = not self._pending and self._listener is not None
             self._pending = self._pending or schedule
         if schedule and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._deliver)
+            self._loop.call_soon_threadsafe(self._deliver, context=self._context)
 
     def _deliver(self) -> None:
         with self._lock:

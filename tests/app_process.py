@@ -43,6 +43,8 @@ class AppProcess:
                 "ATELIER_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "ATELIER_LOG_JSON": "1",
                 "PYTHONUNBUFFERED": "1",
+                # Tests never reach the internet: the hub fails at once instead of retrying.
+                "HF_HUB_OFFLINE": "1",
                 **self.env,
             }
         )

@@ -65,12 +65,13 @@ class ChatSession:
                 self.thread_id = data.get("thread_id") or self.thread_id
 
         self.thread_id = resume_thread or self.thread_id or str(uuid.uuid4())
+        self.session_id = str(uuid.uuid4())
         await self.sio.connect(
             self.base_url,
             socketio_path="/ws/socket.io",
             headers={"Cookie": self.cookie},
             auth={
-                "sessionId": str(uuid.uuid4()),
+                "sessionId": self.session_id,
                 "threadId": self.thread_id,
                 "clientType": "webapp",
                 "userEnv": "{}",
@@ -87,7 +88,25 @@ class ChatSession:
                     break
                 await asyncio.sleep(0.05)
 
-    async def send(self, text: str, command: str | None = None, timeout: float = 60) -> list[dict]:
+    def upload(self, filename: str, data: bytes, mime: str) -> dict[str, Any]:
+        """POST a file the way the browser's attach button does; returns a file reference."""
+        response = httpx.post(
+            f"{self.base_url}/project/file",
+            params={"session_id": self.session_id},
+            files={"file": (filename, data, mime)},
+            headers={"Cookie": self.cookie},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return {"id": response.json()["id"]}
+
+    async def send(
+        self,
+        text: str,
+        command: str | None = None,
+        timeout: float = 60,
+        files: list[dict[str, Any]] | None = None,
+    ) -> list[dict]:
         """Send a user message; return the messages the app produced for it."""
         before = len(self.order)
         self._task_end.clear()
@@ -101,9 +120,26 @@ class ChatSession:
         }
         if command:
             message["command"] = command
-        await self.sio.emit("client_message", {"message": message, "fileReferences": None})
+        await self.sio.emit("client_message", {"message": message, "fileReferences": files})
         await asyncio.wait_for(self._task_end.wait(), timeout)
         return [self.messages[i] for i in self.order[before:]]
+
+    async def change_settings(self, values: dict[str, Any], timeout: float = 20) -> list[dict]:
+        """Submit the settings panel as the browser does; returns the app's messages."""
+        before = len(self.order)
+        await self.sio.emit("chat_settings_change", values)
+        for _ in range(int(timeout / 0.05)):
+            if len(self.order) > before:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        return [self.messages[i] for i in self.order[before:]]
+
+    def panel(self) -> list[dict[str, Any]]:
+        """The most recent settings panel the app sent (its widgets)."""
+        panels = [data for event, data in self.events if event == "chat_settings"]
+        assert panels, "the app sent no settings panel"
+        return panels[-1]
 
     async def close(self) -> None:
         await self.sio.disconnect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from tests.app_process import AppProcess
 from tests.fakes.openai_server import FakeOpenAI
 
 pytest_plugins = ["tests.replicate_fixtures", "tests.tiny_fixtures"]
+
+# No test may reach the internet; the Hugging Face hub must fail at once, not retry.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture
