@@ -43,7 +43,8 @@ def configure_logging(json_output: bool = False, level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up per logger, not captured once: the stream may be swapped (pytest).
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (uvicorn, chainlit, httpx) stay quieter.

@@ -1,1 +1,27 @@
-"""Pytest fixtures for the fake Replicate server (filled in with the Replicate backend)."""
+"""Pytest fixtures for the fake Replicate server (a plugin loaded by tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.replicate_server import FakeReplicate
+
+
+@pytest.fixture(scope="session")
+def _replicate_server() -> Iterator[FakeReplicate]:
+    # One server for the session: starting and stopping uvicorn costs ~0.2 s a test.
+    with FakeReplicate() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_replicate(_replicate_server: FakeReplicate) -> Iterator[FakeReplicate]:
+    """The fake Replicate API on 127.0.0.1, reset for this test.
+
+    `.base_url` has no /v1 (the client adds it); `.api_token` is the token it accepts.
+    """
+    _replicate_server.reset()
+    yield _replicate_server
+    _replicate_server.reset()
