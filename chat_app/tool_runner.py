@@ -46,6 +46,7 @@ async def run_tool_call(
     artifact: ToolArtifact | None = None
     failure: str | None = None
     displays = ProgressDisplays()
+    stopped = False
     async with step:
         ctx.message_id = step.id
         ctx.progress = displays.new
@@ -58,13 +59,12 @@ async def run_tool_call(
         except AtelierError as exc:
             failure = exc.message
         except asyncio.CancelledError:
-            # The user pressed stop: backends cancel their own work; say so and go on
-            # unwinding so Chainlit ends the task.
+            # The user pressed stop. Backends have cancelled their own work by now; the
+            # step says so (Chainlit would record an empty error) before unwinding.
             displays.cancel_all()
+            stopped = True
             step.output = "Stopped by the user; nothing from this call was kept."
             step.is_error = True
-            await displays.close()
-            raise
         finally:
             ctx.progress = None
         await displays.close()
@@ -72,6 +72,9 @@ async def run_tool_call(
             log.info("tool_failed", tool=name, reason=failure[:200])
             step.is_error = True
             step.output = failure
+    if stopped:
+        log.info("tool_stopped", tool=name)
+        raise asyncio.CancelledError
     if failure is not None:
         await rendering.error(failure)
         return ToolMessage(content=f"Error: {failure}", tool_call_id=call_id, status="error")

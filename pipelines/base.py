@@ -172,6 +172,9 @@ class ImageResult:
 class ImageBackend(Protocol):
     """What tools call; they look backends up by id in the registry, never import them.
 
+    A backend may also set `edit_model`: the model edit_image switches to when the
+    conversation's model cannot edit.
+
     `generate` must refuse (via `check_request`) before spending anything, report
     progress through `progress` when given, and stop promptly when its task is cancelled
     (the user pressed stop) or `progress.cancelled` is set.

@@ -89,6 +89,8 @@ class _Connections:
 class ReplicateImages:
     id = "replicate"
     label = "Replicate"
+    # What edit_image uses when the conversation's model cannot edit (e.g. flux-schnell).
+    edit_model = "black-forest-labs/flux-kontext-pro"
 
     def __init__(
         self,
