@@ -39,7 +39,9 @@ class Command:
 _IMAGE_OPTS = dict(
     ints=frozenset({"n", "seed", "steps"}),
     floats=frozenset({"guidance"}),
-    texts=frozenset({"size", "quality", "negative_prompt", "lora", "backend"}),
+    texts=frozenset(
+        {"size", "quality", "negative_prompt", "lora", "backend", "background", "output_format"}
+    ),
 )
 
 COMMANDS: list[Command] = [
@@ -101,7 +103,8 @@ _RENAMED = {"image": "image_id", "mask": "mask_id"}
 HELP = """**Commands**
 - `/image <prompt>` makes an image. Options: `--size 1024x1024`, `--n 1-4`,
   `--quality low|medium|high`, `--seed N`, `--steps N`, `--guidance 7.5`,
-  `--negative_prompt ...`, `--lora name:0.8`, `--backend replicate:owner/name`.
+  `--negative_prompt ...`, `--lora name:0.8`, `--background transparent`,
+  `--output_format webp`, `--backend replicate:owner/name`.
 - `/edit <instruction>` edits the latest image (or `--image ID`; `--mask ID` limits it).
 - `/variations [ID] --n 3` makes more like an image; `/fork ID --size 1536x1024` redoes an
   earlier image with changes, keeping its history.

@@ -175,7 +175,7 @@ async def test_refine_shows_both_and_records_the_rewrite_as_sent(world):
 
     async def rewriter(instructions: str, prompt: str) -> str:
         assert "crayon" in instructions.lower()
-        return f"  \"{prompt}, drawn in wax crayon on white paper\"  "
+        return f'  "{prompt}, drawn in wax crayon on white paper"  '
 
     ctx.rewrite = rewriter
     _, artifact = await refine_prompt(ctx, "a red apple", style="crayon")
@@ -206,3 +206,18 @@ async def test_images_of_other_users_are_not_found(world):
     )
     with pytest.raises(Exception, match="No image"):
         await fork_image(other, made.images[0][0].id)
+
+
+async def test_transparent_webp_through_the_tool(world):
+    ctx, _ = world
+    _, artifact = await generate_image(
+        ctx, "a sticker of a cat", background="transparent", output_format="webp", backend="openai"
+    )
+    record, stored = artifact.images[0]
+    assert (
+        record.mime == "image/webp" and record.parameters["request"]["background"] == "transparent"
+    )
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.format == "WEBP" and image.mode == "RGBA"
+    with pytest.raises(InvalidInput, match="does not take a background"):
+        await generate_image(ctx, "a sticker", background="transparent")

@@ -139,10 +139,9 @@ def build_tiny_sd(directory: Path, seed: int = 0) -> Path:
 
 def build_tiny_lora(sd_dir: Path, out_file: Path, seed: int = 1, rank: int = 4) -> Path:
     """Write a random (non-zero) UNet LoRA for the tiny model as one .safetensors file."""
+    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)

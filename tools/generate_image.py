@@ -25,6 +25,10 @@ class GenerateImageArgs(BaseModel):
     lora: str | None = Field(
         None, description="LoRA(s) to apply, 'name' or 'name:weight', comma-separated (local)."
     )
+    background: str | None = Field(
+        None, description="transparent, opaque or auto (OpenAI) — e.g. for stickers, logos."
+    )
+    output_format: str | None = Field(None, description="png, jpeg or webp (OpenAI).")
     backend: str | None = Field(
         None,
         description=(
@@ -52,6 +56,8 @@ async def generate_image(
     steps: int | None = None,
     guidance: float | None = None,
     lora: str | None = None,
+    background: str | None = None,
+    output_format: str | None = None,
     backend: str | None = None,
 ) -> tuple[str, ToolArtifact]:
     planned = image_jobs.plan(
@@ -66,6 +72,8 @@ async def generate_image(
         steps=steps,
         guidance=guidance,
         loras=image_jobs.parse_loras(lora),
+        background=background,
+        output_format=output_format,
     )
     artifact = await image_jobs.run(
         ctx, planned, prompt_typed=prompt, seed_requested=planned.request.seed

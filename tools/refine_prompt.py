@@ -76,15 +76,42 @@ async def refine_prompt(
     negative = chosen.negative if chosen else None
     planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size)
     caps = planned.backend.capabilities(planned.request.model)
+    lineage = {"operation": "refine", "style": chosen.name if chosen else None}
     if negative and caps.negative_prompt:
-        planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size, negative_prompt=negative)
-    artifact = await image_jobs.run(
-        ctx,
-        planned,
-        prompt_typed=prompt,
-        lineage={"operation": "refine", "style": chosen.name if chosen else None},
-        seed_requested=planned.request.seed,
-    )
+        with_negative = image_jobs.plan(
+            ctx, rewritten, None, n=n, size=size, negative_prompt=negative
+        )
+        try:
+            artifact = await image_jobs.run(
+                ctx,
+                with_negative,
+                prompt_typed=prompt,
+                lineage=lineage,
+                seed_requested=with_negative.request.seed,
+            )
+        except InvalidInput as exc:
+            # The style's negative prompt is ours, not the user's: when the model refuses
+            # it (e.g. SD-Turbo at guidance 0), draw without it and say so.
+            if "negative prompt" not in exc.message:
+                raise
+            artifact = await image_jobs.run(
+                ctx,
+                planned,
+                prompt_typed=prompt,
+                lineage=lineage,
+                seed_requested=planned.request.seed,
+            )
+            artifact.notes.append(f"The style's negative prompt was left out: {exc.message}")
+        else:
+            planned = with_negative
+    else:
+        artifact = await image_jobs.run(
+            ctx,
+            planned,
+            prompt_typed=prompt,
+            lineage=lineage,
+            seed_requested=planned.request.seed,
+        )
     artifact.text = shown
     return image_jobs.summary("Generated from the refined prompt", artifact, planned.label), (
         artifact
