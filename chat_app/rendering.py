@@ -91,30 +91,21 @@ def caption(artifact: ToolArtifact) -> str:
     return "\n\n".join(lines)
 
 
+def _image(record: ImageRecord, data: bytes, name: str, size: str) -> cl.Image:
+    return cl.Image(content=data, name=name, display="inline", size=size, mime=record.mime)
+
+
 async def images(artifact: ToolArtifact) -> None:
     if artifact.text:
         await cl.Message(content=artifact.text, author="Atelier").send()
     if not artifact.images:
         return
     elements: list[cl.Element] = [
-        cl.Image(
-            content=data,
-            name=f"before-{record.id}.png",
-            display="inline",
-            size="medium",
-            mime=record.mime,
-        )
+        _image(record, data, f"before-{record.id}.png", "medium")
         for record, data in artifact.before
     ]
     elements += [
-        cl.Image(
-            content=data,
-            name=f"{record.id}.png",
-            display="inline",
-            size="large",
-            mime=record.mime,
-        )
-        for record, data in artifact.images
+        _image(record, data, f"{record.id}.png", "large") for record, data in artifact.images
     ]
     await cl.Message(content=caption(artifact), elements=elements, author="Atelier").send()
     await persist_elements(elements)

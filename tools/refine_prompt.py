@@ -74,44 +74,33 @@ async def refine_prompt(
     if not generate:
         return f"Rewrote the prompt to: {rewritten}", ToolArtifact(text=shown)
     negative = chosen.negative if chosen else None
-    planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size)
-    caps = planned.backend.capabilities(planned.request.model)
     lineage = {"operation": "refine", "style": chosen.name if chosen else None}
-    if negative and caps.negative_prompt:
-        with_negative = image_jobs.plan(
-            ctx, rewritten, None, n=n, size=size, negative_prompt=negative
+
+    async def draw(negative_prompt: str | None) -> ToolArtifact:
+        planned = image_jobs.plan(
+            ctx, rewritten, None, n=n, size=size, negative_prompt=negative_prompt
         )
-        try:
-            artifact = await image_jobs.run(
-                ctx,
-                with_negative,
-                prompt_typed=prompt,
-                lineage=lineage,
-                seed_requested=with_negative.request.seed,
-            )
-        except InvalidInput as exc:
-            # The style's negative prompt is ours, not the user's: when the model refuses
-            # it (e.g. SD-Turbo at guidance 0), draw without it and say so.
-            if "negative prompt" not in exc.message:
-                raise
-            artifact = await image_jobs.run(
-                ctx,
-                planned,
-                prompt_typed=prompt,
-                lineage=lineage,
-                seed_requested=planned.request.seed,
-            )
-            artifact.notes.append(f"The style's negative prompt was left out: {exc.message}")
-        else:
-            planned = with_negative
-    else:
-        artifact = await image_jobs.run(
+        return await image_jobs.run(
             ctx,
             planned,
             prompt_typed=prompt,
             lineage=lineage,
             seed_requested=planned.request.seed,
         )
+
+    planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size)
+    if negative and planned.backend.capabilities(planned.request.model).negative_prompt:
+        try:
+            artifact = await draw(negative)
+        except InvalidInput as exc:
+            # The style's negative prompt is ours, not the user's: when the model refuses
+            # it (e.g. SD-Turbo at guidance 0), draw without it and say so.
+            if "negative prompt" not in exc.message:
+                raise
+            artifact = await draw(None)
+            artifact.notes.append(f"The style's negative prompt was left out: {exc.message}")
+    else:
+        artifact = await draw(None)
     artifact.text = shown
     return image_jobs.summary("Generated from the refined prompt", artifact, planned.label), (
         artifact

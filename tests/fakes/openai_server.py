@@ -30,7 +30,6 @@ import json
 import math
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -40,13 +39,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from PIL import Image, ImageDraw, ImageOps
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.threaded_server import ThreadedServer
 
 __all__ = [
     "Brain",
@@ -394,7 +394,7 @@ def _keyword_error(prompt: str, model: str) -> _ApiError | None:
 # --------------------------------------------------------------------------- the server
 
 
-class FakeOpenAI:
+class FakeOpenAI(ThreadedServer):
     """Fake OpenAI API served by uvicorn in a background thread on 127.0.0.1.
 
     Attributes tests may change at any time: ``brain`` (reply policy for chat completions),
@@ -416,83 +416,19 @@ class FakeOpenAI:
         # The real API rejects image parts sent as application/octet-stream (raw bytes
         # without a filename); keep that behaviour unless a test opts out.
         self.strict_mimetypes = strict_mimetypes
-        self._requested_port = port
-        self._port: int | None = None
+        self._init_server(port)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = self._build_app()
+
+    name = "fake OpenAI server"
 
     # -- lifecycle -------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return self._port
-
-    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 10.0) -> FakeOpenAI:
-        """Bind, serve in a daemon thread and return once the port answers."""
-        if self._thread is not None:
-            return self
-        # IPPROTO_TCP lets asyncio set TCP_NODELAY (else kept-alive requests wait ~40 ms).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._requested_port))
-        self._socket = sock
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"fake-openai-{self._port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("fake OpenAI server did not start")
-            time.sleep(0.005)
-        with socket.create_connection(("127.0.0.1", self._port), timeout=timeout):
-            pass
-        return self
-
-    def stop(self) -> None:
-        """Shut down the server thread; safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(5)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(5)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- recording and error injection ----------------------------------------------
 

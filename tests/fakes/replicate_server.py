@@ -37,7 +37,6 @@ import io
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -48,7 +47,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from PIL import Image, ImageOps
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.openai_server import make_image
+from tests.fakes.threaded_server import ThreadedServer
 
 __all__ = ["FAILURE_KINDS", "FakeReplicate", "RecordedRequest", "DEFAULT_TOKEN"]
 
@@ -181,7 +180,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-class FakeReplicate:
+class FakeReplicate(ThreadedServer):
     """Fake Replicate API served by uvicorn in a background thread on 127.0.0.1.
 
     Tests may change ``latency_s`` (delay before every API and file response),
@@ -212,87 +211,22 @@ class FakeReplicate:
         self.processing_polls = processing_polls
         self.output_mode = output_mode
         self.versions: dict[str, str] = {_SDXL_VERSION: "stability-ai/sdxl"}
-        self._requested_port = port
-        self._port: int | None = None
+        self._init_server(port)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
         self._predictions: dict[str, _Prediction] = {}
         self._files: dict[str, tuple[bytes, str]] = {}
         self._image_cache: dict[tuple[Any, ...], bytes] = {}
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = self._build_app()
+
+    name = "fake Replicate server"
 
     # -- lifecycle -------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FakeReplicate is not started")
-        return self._port
-
-    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> FakeReplicate:
-        """Bind, serve in a daemon thread and return once the port answers."""
-        if self._thread is not None:
-            return self
-        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says
-        # TCP, and without it every keep-alive response waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._requested_port))
-        self._socket = sock
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"fake-replicate-{self._port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("fake Replicate server did not start")
-            time.sleep(0.005)
-        with socket.create_connection(("127.0.0.1", self._port), timeout=timeout):
-            pass
-        return self
-
-    def stop(self) -> None:
-        """Shut down the server thread; safe to call twice."""
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(5)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(5)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> FakeReplicate:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- what tests read and steer ---------------------------------------------------
 
