@@ -13,7 +13,7 @@ import io
 import pytest
 from PIL import Image
 
-from memory.db import create_engine, migrate, session_factory
+from memory.db import session_factory
 from memory.errors import InvalidInput
 from memory.images import ImageStore
 from memory.media_store import MediaStore
@@ -28,6 +28,7 @@ from pipelines.base import (
 )
 from pipelines.openai_images import OpenAIImages
 from pipelines.registry import BackendRegistry
+from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tools.context import GenerationDefaults, ToolContext
 from tools.edit_image import edit_image
 from tools.fork_image import fork_image
@@ -93,9 +94,8 @@ class SeededBackend:
 
 
 @pytest.fixture
-async def world(tmp_path, fake_openai):
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await migrate(engine)
+async def world(tmp_path, fake_openai, engine):  # noqa: F811
+    """Each test runs on SQLite and on the PostgreSQL server (db_fixtures' `engine`)."""
     account = await UserStore(session_factory(engine)).add("eve", "password-123")
     seeded = SeededBackend()
     registry = BackendRegistry(
@@ -109,7 +109,6 @@ async def world(tmp_path, fake_openai):
         defaults=GenerationDefaults(backend="seeded"),
     )
     yield ctx, seeded
-    await engine.dispose()
 
 
 async def test_panel_defaults_apply_and_misfits_are_noted_not_refused(world):
