@@ -183,3 +183,58 @@ class Image(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Curation(Base):
+    """One "generate N, score, keep the best" run (or a ranking of existing images)."""
+
+    __tablename__ = "curations"
+    __table_args__ = (Index("ix_curations_thread_created", "thread_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    style: Mapped[str | None] = mapped_column(String(64))
+    weights: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    keep: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CurationCandidate(Base):
+    """An image's place in a curation: its rank, verdict, and who decided it."""
+
+    __tablename__ = "curation_candidates"
+
+    curation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("curations.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    rank: Mapped[int] = mapped_column(Integer)
+    combined: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16))  # kept | rejected
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str] = mapped_column(String(16), default="scores")  # scores | user
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImageScore(Base):
+    """One measured criterion of one image (CLIP agreement or a rule check)."""
+
+    __tablename__ = "image_scores"
+    __table_args__ = (Index("ix_image_scores_image_created", "image_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(String(36), ForeignKey("images.id", ondelete="CASCADE"))
+    curation_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("curations.id", ondelete="CASCADE")
+    )
+    criterion: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
