@@ -29,10 +29,11 @@ class Command:
     ints: frozenset[str] = field(default_factory=frozenset)
     floats: frozenset[str] = field(default_factory=frozenset)
     texts: frozenset[str] = field(default_factory=frozenset)
+    lists: frozenset[str] = field(default_factory=frozenset)  # comma-separated values
     button: bool = False
 
     def options(self) -> str:
-        names = sorted(self.ints | self.floats | self.texts)
+        names = sorted(self.ints | self.floats | self.texts | self.lists)
         return ", ".join(f"--{n}" for n in names) or "none"
 
 
@@ -91,14 +92,40 @@ COMMANDS: list[Command] = [
         ints=frozenset({"n"}),
         texts=frozenset({"style", "size"}),
     ),
-    Command("styles", "palette", "List the style presets for /refine"),
+    Command(
+        "curate",
+        "trophy",
+        "Best of N: /curate an apple --n 6 --keep 2 --style crayon [--criteria centring,clip]",
+        tool="curate_images",
+        text_arg="prompt",
+        ints=frozenset({"n", "keep"}),
+        texts=frozenset({"style", "size"}),
+        lists=frozenset({"criteria", "images"}),
+    ),
+    Command(
+        "keep",
+        "check",
+        "Overrule a curation: /keep ID",
+        tool="keep_image",
+        text_arg="image_id",
+    ),
+    Command(
+        "check",
+        "scan-search",
+        "Check an image's quality: /check [ID] [--style crayon]",
+        tool="check_quality",
+        text_arg="image_id",
+        texts=frozenset({"style"}),
+        lists=frozenset({"criteria"}),
+    ),
+    Command("styles", "palette", "List the style presets for /refine and /curate"),
     Command("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
     Command("help", "circle-help", "What Atelier can do and how to use it"),
 ]
 BY_ID = {command.id: command for command in COMMANDS}
 # Options whose value may contain spaces run to the next option; others take one word.
 _MULTI_WORD = {"prompt", "negative_prompt"}
-_RENAMED = {"image": "image_id", "mask": "mask_id"}
+_RENAMED = {"image": "image_id", "mask": "mask_id", "images": "image_ids"}
 
 HELP = """**Commands**
 - `/image <prompt>` makes an image. Options: `--size 1024x1024`, `--n 1-4`,
@@ -109,6 +136,9 @@ HELP = """**Commands**
 - `/variations [ID] --n 3` makes more like an image; `/fork ID --size 1536x1024` redoes an
   earlier image with changes, keeping its history.
 - `/refine <prompt> --style crayon` improves a prompt and draws it; `/styles` lists styles.
+- `/curate <prompt> --n 6 --keep 2 --style crayon` makes candidates, scores them (text
+  agreement, white background, centring, single object, sharpness, coverage) and keeps
+  the best; `/keep ID` overrules it; `/check [ID]` scores one image.
 - `/backend openai|replicate[:owner/name]|local[:model]` switches this conversation's
   backend (also in the settings panel, next to the message box).
 - Attach an image to edit it or start from it.
@@ -156,7 +186,7 @@ def parse_args(command: Command, text: str) -> dict[str, Any]:
         if not name:
             rest.append(value or "")
             continue
-        if name not in command.ints | command.floats | command.texts:
+        if name not in command.ints | command.floats | command.texts | command.lists:
             raise InvalidInput(
                 f"Unknown option --{name} for /{command.id}. Options: {command.options()}."
             )
@@ -171,6 +201,8 @@ def parse_args(command: Command, text: str) -> dict[str, Any]:
                 args[name] = float(value)
             except ValueError:
                 raise InvalidInput(f"Option --{name} takes a number, not {value!r}.") from None
+        elif name in command.lists:
+            args[_RENAMED.get(name, name)] = [v.strip() for v in value.split(",") if v.strip()]
         else:
             args[_RENAMED.get(name, name)] = value
     free = " ".join(rest).strip()
@@ -228,6 +260,10 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
         args["image_id"] = await _full_image_id(ctx, args["image_id"])
     if "mask_id" in args:
         args["mask_id"] = await _full_image_id(ctx, args["mask_id"])
+    if "image_ids" in args:
+        args["image_ids"] = [await _full_image_id(ctx, i) for i in args["image_ids"]]
+    if command.id == "keep" and "image_id" not in args:
+        raise InvalidInput("Name the candidate to keep, e.g. /keep 1a2b3c4d.")
     tools = {tool.name: tool for tool in build_tools(ctx)}
     await run_tool_call(tools, ctx, {"name": command.tool, "args": args, "id": "command"})
 

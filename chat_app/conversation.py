@@ -7,7 +7,7 @@ and the images table tells it which image "the one from before" is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -25,6 +25,10 @@ SYSTEM_PROMPT = """You are Atelier, an assistant that makes images with tools.
 - Redo an earlier image with other settings ("go back to the second one and make it
   wider"): call fork_image with that image's id and only the settings that change.
 - A style or "improve my prompt": call refine_prompt (styles: {styles}).
+- "The best of N", or images that must meet rules (one centred object on white, sharp):
+  call curate_images. "Keep the third one instead" after a curation: call keep_image
+  with that candidate's id (candidates are marked below with their rank).
+- "Is this image any good / check it": call check_quality.
 Find images by number or description in the list below and always pass their full ids.
 Only pass backend when the user asks for a specific backend or model.
 Keep replies short. If a tool reports an error, explain it plainly and suggest a fix.
@@ -52,7 +56,10 @@ def history_from_steps(
     return messages
 
 
-def describe_images(images: Sequence[ImageRecord]) -> str:
+def describe_images(
+    images: Sequence[ImageRecord], verdicts: Mapping[str, tuple[str, int, str, float]] | None = None
+) -> str:
+    verdicts = verdicts or {}
     if not images:
         return "This conversation has no images yet."
     lines = ["Images in this conversation, oldest first (the last one is the most recent):"]
@@ -65,6 +72,11 @@ def describe_images(images: Sequence[ImageRecord]) -> str:
                 f"prompt={image.prompt_sent[:400]!r}"
             )
         derived = f" derived_from={image.parent_id}" if image.parent_id else ""
+        if image.id in verdicts:
+            verdict, rank, curation_id, combined = verdicts[image.id]
+            derived += (
+                f" curation={curation_id[:8]} candidate_rank={rank} {verdict} score={combined:.2f}"
+            )
         lines.append(
             f"{number}. id={image.id} size={image.width}x{image.height} {what}{derived}"
         )
@@ -76,7 +88,8 @@ def build_messages(
     images: Sequence[ImageRecord],
     text: str,
     styles: Sequence[str] = (),
+    verdicts: Mapping[str, tuple[str, int, str, float]] | None = None,
 ) -> list[BaseMessage]:
     prompt = SYSTEM_PROMPT.replace("{styles}", ", ".join(styles) or "none")
-    system = SystemMessage(content=prompt + "\n" + describe_images(images))
+    system = SystemMessage(content=prompt + "\n" + describe_images(images, verdicts))
     return [system, *history, HumanMessage(content=text)]

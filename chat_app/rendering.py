@@ -104,10 +104,10 @@ async def images(artifact: ToolArtifact) -> None:
         _image(record, data, f"before-{record.id}.png", "medium")
         for record, data in artifact.before
     ]
-    elements += [
-        _image(record, data, f"{record.id}.png", "large") for record, data in artifact.images
-    ]
-    await cl.Message(content=caption(artifact), elements=elements, author="Atelier").send()
+    size = "small" if artifact.grid else "large"  # curation candidates side by side
+    elements += [_image(record, data, f"{record.id}.png", size) for record, data in artifact.images]
+    text = artifact.caption or caption(artifact)
+    await cl.Message(content=text, elements=elements, author="Atelier").send()
     await persist_elements(elements)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app.settings import Settings
+from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
 from memory.images import ImageStore
@@ -36,6 +37,7 @@ class Runtime:
     backends: BackendRegistry
     auth_secret: str
     styles: StyleLibrary
+    curations: CurationStore
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -80,6 +82,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         backends=BackendRegistry.from_settings(settings),
         auth_secret=auth_secret,
         styles=StyleLibrary.load(settings.styles_file),
+        curations=CurationStore(engine),
     )
 
 

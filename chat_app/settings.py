@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     local_enabled: bool = Field(True, validation_alias=_env("ATELIER_LOCAL_ENABLED"))
     lora_dir: Path | None = Field(None, validation_alias=_env("ATELIER_LORA_DIR"))
     styles_file: Path | None = Field(None, validation_alias=_env("ATELIER_STYLES_FILE"))
+    clip_model: str = Field(
+        "openai/clip-vit-base-patch32", validation_alias=_env("ATELIER_CLIP_MODEL")
+    )
+    clip_enabled: bool = Field(True, validation_alias=_env("ATELIER_CLIP_ENABLED"))
 
     admin_password: SecretStr | None = Field(None, validation_alias=_env("ATELIER_ADMIN_PASSWORD"))
     auth_secret: SecretStr | None = Field(None, validation_alias=_env("CHAINLIT_AUTH_SECRET"))

@@ -62,6 +62,8 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             styles=runtime.styles,
             rewrite=agent.prompt_rewriter(runtime.settings),
             message_id=message.id,
+            curations=runtime.curations,
+            clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
         )
         uploads = []
         if message.elements:
@@ -96,5 +98,6 @@ async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, t
     thread = await runtime.data_layer.get_thread(message.thread_id)
     history = history_from_steps(thread["steps"] if thread else [], message.id)
     images = await runtime.images.for_thread(ctx.thread_id, ctx.user_id)
-    messages = build_messages(history, images, text, runtime.styles.names())
+    verdicts = await runtime.curations.verdicts_for_thread(ctx.thread_id, ctx.user_id)
+    messages = build_messages(history, images, text, runtime.styles.names(), verdicts)
     await agent.run_turn(runtime.settings, ctx, messages)

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from memory.curations import CurationStore
 from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
 from pipelines.progress import Progress
@@ -56,6 +57,13 @@ class ToolContext:
     rewrite: PromptRewriter | None = None
     progress: ProgressFactory | None = None
     message_id: str | None = None
+    curations: CurationStore | None = None
+    clip_model: str | None = None  # None: text–image agreement is not scored
+
+    def curation_store(self) -> CurationStore:
+        if self.curations is None:
+            raise RuntimeError("ToolContext.curations is not set: build it with a CurationStore.")
+        return self.curations
 
     def new_progress(self, label: str) -> Progress | None:
         return self.progress(label) if self.progress else None
@@ -84,3 +92,5 @@ class ToolArtifact:
     before: list[tuple[ImageRecord, bytes]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     text: str | None = None
+    caption: str | None = None  # replaces the default caption under the images
+    grid: bool = False  # show images small, side by side (curation candidates)

@@ -13,7 +13,16 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel
 
-from tools import edit_image, fork_image, generate_image, refine_prompt, variations
+from tools import (
+    check_quality,
+    curate_images,
+    edit_image,
+    fork_image,
+    generate_image,
+    keep_image,
+    refine_prompt,
+    variations,
+)
 from tools.context import ToolArtifact, ToolContext
 
 ToolFunction = Callable[..., Awaitable[tuple[str, ToolArtifact]]]
@@ -34,6 +43,19 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
     ),
     ("variations", variations.DESCRIPTION, variations.VariationsArgs, variations.variations),
     ("fork_image", fork_image.DESCRIPTION, fork_image.ForkImageArgs, fork_image.fork_image),
+    (
+        "curate_images",
+        curate_images.DESCRIPTION,
+        curate_images.CurateImagesArgs,
+        curate_images.curate_images,
+    ),
+    ("keep_image", keep_image.DESCRIPTION, keep_image.KeepImageArgs, keep_image.keep_image),
+    (
+        "check_quality",
+        check_quality.DESCRIPTION,
+        check_quality.CheckQualityArgs,
+        check_quality.check_quality,
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ class Style:
     template: str
     negative: str | None = None
     guidance: str | None = None
+    weights: dict[str, float] | None = None
 
     def apply(self, prompt: str) -> str:
         return self.template.replace("{prompt}", prompt.strip().rstrip(".,"))
@@ -43,7 +44,7 @@ def _parse(path: Path) -> dict[str, Style]:
             raise ConfigError(
                 f"Style {name!r} in {path} needs a template string containing {{prompt}}."
             )
-        unknown = set(entry) - {"description", "template", "negative", "guidance"}
+        unknown = set(entry) - {"description", "template", "negative", "guidance", "weights"}
         if unknown:
             raise ConfigError(f"Style {name!r} in {path} has unknown keys: {sorted(unknown)}.")
         styles[name.lower()] = Style(
@@ -52,8 +53,30 @@ def _parse(path: Path) -> dict[str, Style]:
             template=template,
             negative=entry.get("negative"),
             guidance=entry.get("guidance"),
+            weights=_weights(entry.get("weights"), f"Style {name!r} in {path}"),
         )
     return styles
+
+
+def _weights(raw: object, where: str) -> dict[str, float] | None:
+    """Ranking weights by criterion; checked here so a typo fails at start-up."""
+    from pipelines.image_scoring import CRITERIA
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: weights must be a table, e.g. {{ clip = 1.0 }}.")
+    weights: dict[str, float] = {}
+    for criterion, value in raw.items():
+        if criterion not in CRITERIA:
+            raise ConfigError(
+                f"{where}: unknown criterion {criterion!r} in weights. "
+                f"Known: {', '.join(CRITERIA)}."
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}: weight {criterion} must be a number >= 0.")
+        weights[criterion] = float(value)
+    return weights
 
 
 class StyleLibrary:

@@ -166,6 +166,33 @@ def _image_ids(messages: list[dict[str, Any]]) -> list[str]:
     return []
 
 
+_CANDIDATE = re.compile(r"^\d+\. id=([0-9a-f-]{36}) .*candidate_rank=(\d+)", re.MULTILINE)
+
+
+def _curation_call(lowered: str, text: str, messages: list[dict[str, Any]]) -> ToolCall | None:
+    """Curation: "best of N …" / "curate …", "keep the third one instead", "check it"."""
+    if "best of" in lowered or re.search(r"\bcurate\b", lowered):
+        digits = re.search(r"\bbest of (\d+)\b", lowered) or re.search(r"\b(\d+)\b", lowered)
+        args: dict[str, Any] = {"prompt": text, "n": int(digits.group(1)) if digits else 4}
+        style = next((s for s in _STYLES if s in lowered), None)
+        if style:
+            args["style"] = style
+        return ToolCall("curate_images", json.dumps(args))
+    if lowered.startswith("keep the") or "instead" in lowered:
+        system = next((m for m in messages if m.get("role") == "system"), None)
+        candidates = _CANDIDATE.findall(_text_of(system.get("content")) if system else "")
+        ordinal = next((v for k, v in _ORDINALS.items() if k in lowered.split()), 1)
+        # The newest curation's candidates are the last ones listed.
+        latest: dict[int, str] = {}
+        for image_id, rank in candidates:
+            latest[int(rank)] = image_id
+        if ordinal in latest:
+            return ToolCall("keep_image", json.dumps({"image_id": latest[ordinal]}))
+    if "check" in lowered and "quality" in lowered or lowered.startswith("check it"):
+        return ToolCall("check_quality", json.dumps({}))
+    return None
+
+
 def _iteration_call(lowered: str, text: str, ids: list[str]) -> ToolCall | None:
     """The refinement loop: variations, fork, refine, edit — in that order of precedence."""
     if "variation" in lowered and ids:
@@ -206,6 +233,9 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
       1536x1024);
     - "refine" or a style name -> refine_prompt (with that style);
     - "make it|edit|bluer|add a|remove" with images listed -> edit_image;
+    - "best of N" / "curate" -> curate_images (n, and a style if named); "keep the
+      second … instead" -> keep_image of that candidate rank; "check … quality" ->
+      check_quality;
     - contains draw/image/picture/paint/generate/photo -> generate_image ``{"prompt": text}``;
     - otherwise -> "You said: <text[:200]>".
 
@@ -231,7 +261,9 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
     if "bigger" in lowered:
         args = {"prompt": text, "size": "1536x1024"}
         return Reply(tool_calls=[ToolCall("generate_image", json.dumps(args))])
-    call = _iteration_call(lowered, text, _image_ids(messages))
+    call = _curation_call(lowered, text, messages) or _iteration_call(
+        lowered, text, _image_ids(messages)
+    )
     if call is not None:
         return Reply(tool_calls=[call])
     if any(word in lowered for word in _IMAGE_WORDS):
@@ -260,7 +292,14 @@ _MAX_PROMPT = 32000
 def make_image(
     prompt: str, index: int, width: int, height: int, *, transparent: bool = False
 ) -> Image.Image:
-    """A cheap, deterministic, non-uniform picture: colours from sha256(prompt + index)."""
+    """A cheap, deterministic, non-uniform picture: colours from sha256(prompt + index).
+
+    A prompt containing DISC_TEST gives curation tests known answers instead: image
+    index % 4 is an off-centre disc, a centred disc (the only one passing every check),
+    two discs, or a centred disc on a grey background.
+    """
+    if DISC_TEST in prompt and not transparent:
+        return _disc_test_image(index % 4, width, height)
     digest = hashlib.sha256(f"{prompt}{index}".encode()).digest()
     bg = (digest[0], digest[1], digest[2])
     fg = tuple((c + 128) % 256 for c in bg)
@@ -276,6 +315,26 @@ def make_image(
     cy = int(height * (0.3 + digest[8] / 637))
     draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fg)
     draw.rectangle((0, height - max(1, height // 8), width, height), fill=stripe)
+    return image
+
+
+DISC_TEST = "DISC_TEST"
+
+
+def _disc_test_image(variant: int, width: int, height: int) -> Image.Image:
+    background = (128, 128, 128) if variant == 3 else (255, 255, 255)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    radius = min(width, height) // 6
+    centres = {
+        0: [(width * 0.25, height * 0.3)],
+        1: [(width / 2, height / 2)],
+        2: [(width * 0.3, height / 2), (width * 0.7, height / 2)],
+        3: [(width / 2, height / 2)],
+    }[variant]
+    for cx, cy in centres:
+        r = radius * (0.7 if variant == 2 else 1)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(30, 30, 40))
     return image
 
 

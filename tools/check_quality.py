@@ -1,0 +1,74 @@
+"""check_quality: the curation checks on any one image, with a short report."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel, Field
+
+from memory.curations import StoredScore
+from pipelines import image_scoring
+from tools import image_jobs
+from tools.context import ToolArtifact, ToolContext
+
+
+class CheckQualityArgs(BaseModel):
+    image_id: str | None = Field(
+        None, description="The image to check; omit for the conversation's most recent one."
+    )
+    style: str | None = Field(None, description="Judge it as this style preset (e.g. crayon).")
+    criteria: list[str] | None = Field(None, description="Only these checks.")
+
+
+DESCRIPTION = (
+    "Check an image's quality: text-image agreement with its prompt, background, "
+    "centring, single object, sharpness, coverage — each with pass/fail and a reason."
+)
+
+
+async def check_quality(
+    ctx: ToolContext,
+    image_id: str | None = None,
+    style: str | None = None,
+    criteria: list[str] | None = None,
+) -> tuple[str, ToolArtifact]:
+    record = await ctx.image(image_id)
+    chosen = ctx.styles.get(style) if style else None
+    weights = image_scoring.weights_for(criteria, chosen.weights if chosen else None)
+    # A stand-alone check reports every rule the user might care about.
+    if not criteria and not chosen:
+        weights = {**{name: 1.0 for name in image_scoring.CHECKS}, **weights}
+    data = (await image_jobs.input_image(ctx, record)).data
+    prompt = record.prompt_sent or record.prompt_typed
+    unavailable = image_scoring.clip_available() if ctx.clip_model else "turned off"
+    clip = (
+        image_scoring.clip_function(ctx.clip_model)
+        if ctx.clip_model and not unavailable and prompt
+        else None
+    )
+    if not prompt:
+        weights.pop(image_scoring.CLIP, None)
+    ranked, notes = await asyncio.to_thread(
+        image_scoring.score_images, [data], prompt, weights, clip
+    )
+    scored = ranked[0]
+    await ctx.curation_store().record_scores(
+        record.id,
+        ctx.user_id,
+        [StoredScore(s.criterion, s.value, s.score, s.passed, s.reason) for s in scored.scores],
+    )
+    lines = [f"**Quality of `{record.id[:8]}`** — combined {scored.combined:.2f}"]
+    for s in scored.scores:
+        mark = "ℹ️" if s.passed is None else ("✅" if s.passed else "❌")
+        lines.append(f"- {mark} **{s.criterion}** {s.score:.2f}: {s.reason}")
+    if unavailable and prompt:
+        notes.append(f"Text–image agreement was not scored: {unavailable}.")
+    lines += [f"_{note}_" for note in dict.fromkeys(n for n in notes if "turned off" not in n)]
+    failed = [s.criterion for s in scored.scores if s.passed is False]
+    text = (
+        f"Checked image {record.id}: combined {scored.combined:.2f}; "
+        + (f"failed: {', '.join(failed)}." if failed else "passed every check.")
+        + " "
+        + " ".join(s.reason for s in scored.scores if s.passed is False)
+    )
+    return text, ToolArtifact(text="\n".join(lines))

@@ -1,0 +1,203 @@
+"""curate_images: generate N candidates (or take existing ones), score, keep the best.
+
+Every candidate is recorded (nothing made is thrown away), shown in a grid with its
+scores, and given a verdict with a reason; the verdicts are stored so the user can
+overrule them (keep_image) and a resumed thread shows the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel, Field
+
+from memory.curations import CandidateRecord, CurationRecord, StoredScore
+from memory.errors import InvalidInput
+from memory.images import ImageRecord
+from pipelines import image_scoring
+from tools import image_jobs
+from tools.context import ToolArtifact, ToolContext
+
+
+class CurateImagesArgs(BaseModel):
+    prompt: str | None = Field(
+        None, description="What to draw; omit when ranking existing images (image_ids)."
+    )
+    n: int = Field(4, description="How many candidates to generate (1-16).")
+    keep: int = Field(1, description="How many of the best to keep.")
+    criteria: list[str] | None = Field(
+        None,
+        description=(
+            "Checks to rank by, from: clip, background, centring, single_object, sharpness, "
+            "coverage. Omit to use the style's weights."
+        ),
+    )
+    style: str | None = Field(
+        None, description="A style preset (e.g. crayon): its template and ranking weights."
+    )
+    image_ids: list[str] | None = Field(
+        None, description="Rank these existing images instead of generating new ones."
+    )
+    size: str | None = Field(None, description="WIDTHxHEIGHT of generated candidates.")
+
+
+DESCRIPTION = (
+    "Make several candidates, score them (text-image agreement and checks such as white "
+    "background, centring, single object, sharpness, coverage) and keep the best. Use it "
+    "when the user wants the best of several, or images that must meet rules (e.g. a "
+    "crayon illustration of one centred object on white)."
+)
+
+
+async def _generate(
+    ctx: ToolContext, prompt: str, n: int, size: str | None, negative: str | None
+) -> list[tuple[ImageRecord, bytes]]:
+    """n candidates, in as many requests as the model's per-request limit needs."""
+    planned = image_jobs.plan(ctx, prompt, None, n=1, size=size)
+    per_request = planned.backend.capabilities(planned.request.model).max_n
+    made: list[tuple[ImageRecord, bytes]] = []
+    while len(made) < n:
+        batch = min(per_request, n - len(made))
+        caps = planned.backend.capabilities(planned.request.model)
+        planned = image_jobs.plan(
+            ctx,
+            prompt,
+            None,
+            n=batch,
+            size=size,
+            negative_prompt=negative if caps.negative_prompt else None,
+        )
+        artifact = await image_jobs.run(
+            ctx, planned, prompt_typed=prompt, lineage={"operation": "curation candidate"}
+        )
+        made.extend(artifact.images)
+    return made
+
+
+def _table(curation: CurationRecord, short: dict[str, str]) -> str:
+    criteria = [c for c in image_scoring.CRITERIA if curation.weights.get(c, 0) > 0]
+    head = "| # | image | verdict | score | " + " | ".join(criteria) + " |"
+    rule = "|" + "---|" * (4 + len(criteria))
+    lines = [head, rule]
+    for candidate in curation.candidates:
+        by_name = {s.criterion: s for s in candidate.scores}
+        cells = []
+        for criterion in criteria:
+            s = by_name.get(criterion)
+            if s is None:
+                cells.append("–")
+            elif s.passed is None:
+                cells.append(f"{s.score:.2f}")
+            else:
+                cells.append(f"{'✅' if s.passed else '❌'} {s.score:.2f}")
+        verdict = "**kept**" if candidate.verdict == "kept" else "rejected"
+        lines.append(
+            f"| {candidate.rank} | `{short[candidate.image_id]}` | {verdict} | "
+            f"{candidate.combined:.2f} | " + " | ".join(cells) + " |"
+        )
+    why = [
+        f"- #{c.rank} `{short[c.image_id]}`: {c.reason}"
+        for c in curation.candidates
+        if c.verdict == "rejected"
+    ]
+    return "\n".join(lines) + ("\n\n**Why the others lost**\n" + "\n".join(why) if why else "")
+
+
+def describe(curation: CurationRecord, notes: list[str]) -> str:
+    short = {c.image_id: c.image_id[:8] for c in curation.candidates}
+    kept = ", ".join(f"`{short[c.image_id]}`" for c in curation.kept)
+    weights = ", ".join(f"{k} ×{v:g}" for k, v in curation.weights.items() if v > 0)
+    text = (
+        f"**Curated {len(curation.candidates)} candidate(s), kept {kept}** "
+        f"(ranked by {weights}{f'; style {curation.style}' if curation.style else ''}).\n\n"
+        + _table(curation, short)
+        + "\n\nSay *keep the third one instead* to overrule."
+    )
+    return text + "".join(f"\n\n_{note}_" for note in notes)
+
+
+def summary(curation: CurationRecord) -> str:
+    kept = ", ".join(c.image_id for c in curation.kept)
+    lines = [
+        f"Curation {curation.id}: kept [{kept}] of {len(curation.candidates)} candidates.",
+        "Candidates by rank (use these ids to overrule with keep_image):",
+    ]
+    lines += [
+        f"{c.rank}. {c.image_id} {c.verdict} score={c.combined:.2f} — {c.reason}"
+        for c in curation.candidates
+    ]
+    return "\n".join(lines)
+
+
+async def curate_images(
+    ctx: ToolContext,
+    prompt: str | None = None,
+    n: int = 4,
+    keep: int = 1,
+    criteria: list[str] | None = None,
+    style: str | None = None,
+    image_ids: list[str] | None = None,
+    size: str | None = None,
+) -> tuple[str, ToolArtifact]:
+    chosen = ctx.styles.get(style) if style else None
+    weights = image_scoring.weights_for(criteria, chosen.weights if chosen else None)
+    if image_ids:
+        if len(set(image_ids)) < 2:
+            raise InvalidInput("Give at least two different image ids to rank.")
+        image_scoring.check_count(len(image_ids), keep)
+        records = [await ctx.image(image_id) for image_id in dict.fromkeys(image_ids)]
+        candidates = [(r, await image_jobs.input_image(ctx, r)) for r in records]
+        pairs = [(record, image.data) for record, image in candidates]
+        text_prompt = prompt or records[0].prompt_typed or records[0].prompt_sent
+    else:
+        if not (prompt or "").strip():
+            raise InvalidInput("Say what to draw, e.g. 'a red apple', or give image_ids to rank.")
+        image_scoring.check_count(n, keep)
+        sent = chosen.apply(prompt) if chosen else prompt.strip()
+        pairs = await _generate(ctx, sent, n, size, chosen.negative if chosen else None)
+        text_prompt = prompt.strip()
+    unavailable = image_scoring.clip_available() if ctx.clip_model else "turned off"
+    clip = (
+        image_scoring.clip_function(ctx.clip_model) if ctx.clip_model and not unavailable else None
+    )
+    ranked, notes = await asyncio.to_thread(
+        image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
+    )
+    if unavailable and weights.get(image_scoring.CLIP, 0) > 0:
+        notes = [n for n in notes if "turned off" not in n]
+        notes.append(f"Text–image agreement was not scored: {unavailable}.")
+        weights.pop(image_scoring.CLIP, None)
+    best = ranked[0]
+    candidates = [
+        CandidateRecord(
+            image_id=pairs[item.index][0].id,
+            rank=rank,
+            combined=item.combined,
+            verdict="kept" if rank <= keep else "rejected",
+            reason="Best by the scores."
+            if rank <= keep
+            else image_scoring.loss_reason(item, best, weights),
+            decided_by="scores",
+            scores=[
+                StoredScore(s.criterion, s.value, s.score, s.passed, s.reason) for s in item.scores
+            ],
+        )
+        for rank, item in enumerate(ranked, start=1)
+    ]
+    curation = await ctx.curation_store().record(
+        thread_id=ctx.thread_id,
+        user_id=ctx.user_id,
+        message_id=ctx.message_id,
+        prompt=text_prompt,
+        style=chosen.name if chosen else None,
+        weights={k: v for k, v in weights.items() if v > 0},
+        keep=keep,
+        candidates=candidates,
+    )
+    order = {c.image_id: c.rank for c in curation.candidates}
+    artifact = ToolArtifact(
+        images=sorted(pairs, key=lambda pair: order[pair[0].id]),
+        caption=describe(curation, notes),
+        grid=True,
+    )
+    return summary(curation), artifact
