@@ -106,20 +106,22 @@ async def images(artifact: ToolArtifact) -> None:
     ]
     size = "small" if artifact.grid else "large"  # curation candidates side by side
     elements += [_image(record, data, f"{record.id}.png", size) for record, data in artifact.images]
-    text = artifact.caption or caption(artifact)
-    await cl.Message(content=text, elements=elements, author="Atelier").send()
-    await persist_elements(elements)
+    message = cl.Message(content=artifact.caption or caption(artifact), author="Atelier")
+    await message.send()
+    await send_in_order(message, elements)
 
 
-async def persist_elements(elements: list[cl.Element]) -> None:
-    """Write elements before the turn ends, not in Chainlit's fire-and-forget task.
+async def send_in_order(message: cl.Message, elements: list[cl.Element]) -> None:
+    """Store, then show, each element in turn, so the order is the same after a resume.
 
-    Chainlit schedules `create_element` with `asyncio.create_task`, so a reload right
-    after `task_end` could miss the image. The write is idempotent, so the background
-    copy that Chainlit still starts is harmless.
+    Chainlit's own path sends a message's elements concurrently and stores them in
+    fire-and-forget tasks: the grid of a curation would come out in random order, and a
+    reload right after the turn could miss an image. Here each element is written
+    before it is shown, so it is saved before the turn ends and in rank order.
     """
     data_layer = get_data_layer()
-    if data_layer is None:
-        return
     for element in elements:
-        await data_layer.create_element(element)
+        element.for_id = message.id
+        if data_layer is not None:
+            await data_layer.create_element(element)
+        await element.send(for_id=message.id, persist=False)

@@ -83,8 +83,11 @@ def score_images(
     prompt: str,
     weights: dict[str, float],
     clip: ClipFunction | None,
-) -> tuple[list[ScoredImage], list[str]]:
-    """Score every image; returns them ranked best first, and notes for the user.
+) -> tuple[list[ScoredImage], list[str], dict[str, float]]:
+    """Score every image: (ranked best first, notes for the user, the weights used).
+
+    The weights used lack CLIP when it could not run, so the report shows only what was
+    really measured.
 
     Blocking (numpy, and torch when CLIP is on): call it in a worker thread.
     """
@@ -136,7 +139,7 @@ def score_images(
             )
         )
     scored.sort(key=lambda s: (s.failed_weight, -s.combined, s.index))
-    return scored, notes
+    return scored, notes, weights
 
 
 def loss_reason(candidate: ScoredImage, best: ScoredImage, weights: dict[str, float]) -> str:

@@ -321,3 +321,34 @@ def test_refine_in_the_browser_settings_panel_and_before_after(
         _save_screenshot(page, tmp_path, "4-before-after")
     assert page_errors == []
     assert _app_errors(app) == []
+
+
+def test_curation_grid_with_scores(make_app, page: Page, page_errors: list[str], tmp_path: Path):
+    """'best of 4' shows four decoded candidates side by side with a score table."""
+    app = make_app()
+    with _on_failure_show(app, page, tmp_path):
+        _open(page, app.base_url)
+        _log_in(page)
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
+        chat_input.fill("best of 4 crayon apples DISC_TEST")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text(re.compile(r"Curated 4 candidate\(s\), kept"))).to_be_visible()
+        table = page.locator("table").filter(has_text="verdict")
+        expect(table).to_be_visible()
+        expect(table.locator("tbody tr")).to_have_count(4)
+        expect(page.get_by_text("Why the others lost")).to_be_visible()
+        images = page.locator(CONTENT_IMAGES)
+        expect(images).to_have_count(4)
+        for index in range(4):
+            image = images.nth(index)
+            image.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0",
+                arg=image.element_handle(),
+                timeout=WAIT_MS,
+            )
+        _save_screenshot(page, tmp_path, "5-curation")
+    assert page_errors == []
+    assert _app_errors(app) == []

@@ -59,4 +59,7 @@ async def test_curate_overrule_and_resume(make_app, tiny_clip_dir):
     steps = [step.get("output") or "" for step in resumed.resumed["steps"]]
     assert any("Curated 4 candidate(s)" in text for text in steps)
     assert any("is no longer kept" in text for text in steps)
+    # The grid comes back in rank order.
+    names = [e["name"] for e in resumed.resumed["elements"] if e["type"] == "image"]
+    assert names == [f"{row['image_id']}.png" for row in candidates]
     await resumed.close()

@@ -48,7 +48,7 @@ async def check_quality(
     )
     if not prompt:
         weights.pop(image_scoring.CLIP, None)
-    ranked, notes = await asyncio.to_thread(
+    ranked, notes, _ = await asyncio.to_thread(
         image_scoring.score_images, [data], prompt, weights, clip
     )
     scored = ranked[0]
@@ -59,7 +59,7 @@ async def check_quality(
     )
     lines = [f"**Quality of `{record.id[:8]}`** — combined {scored.combined:.2f}"]
     for s in scored.scores:
-        mark = "ℹ️" if s.passed is None else ("✅" if s.passed else "❌")
+        mark = "score" if s.passed is None else ("ok" if s.passed else "**fail**")
         lines.append(f"- {mark} **{s.criterion}** {s.score:.2f}: {s.reason}")
     if unavailable and prompt:
         notes.append(f"Text–image agreement was not scored: {unavailable}.")

@@ -89,7 +89,7 @@ def _table(curation: CurationRecord, short: dict[str, str]) -> str:
             elif s.passed is None:
                 cells.append(f"{s.score:.2f}")
             else:
-                cells.append(f"{'✅' if s.passed else '❌'} {s.score:.2f}")
+                cells.append(f"{'ok' if s.passed else '**fail**'} {s.score:.2f}")
         verdict = "**kept**" if candidate.verdict == "kept" else "rejected"
         lines.append(
             f"| {candidate.rank} | `{short[candidate.image_id]}` | {verdict} | "
@@ -160,13 +160,13 @@ async def curate_images(
     clip = (
         image_scoring.clip_function(ctx.clip_model) if ctx.clip_model and not unavailable else None
     )
-    ranked, notes = await asyncio.to_thread(
+    wanted_clip = weights.get(image_scoring.CLIP, 0) > 0
+    ranked, notes, weights = await asyncio.to_thread(
         image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
     )
-    if unavailable and weights.get(image_scoring.CLIP, 0) > 0:
+    if unavailable and wanted_clip:
         notes = [n for n in notes if "turned off" not in n]
         notes.append(f"Text–image agreement was not scored: {unavailable}.")
-        weights.pop(image_scoring.CLIP, None)
     best = ranked[0]
     candidates = [
         CandidateRecord(
