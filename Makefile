@@ -41,6 +41,8 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/sidebar_listing.py
 	$(PY) benchmarks/local_overhead.py
 	$(PY) benchmarks/replicate_overhead.py
+	$(PY) benchmarks/quality_rules_speed.py
+	-$(PY) benchmarks/clip_throughput.py  # the 3x target needs a GPU; CPU runs report FAIL
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
