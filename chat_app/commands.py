@@ -241,7 +241,7 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
         await rendering.notice(HELP)
         return
     if command.id == "styles":
-        await rendering.notice("**Styles** (use with `/refine <prompt> --style NAME`)\n"
+        await rendering.notice("**Styles** (use with `/refine` or `/curate`: `--style NAME`)\n"
                                + runtime.styles.describe())
         return
     if command.id == "backend":

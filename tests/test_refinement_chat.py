@@ -131,7 +131,7 @@ async def test_commands_run_the_refinement_loop_with_short_ids(make_app, fake_op
     assert any("1024×1536" in text for text in reply), reply
     images = _images(app)
     assert [i["parent_id"] for i in images] == [None] + [first["id"]] * 4
-    assert outputs(await chat.send("/styles"))[-1].count("- `") == 4
+    assert outputs(await chat.send("/styles"))[-1].count("- `") == 5
     reply = outputs(await chat.send("/refine a teapot --style line-art"))
     assert any("**Original:** a teapot" in text for text in reply), reply
     # The chat model rewrote it (the fake answers "Refined: ..."), told the style's words.
