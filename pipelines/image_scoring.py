@@ -16,6 +16,7 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from memory.curations import StoredScore
 from memory.errors import AtelierError, InvalidInput
 from pipelines.quality_rules import CHECKS, run_checks
 
@@ -25,13 +26,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {CLIP: 1.0, "sharpness": 0.5, "coverage": 0.
 MAX_CANDIDATES = 16
 
 
-@dataclass(frozen=True)
-class Score:
-    criterion: str
-    value: float
-    score: float
-    passed: bool | None
-    reason: str
+# One measured criterion; the same record the database stores, so nothing is converted.
+Score = StoredScore
 
 
 @dataclass(frozen=True)

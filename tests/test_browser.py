@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,7 +32,14 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    Locator,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +199,18 @@ def _expect_image_loaded(page: Page, src_pattern: str) -> str:
     return image.get_attribute("src") or ""
 
 
+def _expect_decoded(page: Page, images: Locator, indexes: Iterable[int]) -> None:
+    """Those images are really decoded by the browser (not just present)."""
+    for index in indexes:
+        image = images.nth(index)
+        image.scroll_into_view_if_needed()  # the front end marks them loading="lazy"
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0",
+            arg=image.element_handle(),
+            timeout=WAIT_MS,
+        )
+
+
 def _expect_conversation(page: Page, src_pattern: str) -> str:
     expect(page.locator("[data-step-type='user_message']")).to_contain_text(PROMPT)
     expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
@@ -310,14 +329,7 @@ def test_refine_in_the_browser_settings_panel_and_before_after(
         # The before/after message holds the source and the result, both decoded.
         images = page.locator(CONTENT_IMAGES)
         expect(images).to_have_count(3)
-        for index in (1, 2):
-            image = images.nth(index)
-            image.scroll_into_view_if_needed()
-            page.wait_for_function(
-                "img => img.complete && img.naturalWidth > 0",
-                arg=image.element_handle(),
-                timeout=WAIT_MS,
-            )
+        _expect_decoded(page, images, (1, 2))
         _save_screenshot(page, tmp_path, "4-before-after")
     assert page_errors == []
     assert _app_errors(app) == []
@@ -341,14 +353,7 @@ def test_curation_grid_with_scores(make_app, page: Page, page_errors: list[str],
         expect(page.get_by_text("Why the others lost")).to_be_visible()
         images = page.locator(CONTENT_IMAGES)
         expect(images).to_have_count(4)
-        for index in range(4):
-            image = images.nth(index)
-            image.scroll_into_view_if_needed()
-            page.wait_for_function(
-                "img => img.complete && img.naturalWidth > 0",
-                arg=image.element_handle(),
-                timeout=WAIT_MS,
-            )
+        _expect_decoded(page, images, range(4))
         _save_screenshot(page, tmp_path, "5-curation")
     assert page_errors == []
     assert _app_errors(app) == []

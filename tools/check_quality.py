@@ -6,7 +6,6 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
-from memory.curations import StoredScore
 from pipelines import image_scoring
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
@@ -55,7 +54,7 @@ async def check_quality(
     await ctx.curation_store().record_scores(
         record.id,
         ctx.user_id,
-        [StoredScore(s.criterion, s.value, s.score, s.passed, s.reason) for s in scored.scores],
+        list(scored.scores),
     )
     lines = [f"**Quality of `{record.id[:8]}`** — combined {scored.combined:.2f}"]
     for s in scored.scores:

@@ -11,7 +11,7 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
-from memory.curations import CandidateRecord, CurationRecord, StoredScore
+from memory.curations import CandidateRecord, CurationRecord
 from memory.errors import InvalidInput
 from memory.images import ImageRecord
 from pipelines import image_scoring
@@ -178,9 +178,7 @@ async def curate_images(
             if rank <= keep
             else image_scoring.loss_reason(item, best, weights),
             decided_by="scores",
-            scores=[
-                StoredScore(s.criterion, s.value, s.score, s.passed, s.reason) for s in item.scores
-            ],
+            scores=list(item.scores),
         )
         for rank, item in enumerate(ranked, start=1)
     ]
