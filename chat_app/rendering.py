@@ -80,9 +80,15 @@ def caption(artifact: ToolArtifact) -> str:
     if artifact.before:
         source = artifact.before[0][0]
         title = f"**Before** (`{source.id[:8]}`) and **after**: *{first.prompt_typed[:300]}*"
+    cost = first.parameters.get("cost") or {}
+    price = ""
+    if cost and not cost.get("unpriced"):
+        price = f" · ${float(cost['usd']):.4f} ({cost['source']})"
+    elif cost:
+        price = " · cost unknown (no price for this model)"
     lines = [
         title,
-        f"{first.width}×{first.height} · {first.backend} `{first.model}` · "
+        f"{first.width}×{first.height} · {first.backend} `{first.model}`{price} · "
         + _seed_text(records)
         + " · "
         + ", ".join(f"id `{record.id[:8]}`" for record in records),

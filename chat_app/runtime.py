@@ -20,6 +20,7 @@ from memory.images import ImageStore
 from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.users import UserStore
+from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
 from tools.styles import StyleLibrary
 
@@ -38,6 +39,7 @@ class Runtime:
     auth_secret: str
     styles: StyleLibrary
     curations: CurationStore
+    prices: PriceTable
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -83,6 +85,9 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         auth_secret=auth_secret,
         styles=StyleLibrary.load(settings.styles_file),
         curations=CurationStore(engine),
+        prices=PriceTable.load(
+            settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
+        ),
     )
 
 

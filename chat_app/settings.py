@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         "openai/clip-vit-base-patch32", validation_alias=_env("ATELIER_CLIP_MODEL")
     )
     clip_enabled: bool = Field(True, validation_alias=_env("ATELIER_CLIP_ENABLED"))
+    prices_file: Path | None = Field(None, validation_alias=_env("ATELIER_PRICES_FILE"))
+    local_usd_per_gpu_second: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, validation_alias=_env("ATELIER_LOCAL_USD_PER_GPU_SECOND")
+    )
 
     admin_password: SecretStr | None = Field(None, validation_alias=_env("ATELIER_ADMIN_PASSWORD"))
     auth_secret: SecretStr | None = Field(None, validation_alias=_env("CHAINLIT_AUTH_SECRET"))

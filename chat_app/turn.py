@@ -63,6 +63,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             rewrite=agent.prompt_rewriter(runtime.settings),
             message_id=message.id,
             curations=runtime.curations,
+            prices=runtime.prices,
             clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
         )
         uploads = []

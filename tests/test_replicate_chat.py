@@ -46,6 +46,7 @@ async def test_switch_to_replicate_draw_and_edit(make_app, fake_replicate):
     first, edited = _images(app)
     assert (first["backend"], first["model"]) == ("replicate", "black-forest-labs/flux-schnell")
     assert first["seed"] is not None  # a seed is always drawn and recorded
+    assert first["cost_usd"] == pytest.approx(0.003)  # flux-schnell's per-image price
     assert edited["parent_id"] == first["id"]
     assert edited["model"] == "black-forest-labs/flux-kontext-pro"
 

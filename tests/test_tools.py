@@ -220,3 +220,23 @@ async def test_transparent_webp_through_the_tool(world):
         assert image.format == "WEBP" and image.mode == "RGBA"
     with pytest.raises(InvalidInput, match="does not take a background"):
         await generate_image(ctx, "a sticker", background="transparent")
+
+
+async def test_actual_cost_is_recorded_from_the_providers_usage(world):
+    from pipelines.pricing import PriceTable
+
+    ctx, _ = world
+    ctx.prices = PriceTable.load()
+    _, artifact = await generate_image(ctx, "a kite", n=2, quality="high", backend="openai")
+    first, second = (record for record, _ in artifact.images)
+    cost = first.parameters["cost"]
+    assert cost["source"] == "reported" and not cost["unpriced"]
+    assert first.cost_usd == second.cost_usd and first.cost_usd * 2 == pytest.approx(
+        float(cost["usd"])
+    )
+    again = await ctx.images.get(first.id, ctx.user_id)
+    assert again.cost_usd == first.cost_usd > 0
+    # A backend the table does not know is recorded as unpriced, not as free.
+    _, artifact = await generate_image(ctx, "a kite", backend="seeded")
+    record = artifact.images[0][0]
+    assert record.cost_usd is None and record.parameters["cost"]["unpriced"]

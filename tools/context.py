@@ -9,6 +9,7 @@ from typing import Any
 from memory.curations import CurationStore
 from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
+from pipelines.pricing import PriceTable
 from pipelines.progress import Progress
 from pipelines.registry import BackendRegistry
 from tools.styles import StyleLibrary
@@ -59,6 +60,7 @@ class ToolContext:
     message_id: str | None = None
     curations: CurationStore | None = None
     clip_model: str | None = None  # None: text–image agreement is not scored
+    prices: PriceTable | None = None  # None: costs are not recorded
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:

@@ -196,6 +196,25 @@ async def run(
         "seed_honoured": result.seed_honoured,
         **({"lineage": lineage} if lineage else {}),
     }
+    cost_each = None
+    if ctx.prices is not None and result.images:
+        cost = ctx.prices.actual(
+            result.backend,
+            result.model,
+            n=len(result.images),
+            quality=request.quality,
+            size=request.size,
+            usage=result.usage,
+            metrics=result.metrics,
+            gpu_seconds=duration_ms / 1000 if result.backend == "local" else None,
+        )
+        parameters["cost"] = {
+            "usd": str(cost.usd),
+            "source": cost.source,
+            "unpriced": cost.unpriced,
+            "lines": cost.lines,
+        }
+        cost_each = None if cost.unpriced else float(cost.usd) / len(result.images)
     if request.images:
         # Which stored images went in, so variations and forks can replay the edit.
         parameters["inputs"] = {
@@ -220,6 +239,7 @@ async def run(
                 parent_id=parent_id,
                 message_id=ctx.message_id,
                 duration_ms=duration_ms,
+                cost_usd=cost_each,
             ),
         )
         artifact.images.append((record, stored))
