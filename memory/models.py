@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -22,8 +23,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -238,3 +241,59 @@ class ImageScore(Base):
     passed: Mapped[bool | None] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# Exact money: twelve digits, six after the point (a millionth of a dollar is finer than
+# any provider's price). SQLite stores it as REAL; SQLAlchemy rounds reads back to six
+# places, which is exact for any sum this project can reach.
+MONEY = Numeric(12, 6)
+
+
+class LedgerEntry(Base):
+    """One paid action: reserved at its estimate before it runs, then settled or released.
+
+    Budgets count settled `actual_usd` plus open reservations' `estimate_usd`; a released
+    entry spends nothing but stays as the record of what was tried. No foreign keys on
+    purpose: deleting a conversation must not erase (and so refund) what it cost.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index("ix_ledger_entries_thread_created", "thread_id", "created_at"),
+        Index("ix_ledger_entries_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(36))
+    thread_id: Mapped[str] = mapped_column(String(36))
+    image_id: Mapped[str | None] = mapped_column(String(36))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    backend: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    what: Mapped[str] = mapped_column(String(32))  # image | edit | video | training | ...
+    estimate_usd: Mapped[Decimal] = mapped_column(MONEY)
+    actual_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    source: Mapped[str | None] = mapped_column(String(16))  # reported | table | estimate
+    # reserved | settled | released
+    status: Mapped[str] = mapped_column(String(16), default="reserved")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Budget(Base):
+    """A spending limit on one conversation or on one user's UTC day.
+
+    The user and the operator each keep their own row for a scope; the smaller limit
+    holds. A row may carry only a confirmation threshold (`limit_usd` empty).
+    """
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "set_by"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))  # thread | user_day
+    scope_id: Mapped[str] = mapped_column(String(36))  # the thread id or the user id
+    limit_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    confirm_above_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    set_by: Mapped[str] = mapped_column(String(16))  # user | operator
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,602 @@
+"""The cost ledger, and the budgets it holds to.
+
+Every paid action reserves its estimated cost before it runs, then settles with the
+actual cost, or releases the reservation when it failed, was cancelled or was declined
+(spending nothing). A budget counts settled costs plus open reservations, so requests
+running side by side cannot together spend more than it allows.
+
+That needs the check and the insert to be one step: each reservation runs in a
+transaction that serialises against every other reservation in the same scope.
+
+- PostgreSQL: a transaction-scoped advisory lock per scope (the conversation, and the
+  user's UTC day), taken in a fixed order before anything is read. Under READ COMMITTED
+  every later statement sees what the previous holder committed.
+- SQLite: `BEGIN IMMEDIATE`, which takes the database's write lock before the sums are
+  read. Python's sqlite3 would otherwise begin only at the INSERT, leaving the reads
+  outside the transaction. Other writers wait on the busy timeout memory.db sets.
+
+Every read and write is scoped to the user, like image lineage.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import case, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from memory import media_claims
+from memory.errors import AtelierError, InvalidInput, NotFound
+from memory.ids import require_uuid
+from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
+
+SCOPES = ("thread", "user_day")
+SETTERS = ("user", "operator")
+SOURCES = ("reported", "table", "estimate")
+_MICRO = Decimal("0.000001")
+_MAX_USD = Decimal("1000000")  # Numeric(12, 6) holds six digits before the point
+_ZERO = Decimal("0.000000")
+_SCOPE_WORDS = {"thread": "this conversation", "user_day": "today (UTC)"}
+
+
+class BudgetExceeded(AtelierError):
+    """The request would take a budget over its limit; nothing was reserved.
+
+    The message gives the numbers, so the user can see how far over it would go and
+    raise the budget, wait for the next day, or ask for something cheaper.
+    """
+
+    def __init__(self, usage: ScopeUsage, estimate_usd: Decimal) -> None:
+        assert usage.limit_usd is not None
+        who = "you" if usage.limit_set_by == "user" else "the operator"
+        super().__init__(
+            f"This would go over the budget for {_SCOPE_WORDS[usage.scope]}: "
+            f"spent {_usd(usage.spent_usd)}, reserved {_usd(usage.reserved_usd)} for "
+            f"requests still running, this request {_usd(estimate_usd)}, "
+            f"limit {_usd(usage.limit_usd)} (set by {who})."
+        )
+        self.usage = usage
+        self.estimate_usd = estimate_usd
+
+
+@dataclass(frozen=True)
+class OperatorLimits:
+    """The operator's defaults (from settings) for every conversation and user-day.
+
+    Budget rows the operator sets for one scope apply as well; the smallest limit holds.
+    """
+
+    thread_usd: Decimal | None = None
+    user_day_usd: Decimal | None = None
+    confirm_above_usd: Decimal | None = None
+
+    def limit_for(self, scope: str) -> Decimal | None:
+        return self.thread_usd if scope == "thread" else self.user_day_usd
+
+
+@dataclass(frozen=True)
+class ScopeUsage:
+    """What one scope has spent and has in flight, against its effective limit."""
+
+    scope: str  # thread | user_day
+    spent_usd: Decimal  # settled actual costs
+    reserved_usd: Decimal  # estimates of open reservations
+    limit_usd: Decimal | None  # the smallest limit that applies, if any
+    limit_set_by: str | None  # user | operator
+    confirm_above_usd: Decimal | None  # the smallest threshold that applies, if any
+
+    def would_exceed(self, estimate_usd: Decimal) -> bool:
+        if self.limit_usd is None:
+            return False
+        return self.spent_usd + self.reserved_usd + estimate_usd > self.limit_usd
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A ledger entry: a reservation, and what became of it."""
+
+    id: str
+    user_id: str
+    thread_id: str
+    image_id: str | None
+    message_id: str | None
+    backend: str
+    model: str
+    what: str
+    estimate_usd: Decimal
+    actual_usd: Decimal | None
+    source: str | None
+    status: str  # reserved | settled | released
+    created_at: datetime
+    settled_at: datetime | None  # when it was settled or released
+
+    @classmethod
+    def from_row(cls, row: Any) -> Reservation:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            thread_id=row.thread_id,
+            image_id=row.image_id,
+            message_id=row.message_id,
+            backend=row.backend,
+            model=row.model,
+            what=row.what,
+            estimate_usd=_dec(row.estimate_usd),
+            actual_usd=None if row.actual_usd is None else _dec(row.actual_usd),
+            source=row.source,
+            status=row.status,
+            created_at=row.created_at,
+            settled_at=row.settled_at,
+        )
+
+
+@dataclass(frozen=True)
+class BudgetRecord:
+    scope: str
+    scope_id: str
+    limit_usd: Decimal | None
+    confirm_above_usd: Decimal | None
+    set_by: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One line of the /cost report: settled spending of one model on one UTC day."""
+
+    day: date
+    backend: str
+    model: str
+    usd: Decimal
+    count: int
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._insert = media_claims.insert_for(engine)
+
+    @asynccontextmanager
+    async def _serialised(self, *keys: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction that no other reservation in the same scopes runs alongside."""
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # A fixed order, so two reservations sharing scopes cannot deadlock.
+                for key in sorted(set(keys)):
+                    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+            else:
+                # SQLAlchemy's pysqlite dialect emits no BEGIN of its own (sqlite3 begins
+                # implicitly only before a write), so this is the transaction's first
+                # statement; sqlite3's commit() and rollback() end it, so the engine's
+                # commit and rollback apply to it. A deferred BEGIN would not do: two
+                # readers upgrading to writers fail at once ("database is locked").
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        backend: str,
+        model: str,
+        what: str,
+        estimate_usd: Decimal,
+        operator_limits: OperatorLimits | None = None,
+        message_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Reservation:
+        """Reserve `estimate_usd` for a paid action, or raise BudgetExceeded.
+
+        The sums, the limits and the insert are read and written under the scopes' lock,
+        so concurrent reservations are admitted one at a time against up-to-date sums.
+        """
+        user_id = require_uuid(user_id, "user id")
+        thread_id = require_uuid(thread_id, "thread id")
+        if message_id is not None:
+            message_id = require_uuid(message_id, "message id")
+        estimate = _money(estimate_usd, "estimate_usd")
+        when = _utc(now)
+        values = {
+            "id": new_id(),
+            "user_id": user_id,
+            "thread_id": thread_id,
+            "message_id": message_id,
+            "backend": _label(backend, "backend", 64),
+            "model": _label(model, "model", 128),
+            "what": _label(what, "what", 32),
+            "estimate_usd": estimate,
+            "status": "reserved",
+            "created_at": when,
+        }
+        day = when.date().isoformat()
+        async with self._serialised(
+            f"atelier.ledger:thread:{thread_id}", f"atelier.ledger:user_day:{user_id}:{day}"
+        ) as conn:
+            await _check_thread_owner(conn, thread_id, user_id)
+            for usage in await _usage(conn, user_id, thread_id, when, operator_limits):
+                if usage.would_exceed(estimate):
+                    raise BudgetExceeded(usage, estimate)
+            await conn.execute(insert(LedgerEntry).values(**values))
+        return Reservation(**values, image_id=None, actual_usd=None, source=None, settled_at=None)
+
+    async def settle(
+        self,
+        reservation_id: str,
+        *,
+        user_id: str,
+        actual_usd: Decimal,
+        source: str,
+        image_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Reservation:
+        """Record what the action actually cost; it then counts instead of the estimate.
+
+        An actual cost above the estimate is recorded as it is (it was spent); the next
+        reservation sees it.
+        """
+        reservation_id = require_uuid(reservation_id, "reservation id")
+        user_id = require_uuid(user_id, "user id")
+        actual = _money(actual_usd, "actual_usd")
+        if source not in SOURCES:
+            raise InvalidInput(f"Invalid cost source {source!r}: expected one of {SOURCES}.")
+        values: dict[str, Any] = {
+            "status": "settled",
+            "actual_usd": actual,
+            "source": source,
+            "settled_at": _utc(now),
+        }
+        if image_id is not None:
+            values["image_id"] = require_uuid(image_id, "image id")
+        return await self._close(reservation_id, user_id, values, again_ok=False)
+
+    async def release(
+        self, reservation_id: str, *, user_id: str, now: datetime | None = None
+    ) -> Reservation:
+        """Give a reservation back: the action failed, was cancelled or was declined.
+
+        Releasing twice is harmless (a cancelled task and its clean-up may both do it);
+        releasing a settled entry is refused, since that money was spent.
+        """
+        reservation_id = require_uuid(reservation_id, "reservation id")
+        user_id = require_uuid(user_id, "user id")
+        values = {"status": "released", "settled_at": _utc(now)}
+        return await self._close(reservation_id, user_id, values, again_ok=True)
+
+    async def _close(
+        self, reservation_id: str, user_id: str, values: dict[str, Any], *, again_ok: bool
+    ) -> Reservation:
+        """Move an open reservation to settled or released; only an open one moves."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(LedgerEntry)
+                .where(
+                    LedgerEntry.id == reservation_id,
+                    LedgerEntry.user_id == user_id,
+                    LedgerEntry.status == "reserved",
+                )
+                .values(**values)
+            )
+            row = (
+                await conn.execute(
+                    select(LedgerEntry).where(
+                        LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound("No such charge in your ledger.")
+        if result.rowcount != 1 and not (again_ok and row.status == values["status"]):
+            raise InvalidInput(f"That charge was already {row.status}.")
+        return Reservation.from_row(row)
+
+    async def entry(self, reservation_id: str, *, user_id: str) -> Reservation:
+        reservation_id = require_uuid(reservation_id, "reservation id")
+        user_id = require_uuid(user_id, "user id")
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(LedgerEntry).where(
+                        LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound("No such charge in your ledger.")
+        return Reservation.from_row(row)
+
+    async def usage(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        operator_limits: OperatorLimits | None = None,
+        now: datetime | None = None,
+    ) -> list[ScopeUsage]:
+        """The conversation's and today's spending against their limits (for /cost)."""
+        user_id = require_uuid(user_id, "user id")
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._engine.connect() as conn:
+            await _check_thread_owner(conn, thread_id, user_id)
+            return await _usage(conn, user_id, thread_id, _utc(now), operator_limits)
+
+    async def needs_confirmation(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        estimate_usd: Decimal,
+        operator_limits: OperatorLimits | None = None,
+    ) -> bool:
+        """Whether the estimate is above the smallest confirmation threshold that applies."""
+        estimate = _money(estimate_usd, "estimate_usd")
+        usages = await self.usage(
+            user_id=user_id, thread_id=thread_id, operator_limits=operator_limits
+        )
+        return any(
+            u.confirm_above_usd is not None and estimate > u.confirm_above_usd for u in usages
+        )
+
+    async def set_budget(
+        self,
+        scope: str,
+        scope_id: str,
+        limit_usd: Decimal | None,
+        *,
+        user_id: str | None,
+        confirm_above_usd: Decimal | None = None,
+        set_by: str = "user",
+        now: datetime | None = None,
+    ) -> BudgetRecord | None:
+        """Set (or, with neither a limit nor a threshold, remove) one party's budget.
+
+        A user may set budgets only on their own conversations and their own day; the
+        operator's path (settings, the admin command) is trusted and passes user_id=None.
+        """
+        if scope not in SCOPES:
+            raise InvalidInput(f"Invalid budget scope {scope!r}: expected one of {SCOPES}.")
+        if set_by not in SETTERS:
+            raise InvalidInput(f"Invalid budget setter {set_by!r}: expected one of {SETTERS}.")
+        scope_id = require_uuid(scope_id, "thread id" if scope == "thread" else "user id")
+        limit = None if limit_usd is None else _money(limit_usd, "limit_usd")
+        confirm = None if confirm_above_usd is None else _money(confirm_above_usd, "confirm")
+        key = (Budget.scope == scope, Budget.scope_id == scope_id, Budget.set_by == set_by)
+        async with self._engine.begin() as conn:
+            if set_by == "user":
+                if user_id is None:
+                    raise InvalidInput("A budget set by a user needs the user's id.")
+                user_id = require_uuid(user_id, "user id")
+                if scope == "user_day" and scope_id != user_id:
+                    raise NotFound("No such user.")
+                if scope == "thread":
+                    await _check_thread_owner(conn, scope_id, user_id)
+            if limit is None and confirm is None:
+                await conn.execute(delete(Budget).where(*key))
+                return None
+            changes = {"limit_usd": limit, "confirm_above_usd": confirm, "updated_at": _utc(now)}
+            await conn.execute(
+                self._insert(Budget)
+                .values(scope=scope, scope_id=scope_id, set_by=set_by, **changes)
+                .on_conflict_do_update(index_elements=["scope", "scope_id", "set_by"], set_=changes)
+            )
+            row = (await conn.execute(select(Budget).where(*key))).one()
+        return _budget_record(row)
+
+    async def budgets(self, *, user_id: str, thread_id: str | None = None) -> list[BudgetRecord]:
+        """The budget rows on the user's day and, if given, on one of their conversations."""
+        user_id = require_uuid(user_id, "user id")
+        wanted = [(Budget.scope == "user_day") & (Budget.scope_id == user_id)]
+        async with self._engine.connect() as conn:
+            if thread_id is not None:
+                thread_id = require_uuid(thread_id, "thread id")
+                await _check_thread_owner(conn, thread_id, user_id)
+                wanted.append((Budget.scope == "thread") & (Budget.scope_id == thread_id))
+            rows = (
+                await conn.execute(
+                    select(Budget).where(or_(*wanted)).order_by(Budget.scope, Budget.set_by)
+                )
+            ).all()
+        return [_budget_record(row) for row in rows]
+
+    async def report(
+        self,
+        user_id: str,
+        thread_id: str | None = None,
+        days: int = 30,
+        *,
+        now: datetime | None = None,
+    ) -> list[CostRow]:
+        """Settled spending per UTC day, backend and model, over the last `days` days.
+
+        Open reservations are left out: they are not spent yet (usage() shows them).
+        """
+        user_id = require_uuid(user_id, "user id")
+        if not isinstance(days, int) or not 1 <= days <= 366:
+            raise InvalidInput("A cost report covers 1 to 366 days.")
+        start = _day_start(_utc(now)) - timedelta(days=days - 1)
+        async with self._engine.connect() as conn:
+            day = _utc_day(conn, LedgerEntry.created_at)
+            query = (
+                select(
+                    day.label("day"),
+                    LedgerEntry.backend,
+                    LedgerEntry.model,
+                    func.sum(LedgerEntry.actual_usd).label("usd"),
+                    func.count().label("count"),
+                )
+                .where(
+                    LedgerEntry.user_id == user_id,
+                    LedgerEntry.status == "settled",
+                    LedgerEntry.created_at >= start,
+                )
+                .group_by(day, LedgerEntry.backend, LedgerEntry.model)
+                .order_by(day, LedgerEntry.backend, LedgerEntry.model)
+            )
+            if thread_id is not None:
+                query = query.where(LedgerEntry.thread_id == require_uuid(thread_id, "thread id"))
+            rows = (await conn.execute(query)).all()
+        return [
+            CostRow(
+                day=r.day if isinstance(r.day, date) else date.fromisoformat(r.day),
+                backend=r.backend,
+                model=r.model,
+                usd=_dec(r.usd),
+                count=r.count,
+            )
+            for r in rows
+        ]
+
+    async def csv(
+        self,
+        user_id: str,
+        thread_id: str | None = None,
+        days: int = 30,
+        *,
+        now: datetime | None = None,
+    ) -> str:
+        """The report as CSV (day, backend, model, usd, count), dollars to six places."""
+        out = io.StringIO()
+        writer = csv_module.writer(out, lineterminator="\n")
+        writer.writerow(["day", "backend", "model", "usd", "count"])
+        for row in await self.report(user_id, thread_id, days, now=now):
+            writer.writerow(
+                [row.day.isoformat(), row.backend, row.model, format(row.usd, "f"), row.count]
+            )
+        return out.getvalue()
+
+
+async def _check_thread_owner(conn: AsyncConnection, thread_id: str, user_id: str) -> None:
+    """Someone else's conversation is not found; one not stored yet may be budgeted."""
+    owner = await conn.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+    if owner not in (None, user_id):
+        raise NotFound("No such conversation.")
+
+
+async def _usage(
+    conn: AsyncConnection,
+    user_id: str,
+    thread_id: str,
+    when: datetime,
+    operator_limits: OperatorLimits | None,
+) -> list[ScopeUsage]:
+    """Sums and effective limits of the conversation and of the user's UTC day."""
+    start = _day_start(when)
+    sums = select(
+        func.sum(case((LedgerEntry.status == "settled", LedgerEntry.actual_usd))),
+        func.sum(case((LedgerEntry.status == "reserved", LedgerEntry.estimate_usd))),
+    )
+    thread_sums = (await conn.execute(sums.where(LedgerEntry.thread_id == thread_id))).one()
+    day_sums = (
+        await conn.execute(
+            sums.where(
+                LedgerEntry.user_id == user_id,
+                LedgerEntry.created_at >= start,
+                LedgerEntry.created_at < start + timedelta(days=1),
+            )
+        )
+    ).one()
+    budget_rows = (
+        await conn.execute(
+            select(Budget).where(
+                or_(
+                    (Budget.scope == "thread") & (Budget.scope_id == thread_id),
+                    (Budget.scope == "user_day") & (Budget.scope_id == user_id),
+                )
+            )
+        )
+    ).all()
+    operator = operator_limits or OperatorLimits()
+    usages = []
+    for scope, (spent, reserved) in (("thread", thread_sums), ("user_day", day_sums)):
+        rows = [r for r in budget_rows if r.scope == scope]
+        limits = [(_dec(r.limit_usd), r.set_by) for r in rows if r.limit_usd is not None]
+        default = operator.limit_for(scope)
+        if default is not None:
+            limits.append((_money(default, "operator limit"), "operator"))
+        confirms = [_dec(r.confirm_above_usd) for r in rows if r.confirm_above_usd is not None]
+        if operator.confirm_above_usd is not None:
+            confirms.append(_money(operator.confirm_above_usd, "operator confirm threshold"))
+        limit, set_by = min(limits, key=lambda pair: pair[0]) if limits else (None, None)
+        usages.append(
+            ScopeUsage(
+                scope=scope,
+                spent_usd=_dec(spent),
+                reserved_usd=_dec(reserved),
+                limit_usd=limit,
+                limit_set_by=set_by,
+                confirm_above_usd=min(confirms) if confirms else None,
+            )
+        )
+    return usages
+
+
+def _utc_day(conn: AsyncConnection, column: Any) -> Any:
+    """The UTC calendar day of a timestamp column, in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        # A literal, not a bound parameter: GROUP BY must repeat the same expression.
+        return func.date(func.timezone(literal_column("'UTC'"), column))
+    return func.date(column)  # SQLite stores UTC timestamps as ISO text
+
+
+def _budget_record(row: Row[Any]) -> BudgetRecord:
+    return BudgetRecord(
+        scope=row.scope,
+        scope_id=row.scope_id,
+        limit_usd=None if row.limit_usd is None else _dec(row.limit_usd),
+        confirm_above_usd=None if row.confirm_above_usd is None else _dec(row.confirm_above_usd),
+        set_by=row.set_by,
+        updated_at=row.updated_at,
+    )
+
+
+def _money(value: Decimal, name: str) -> Decimal:
+    """A dollar amount the ledger can store exactly; anything else is refused, not rounded."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{name} must be a Decimal, not {type(value).__name__}.")
+    if not value.is_finite() or value < 0 or value >= _MAX_USD:
+        raise InvalidInput(f"Invalid {name} {value}: expected $0 up to $999999.999999.")
+    if value != value.quantize(_MICRO):
+        raise InvalidInput(f"Invalid {name} {value}: at most six decimal places.")
+    return value.quantize(_MICRO)
+
+
+def _dec(value: Any) -> Decimal:
+    """A stored amount or sum as a Decimal to six places (SQLite hands back REAL sums)."""
+    if value is None:
+        return _ZERO
+    if not isinstance(value, Decimal):
+        value = Decimal(str(value))
+    return value.quantize(_MICRO)
+
+
+def _label(value: str, name: str, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise InvalidInput(f"Invalid {name}: expected 1 to {max_length} characters.")
+    return value
+
+
+def _utc(now: datetime | None) -> datetime:
+    """Aware UTC time: the UTC day decides which daily budget a charge counts against."""
+    if now is None:
+        return utcnow()
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware.")
+    return now.astimezone(UTC)
+
+
+def _day_start(when: datetime) -> datetime:
+    return datetime(when.year, when.month, when.day, tzinfo=UTC)
+
+
+def _usd(value: Decimal) -> str:
+    """Dollars with at least two decimals and no trailing zeros beyond: $1.20, $0.003."""
+    whole, _, fraction = format(value.quantize(_MICRO), "f").partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
