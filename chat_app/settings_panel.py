@@ -116,11 +116,7 @@ def parse(runtime: Runtime, values: dict[str, Any]) -> GenerationDefaults:
     )
     if backend_id and defaults.size:
         caps = backend.capabilities(model or backend.default_model)
-        fits = defaults.size in caps.sizes or (
-            caps.size_range is not None
-            and caps.size_range.allows(*map(int, defaults.size.split("x")))
-        )
-        if not fits:
+        if not caps.allows_size(defaults.size):
             raise InvalidInput(
                 f"Size {defaults.size} does not fit {backend.label} "
                 f"{model or backend.default_model}. Valid sizes: {', '.join(caps.sizes)}."

@@ -71,6 +71,15 @@ class Capabilities:
     extra_inputs: bool = False
     max_prompt_chars: int = 4000
 
+    def allows_size(self, size: str) -> bool:
+        """A listed size, or WIDTHxHEIGHT within `size_range`."""
+        if size in self.sizes:
+            return True
+        match = SIZE_PATTERN.match(size)
+        return bool(
+            self.size_range and match and self.size_range.allows(int(match[1]), int(match[2]))
+        )
+
     def summary(self) -> str:
         """One line a user (or the model) can act on when a request is refused."""
         parts = [f"sizes {', '.join(self.sizes)}"]
@@ -194,10 +203,7 @@ class ImageBackend(Protocol):
 
 
 def _check_size(label: str, caps: Capabilities, size: str) -> None:
-    if size in caps.sizes:
-        return
-    match = SIZE_PATTERN.match(size)
-    if caps.size_range and match and caps.size_range.allows(int(match[1]), int(match[2])):
+    if caps.allows_size(size):
         return
     valid = ", ".join(caps.sizes)
     if caps.size_range:

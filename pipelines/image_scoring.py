@@ -57,15 +57,14 @@ def weights_for(criteria: Sequence[str] | None, style_weights: dict[str, float] 
     return dict(style_weights or DEFAULT_WEIGHTS)
 
 
-def clip_available() -> str | None:
-    """None when CLIP can run here, else why not (for an honest note in the chat)."""
+def clip_for(model_id: str | None) -> ClipFunction | str:
+    """A CLIP scoring function, or why there is none (for an honest note in the chat)."""
+    if model_id is None:
+        return "turned off (ATELIER_CLIP_ENABLED)"
     for module in ("torch", "transformers"):
         if importlib.util.find_spec(module) is None:
             return "text–image agreement needs the local extra (pip install 'atelier[local]')"
-    return None
 
-
-def clip_function(model_id: str) -> ClipFunction:
     def score(images: Sequence[bytes], text: str) -> list[float]:
         from pipelines.clip_scoring import get_scorer
 
@@ -78,12 +77,13 @@ def score_images(
     images: Sequence[bytes],
     prompt: str,
     weights: dict[str, float],
-    clip: ClipFunction | None,
+    clip: ClipFunction | str,
 ) -> tuple[list[ScoredImage], list[str], dict[str, float]]:
     """Score every image: (ranked best first, notes for the user, the weights used).
 
-    The weights used lack CLIP when it could not run, so the report shows only what was
-    really measured.
+    `clip` is a scoring function or the reason there is none (see `clip_for`). The
+    weights used lack CLIP when it could not run, so the report shows only what was
+    really measured, and a note says why.
 
     Blocking (numpy, and torch when CLIP is on): call it in a worker thread.
     """
@@ -98,8 +98,8 @@ def score_images(
     ]
     weights = dict(weights)
     if weights.get(CLIP, 0) > 0:
-        if clip is None:
-            notes.append("Text–image agreement was not scored (turned off).")
+        if isinstance(clip, str):
+            notes.append(f"Text–image agreement was not scored: {clip}.")
             weights.pop(CLIP)
         else:
             try:

@@ -39,16 +39,10 @@ async def check_quality(
         weights = {**{name: 1.0 for name in image_scoring.CHECKS}, **weights}
     data = (await image_jobs.input_image(ctx, record)).data
     prompt = record.prompt_sent or record.prompt_typed
-    unavailable = image_scoring.clip_available() if ctx.clip_model else "turned off"
-    clip = (
-        image_scoring.clip_function(ctx.clip_model)
-        if ctx.clip_model and not unavailable and prompt
-        else None
-    )
-    if not prompt:
+    if not prompt:  # an upload has no prompt to agree with
         weights.pop(image_scoring.CLIP, None)
     ranked, notes, _ = await asyncio.to_thread(
-        image_scoring.score_images, [data], prompt, weights, clip
+        image_scoring.score_images, [data], prompt, weights, image_scoring.clip_for(ctx.clip_model)
     )
     scored = ranked[0]
     await ctx.curation_store().record_scores(
@@ -60,9 +54,7 @@ async def check_quality(
     for s in scored.scores:
         mark = "score" if s.passed is None else ("ok" if s.passed else "**fail**")
         lines.append(f"- {mark} **{s.criterion}** {s.score:.2f}: {s.reason}")
-    if unavailable and prompt:
-        notes.append(f"Text–image agreement was not scored: {unavailable}.")
-    lines += [f"_{note}_" for note in dict.fromkeys(n for n in notes if "turned off" not in n)]
+    lines += [f"_{note}_" for note in notes]
     failed = [s.criterion for s in scored.scores if s.passed is False]
     text = (
         f"Checked image {record.id}: combined {scored.combined:.2f}; "

@@ -53,12 +53,11 @@ async def _generate(
     ctx: ToolContext, prompt: str, n: int, size: str | None, negative: str | None
 ) -> list[tuple[ImageRecord, bytes]]:
     """n candidates, in as many requests as the model's per-request limit needs."""
-    planned = image_jobs.plan(ctx, prompt, None, n=1, size=size)
-    per_request = planned.backend.capabilities(planned.request.model).max_n
+    first = image_jobs.plan(ctx, prompt, None, n=1, size=size)
+    caps = first.backend.capabilities(first.request.model)
     made: list[tuple[ImageRecord, bytes]] = []
     while len(made) < n:
-        batch = min(per_request, n - len(made))
-        caps = planned.backend.capabilities(planned.request.model)
+        batch = min(caps.max_n, n - len(made))
         planned = image_jobs.plan(
             ctx,
             prompt,
@@ -156,17 +155,10 @@ async def curate_images(
         sent = chosen.apply(prompt) if chosen else prompt.strip()
         pairs = await _generate(ctx, sent, n, size, chosen.negative if chosen else None)
         text_prompt = prompt.strip()
-    unavailable = image_scoring.clip_available() if ctx.clip_model else "turned off"
-    clip = (
-        image_scoring.clip_function(ctx.clip_model) if ctx.clip_model and not unavailable else None
-    )
-    wanted_clip = weights.get(image_scoring.CLIP, 0) > 0
+    clip = image_scoring.clip_for(ctx.clip_model)
     ranked, notes, weights = await asyncio.to_thread(
         image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
     )
-    if unavailable and wanted_clip:
-        notes = [n for n in notes if "turned off" not in n]
-        notes.append(f"Text–image agreement was not scored: {unavailable}.")
     best = ranked[0]
     candidates = [
         CandidateRecord(

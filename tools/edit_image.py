@@ -108,19 +108,11 @@ async def edit_image(
         },
         seed_requested=seed,
     )
-    artifact.before.append((source, await _bytes(ctx, source)))
+    artifact.before.append((source, images[0].data))
     return image_jobs.summary("Edited into", artifact, planned.label), artifact
 
 
 def _source_size(caps: Capabilities, source: ImageRecord) -> str | None:
     """Keep the source's size when the model can make it; else the model's default."""
     size = f"{source.width}x{source.height}"
-    if size in caps.sizes:
-        return size
-    if caps.size_range and caps.size_range.allows(source.width, source.height):
-        return size
-    return None
-
-
-async def _bytes(ctx: ToolContext, record: ImageRecord) -> bytes:
-    return (await image_jobs.input_image(ctx, record)).data
+    return size if caps.allows_size(size) else None

@@ -17,7 +17,6 @@ from memory.errors import InvalidInput
 from memory.images import ImageRecord, NewImage
 from memory.png_metadata import open_image
 from pipelines.base import (
-    SIZE_PATTERN,
     Capabilities,
     ImageBackend,
     ImageRequest,
@@ -71,11 +70,7 @@ def parse_loras(text: str | None) -> tuple[LoraSpec, ...]:
 
 def _fits(caps: Capabilities, name: str, value: Any) -> bool:
     if name == "size":
-        match = SIZE_PATTERN.match(str(value))
-        in_range = bool(
-            caps.size_range and match and caps.size_range.allows(int(match[1]), int(match[2]))
-        )
-        return value in caps.sizes or in_range
+        return caps.allows_size(str(value))
     if name == "quality":
         return value in caps.qualities
     if name == "scheduler":
