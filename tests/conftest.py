@@ -11,7 +11,12 @@ import pytest
 from tests.app_process import AppProcess
 from tests.fakes.openai_server import FakeOpenAI
 
-pytest_plugins = ["tests.replicate_fixtures", "tests.tiny_fixtures", "tests.clip_fixtures"]
+pytest_plugins = [
+    "tests.replicate_fixtures",
+    "tests.tiny_fixtures",
+    "tests.clip_fixtures",
+    "tests.lora_fixtures",
+]
 
 # No test may reach the internet; the Hugging Face hub must fail at once, not retry.
 os.environ["HF_HUB_OFFLINE"] = "1"

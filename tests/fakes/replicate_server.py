@@ -54,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.openai_server import make_image
+from tests.fakes.replicate_trainings import FakeTrainings
 from tests.fakes.threaded_server import ThreadedServer
 
 __all__ = ["FAILURE_KINDS", "FakeReplicate", "RecordedRequest", "DEFAULT_TOKEN"]
@@ -218,6 +219,7 @@ class FakeReplicate(ThreadedServer):
         self._predictions: dict[str, _Prediction] = {}
         self._files: dict[str, tuple[bytes, str]] = {}
         self._image_cache: dict[tuple[Any, ...], bytes] = {}
+        self.trainings = FakeTrainings(self)  # LoRA trainings and the files API
         self.app = self._build_app()
 
     name = "fake Replicate server"
@@ -265,6 +267,7 @@ class FakeReplicate(ThreadedServer):
             self._failures.clear()
             self._predictions.clear()
             self._files.clear()
+        self.trainings.reset()
         for name, value in self._defaults.items():
             setattr(self, name, value)
         self.versions = {_SDXL_VERSION: "stability-ai/sdxl"}
@@ -335,6 +338,7 @@ class FakeReplicate(ThreadedServer):
             Route("/_fake/reset", self._control_reset, methods=["POST"]),
             Route("/_fake/fail_next", self._control_fail_next, methods=["POST"]),
             Route("/_fake/configure", self._control_configure, methods=["POST"]),
+            *self.trainings.routes(api),
             Route(
                 "/{rest:path}",
                 api(self._not_found),
