@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat_app import rendering, settings_panel
+from chat_app import cost_report, rendering, settings_panel
 from chat_app.runtime import Runtime
 from chat_app.tool_runner import run_tool_call
 from memory.errors import InvalidInput
@@ -118,6 +118,16 @@ COMMANDS: list[Command] = [
         texts=frozenset({"style"}),
         lists=frozenset({"criteria"}),
     ),
+    Command(
+        "estimate",
+        "calculator",
+        "Price a request first: /estimate 20 --quality high [--size ..] [--backend ..]",
+        tool="estimate_cost",
+        text_arg="n",
+        floats=frozenset({"seconds"}),
+        texts=frozenset({"quality", "size", "backend"}),
+    ),
+    Command("cost", "receipt", "Spending by day, model and backend, with a chart and CSV"),
     Command("styles", "palette", "List the style presets for /refine and /curate"),
     Command("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
     Command("help", "circle-help", "What Atelier can do and how to use it"),
@@ -139,6 +149,9 @@ HELP = """**Commands**
 - `/curate <prompt> --n 6 --keep 2 --style crayon` makes candidates, scores them (text
   agreement, white background, centring, single object, sharpness, coverage) and keeps
   the best; `/keep ID` overrules it; `/check [ID]` scores one image.
+- `/estimate 20 --quality high` prices a request before you make it; `/cost` shows what
+  this conversation and you have spent (chart and CSV). Budgets and the "ask before
+  spending more than" threshold are in the settings panel.
 - `/backend openai|replicate[:owner/name]|local[:model]` switches this conversation's
   backend (also in the settings panel, next to the message box).
 - Attach an image to edit it or start from it.
@@ -241,11 +254,22 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
         await rendering.notice(HELP)
         return
     if command.id == "styles":
-        await rendering.notice("**Styles** (use with `/refine` or `/curate`: `--style NAME`)\n"
-                               + runtime.styles.describe())
+        await rendering.notice(
+            "**Styles** (use with `/refine` or `/curate`: `--style NAME`)\n"
+            + runtime.styles.describe()
+        )
         return
     if command.id == "backend":
         await rendering.notice(await settings_panel.use_backend(runtime, text, ctx.user_id))
+        return
+    if command.id == "cost":
+        await cost_report.show(
+            runtime.ledger,
+            user_id=ctx.user_id,
+            thread_id=ctx.thread_id,
+            operator_limits=runtime.settings.operator_limits,
+            days=cost_report.parse_days(text),
+        )
         return
     args = parse_args(command, text)
     if command.id == "image" and "prompt" not in args:

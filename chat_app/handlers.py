@@ -31,28 +31,30 @@ async def _login(username: str, password: str) -> cl.User | None:
 
 @cl.on_chat_start
 async def _start() -> None:
+    runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
-    await settings_panel.show(get_runtime())
-    await rendering.welcome(get_runtime())
+    await settings_panel.show(runtime, await current_user_id(runtime))
+    await rendering.welcome(runtime)
 
 
 @cl.on_chat_resume
 async def _resume(thread: ThreadDict) -> None:
     # The agent's memory is rebuilt from the database on every turn (conversation.py);
     # Chainlit restores the user session (and so the panel) from the thread's metadata.
+    runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
-    await settings_panel.show(get_runtime())
+    await settings_panel.show(runtime, await current_user_id(runtime))
 
 
 @cl.on_settings_update
 async def _settings(values: dict) -> None:
     runtime = get_runtime()
+    user_id = await current_user_id(runtime)
     try:
-        user_id = await current_user_id(runtime)
         await rendering.notice(await settings_panel.update(runtime, values, user_id))
     except AtelierError as exc:
         await rendering.error(exc.message + " The previous settings are still in force.")
-        await settings_panel.show(runtime)
+        await settings_panel.show(runtime, user_id)
 
 
 @cl.on_message

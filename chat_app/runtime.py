@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +18,7 @@ from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
 from memory.images import ImageStore
+from memory.ledger import Ledger
 from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.users import UserStore
@@ -25,6 +27,10 @@ from pipelines.registry import BackendRegistry
 from tools.styles import StyleLibrary
 
 log = get_logger(__name__)
+
+# A reservation still open this long after it was made belongs to a process that died
+# mid-action: far longer than any image or video job takes.
+STALE_RESERVATION_AGE = timedelta(hours=6)
 
 
 @dataclass
@@ -40,10 +46,14 @@ class Runtime:
     styles: StyleLibrary
     curations: CurationStore
     prices: PriceTable
+    ledger: Ledger
 
     async def start(self) -> None:
         await migrate(self.engine)
         await self._ensure_first_user()
+        released = await self.ledger.release_stale(STALE_RESERVATION_AGE)
+        if released:
+            log.warning("stale_reservations_released", count=released)
         log.info(
             "started",
             database=self.engine.dialect.name,
@@ -88,6 +98,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         prices=PriceTable.load(
             settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
         ),
+        ledger=Ledger(engine),
     )
 
 

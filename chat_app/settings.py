@@ -6,6 +6,7 @@ naming the variable, instead of failing later inside a request.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,10 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory.errors import ConfigError
+from memory.ledger import OperatorLimits
+
+# An amount the cost ledger stores exactly: six decimal places, under a million.
+Dollars = Annotated[Decimal, Field(ge=0, lt=1_000_000, decimal_places=6)]
 
 _SQLITE_PREFIXES = ("sqlite+aiosqlite://", "sqlite://")
 _POSTGRES_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
@@ -70,6 +75,18 @@ class Settings(BaseSettings):
     prices_file: Path | None = Field(None, validation_alias=_env("ATELIER_PRICES_FILE"))
     local_usd_per_gpu_second: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, validation_alias=_env("ATELIER_LOCAL_USD_PER_GPU_SECOND")
+    )
+
+    # The operator's budgets (USD) for every conversation and every user's UTC day, and
+    # the estimate above which the chat asks before spending. Users may set lower ones.
+    budget_thread_usd: Dollars | None = Field(
+        None, validation_alias=_env("ATELIER_BUDGET_THREAD_USD")
+    )
+    budget_user_day_usd: Dollars | None = Field(
+        None, validation_alias=_env("ATELIER_BUDGET_USER_DAY_USD")
+    )
+    confirm_above_usd: Dollars | None = Field(
+        Decimal("1.00"), validation_alias=_env("ATELIER_CONFIRM_ABOVE_USD")
     )
 
     admin_password: SecretStr | None = Field(None, validation_alias=_env("ATELIER_ADMIN_PASSWORD"))
@@ -148,6 +165,14 @@ class Settings(BaseSettings):
     @property
     def openai_images_configured(self) -> bool:
         return self.openai_api_key is not None
+
+    @property
+    def operator_limits(self) -> OperatorLimits:
+        return OperatorLimits(
+            thread_usd=self.budget_thread_usd,
+            user_day_usd=self.budget_user_day_usd,
+            confirm_above_usd=self.confirm_above_usd,
+        )
 
 
 _ENV_NAMES = {

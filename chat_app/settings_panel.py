@@ -13,6 +13,8 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import Select, TextInput
 
+from chat_app import budget_settings
+from chat_app.budget_settings import BudgetValues
 from chat_app.runtime import Runtime
 from memory.errors import AtelierError, InvalidInput
 from tools.context import GenerationDefaults
@@ -27,7 +29,9 @@ def current() -> GenerationDefaults:
     return GenerationDefaults.from_dict(cl.user_session.get(SESSION_KEY))
 
 
-def widgets(runtime: Runtime, defaults: GenerationDefaults) -> list[Any]:
+def widgets(
+    runtime: Runtime, defaults: GenerationDefaults, budgets: BudgetValues | None = None
+) -> list[Any]:
     backends = [b.id for b in runtime.backends.available()] or [runtime.backends.default_id()]
     chosen = (defaults.backend or runtime.backends.default_id()).partition(":")[0]
     suggestions = "; ".join(
@@ -77,6 +81,7 @@ def widgets(runtime: Runtime, defaults: GenerationDefaults) -> list[Any]:
             initial="" if defaults.seed is None else str(defaults.seed),
             placeholder="random each time",
         ),
+        *budget_settings.widgets(budgets or BudgetValues(), runtime.settings.operator_limits),
     ]
 
 
@@ -124,8 +129,10 @@ def parse(runtime: Runtime, values: dict[str, Any]) -> GenerationDefaults:
     return defaults
 
 
-async def show(runtime: Runtime) -> None:
-    await cl.ChatSettings(widgets(runtime, current())).send()
+async def show(runtime: Runtime, user_id: str) -> None:
+    thread_id = cl.context.session.thread_id
+    budgets = await budget_settings.load(runtime.ledger, user_id, thread_id)
+    await cl.ChatSettings(widgets(runtime, current(), budgets)).send()
 
 
 async def save(runtime: Runtime, defaults: GenerationDefaults, user_id: str) -> None:
@@ -137,10 +144,24 @@ async def save(runtime: Runtime, defaults: GenerationDefaults, user_id: str) -> 
 
 
 async def update(runtime: Runtime, values: dict[str, Any], user_id: str) -> str:
-    """Apply panel values; returns the confirmation shown in the chat."""
+    """Apply panel values; returns the confirmation shown in the chat.
+
+    Everything is checked before anything is saved, so one bad field changes nothing.
+    """
     defaults = parse(runtime, values)
+    budgets = budget_settings.parse(values) if _has_budgets(values) else None
     await save(runtime, defaults, user_id)
-    return "Settings for this conversation: " + describe(runtime, defaults)
+    text = "Settings for this conversation: " + describe(runtime, defaults)
+    if budgets is not None:
+        thread_id = cl.context.session.thread_id
+        await budget_settings.save(runtime.ledger, user_id, thread_id, budgets)
+        text += " " + budget_settings.describe(budgets)
+    return text
+
+
+def _has_budgets(values: dict[str, Any]) -> bool:
+    """`/backend` updates only the image fields; the panel always sends the budgets too."""
+    return any(key in values for key in budget_settings.FIELDS)
 
 
 def describe(runtime: Runtime, defaults: GenerationDefaults) -> str:
@@ -170,5 +191,5 @@ async def use_backend(runtime: Runtime, spec: str, user_id: str) -> str:
     if backend_id.strip().lower() != (old.backend or "").partition(":")[0]:
         values.update(size=None, quality=None)  # sizes of one backend rarely fit another
     message = await update(runtime, values, user_id)
-    await show(runtime)
+    await show(runtime, user_id)
     return message

@@ -9,7 +9,7 @@ from __future__ import annotations
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, rendering, settings_panel
+from chat_app import agent, commands, rendering, settings_panel, spending_prompts
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, record_uploads
@@ -64,6 +64,10 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             message_id=message.id,
             curations=runtime.curations,
             prices=runtime.prices,
+            ledger=runtime.ledger,
+            operator_limits=runtime.settings.operator_limits,
+            confirm=spending_prompts.confirm,
+            announce=spending_prompts.announce,
             clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
         )
         uploads = []

@@ -285,6 +285,5 @@ class CurationStore:
             ).all()
         newest = {r.criterion: r for r in rows}
         return [
-            StoredScore(r.criterion, r.value, r.score, r.passed, r.reason)
-            for r in newest.values()
+            StoredScore(r.criterion, r.value, r.score, r.passed, r.reason) for r in newest.values()
         ]

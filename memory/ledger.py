@@ -40,7 +40,7 @@ from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
 
 SCOPES = ("thread", "user_day")
 SETTERS = ("user", "operator")
-SOURCES = ("reported", "table", "estimate")
+SOURCES = ("reported", "table", "estimate", "unknown")  # unknown: no price for the model
 _MICRO = Decimal("0.000001")
 _MAX_USD = Decimal("1000000")  # Numeric(12, 6) holds six digits before the point
 _ZERO = Decimal("0.000000")
@@ -72,6 +72,7 @@ class OperatorLimits:
     """The operator's defaults (from settings) for every conversation and user-day.
 
     Budget rows the operator sets for one scope apply as well; the smallest limit holds.
+    The confirmation threshold is only a default: a budget row's threshold replaces it.
     """
 
     thread_usd: Decimal | None = None
@@ -157,6 +158,7 @@ class CostRow:
     model: str
     usd: Decimal
     count: int
+    unpriced: int = 0  # actions with no known price, not counted in usd
 
 
 class Ledger:
@@ -233,7 +235,7 @@ class Ledger:
         reservation_id: str,
         *,
         user_id: str,
-        actual_usd: Decimal,
+        actual_usd: Decimal | None,
         source: str,
         image_id: str | None = None,
         now: datetime | None = None,
@@ -241,13 +243,16 @@ class Ledger:
         """Record what the action actually cost; it then counts instead of the estimate.
 
         An actual cost above the estimate is recorded as it is (it was spent); the next
-        reservation sees it.
+        reservation sees it. `None` with source "unknown" records a model with no known
+        price: the report counts such actions rather than showing them as free.
         """
         reservation_id = require_uuid(reservation_id, "reservation id")
         user_id = require_uuid(user_id, "user id")
-        actual = _money(actual_usd, "actual_usd")
         if source not in SOURCES:
             raise InvalidInput(f"Invalid cost source {source!r}: expected one of {SOURCES}.")
+        if (actual_usd is None) != (source == "unknown"):
+            raise InvalidInput("An unknown cost is recorded as None with source 'unknown'.")
+        actual = None if actual_usd is None else _money(actual_usd, "actual_usd")
         values: dict[str, Any] = {
             "status": "settled",
             "actual_usd": actual,
@@ -297,6 +302,21 @@ class Ledger:
         if result.rowcount != 1 and not (again_ok and row.status == values["status"]):
             raise InvalidInput(f"That charge was already {row.status}.")
         return Reservation.from_row(row)
+
+    async def release_stale(self, older_than: timedelta, *, now: datetime | None = None) -> int:
+        """Release every reservation left open longer than `older_than`; returns how many.
+
+        A process that crashed mid-action never settles its reservations, and they would
+        hold budget forever. Run at start-up, with an age well beyond any action's length.
+        """
+        cutoff = _utc(now) - older_than
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(LedgerEntry)
+                .where(LedgerEntry.status == "reserved", LedgerEntry.created_at < cutoff)
+                .values(status="released", settled_at=_utc(now))
+            )
+        return int(result.rowcount or 0)
 
     async def entry(self, reservation_id: str, *, user_id: str) -> Reservation:
         reservation_id = require_uuid(reservation_id, "reservation id")
@@ -359,7 +379,8 @@ class Ledger:
         """Set (or, with neither a limit nor a threshold, remove) one party's budget.
 
         A user may set budgets only on their own conversations and their own day; the
-        operator's path (settings, the admin command) is trusted and passes user_id=None.
+        operator's path is trusted code (a script, a migration) and passes user_id=None;
+        the environment's limits apply through OperatorLimits without any row.
         """
         if scope not in SCOPES:
             raise InvalidInput(f"Invalid budget scope {scope!r}: expected one of {SCOPES}.")
@@ -431,6 +452,9 @@ class Ledger:
                     LedgerEntry.model,
                     func.sum(LedgerEntry.actual_usd).label("usd"),
                     func.count().label("count"),
+                    func.sum(case((LedgerEntry.actual_usd.is_(None), 1), else_=0)).label(
+                        "unpriced"
+                    ),
                 )
                 .where(
                     LedgerEntry.user_id == user_id,
@@ -450,6 +474,7 @@ class Ledger:
                 model=r.model,
                 usd=_dec(r.usd),
                 count=r.count,
+                unpriced=int(r.unpriced or 0),
             )
             for r in rows
         ]
@@ -462,13 +487,21 @@ class Ledger:
         *,
         now: datetime | None = None,
     ) -> str:
-        """The report as CSV (day, backend, model, usd, count), dollars to six places."""
+        """The report as CSV, dollars to six places; `unpriced` counts actions whose model
+        has no known price (their cost is not in `usd`)."""
         out = io.StringIO()
         writer = csv_module.writer(out, lineterminator="\n")
-        writer.writerow(["day", "backend", "model", "usd", "count"])
+        writer.writerow(["day", "backend", "model", "usd", "count", "unpriced"])
         for row in await self.report(user_id, thread_id, days, now=now):
             writer.writerow(
-                [row.day.isoformat(), row.backend, row.model, format(row.usd, "f"), row.count]
+                [
+                    row.day.isoformat(),
+                    row.backend,
+                    row.model,
+                    format(row.usd, "f"),
+                    row.count,
+                    row.unpriced,
+                ]
             )
         return out.getvalue()
 
@@ -514,6 +547,9 @@ async def _usage(
         )
     ).all()
     operator = operator_limits or OperatorLimits()
+    # The operator's threshold is a default: a threshold set on either scope replaces it
+    # (asking is a convenience, not a limit, so raising it is the user's to decide).
+    chosen_confirm = any(r.confirm_above_usd is not None for r in budget_rows)
     usages = []
     for scope, (spent, reserved) in (("thread", thread_sums), ("user_day", day_sums)):
         rows = [r for r in budget_rows if r.scope == scope]
@@ -522,7 +558,7 @@ async def _usage(
         if default is not None:
             limits.append((_money(default, "operator limit"), "operator"))
         confirms = [_dec(r.confirm_above_usd) for r in rows if r.confirm_above_usd is not None]
-        if operator.confirm_above_usd is not None:
+        if not chosen_confirm and operator.confirm_above_usd is not None:
             confirms.append(_money(operator.confirm_above_usd, "operator confirm threshold"))
         limit, set_by = min(limits, key=lambda pair: pair[0]) if limits else (None, None)
         usages.append(

@@ -36,11 +36,26 @@ class ChatSession:
     elements: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, Any]] = field(default_factory=list)
     resumed: dict[str, Any] | None = None
+    # How to answer an AskActionMessage (Confirm / Cancel): the action's name, or None
+    # to leave it unanswered (the app then times out).
+    ask_answer: str | None = None
+    asks: list[dict[str, Any]] = field(default_factory=list)
 
     async def connect(self, resume_thread: str | None = None) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self._task_end = asyncio.Event()
         self._resumed = asyncio.Event()
+        self._asks_answered = 0
+
+        @self.sio.on("ask")
+        async def ask(data: Any = None) -> Any:
+            """Answer as the browser does: the ack carries the chosen action."""
+            self.asks.append(data)
+            if self.ask_answer is None:
+                return None
+            # An answered ask ends the task for a moment (Chainlit's emitter), then goes on.
+            self._asks_answered += 1
+            return {"name": self.ask_answer, "payload": {}, "label": self.ask_answer}
 
         @self.sio.on("*")
         async def any_event(event: str, data: Any = None) -> None:
@@ -57,7 +72,10 @@ class ChatSession:
             elif event == "element":
                 self.elements.append(data)
             elif event == "task_end":
-                self._task_end.set()
+                if self._asks_answered:
+                    self._asks_answered -= 1
+                else:
+                    self._task_end.set()
             elif event == "resume_thread":
                 self.resumed = data
                 self._resumed.set()

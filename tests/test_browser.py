@@ -357,3 +357,39 @@ def test_curation_grid_with_scores(make_app, page: Page, page_errors: list[str],
         _save_screenshot(page, tmp_path, "5-curation")
     assert page_errors == []
     assert _app_errors(app) == []
+
+
+def test_confirm_or_cancel_before_spending_and_the_cost_chart(
+    make_app, page: Page, page_errors: list[str], tmp_path: Path
+):
+    """Above the threshold the chat asks with two buttons; Cancel spends nothing."""
+    app = make_app(ATELIER_CONFIRM_ABOVE_USD="0.01")
+    with _on_failure_show(app, page, tmp_path):
+        _open(page, app.base_url)
+        _log_in(page)
+        chat_input = page.locator("#chat-input")
+        expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
+        chat_input.fill("/image a lighthouse")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text(re.compile(r"Estimated cost of 1 image"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"above your confirmation threshold"))).to_be_visible()
+        _save_screenshot(page, tmp_path, "6-confirm")
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.get_by_text(re.compile(r"nothing was spent"))).to_be_visible()
+        expect(page.locator(CONTENT_IMAGES)).to_have_count(0)
+
+        chat_input.fill("/image a lighthouse")
+        page.locator("#chat-submit").click()
+        page.get_by_role("button", name="Confirm").click()
+        images = page.locator(CONTENT_IMAGES)
+        expect(images).to_have_count(1)
+        _expect_decoded(page, images, [0])
+
+        chat_input.fill("/cost")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("Cost report (last 30 days)")).to_be_visible()
+        expect(page.locator(".js-plotly-plot")).to_have_count(1)
+        expect(page.get_by_text("atelier-costs-30d.csv")).to_be_visible()
+        _save_screenshot(page, tmp_path, "7-cost")
+    assert page_errors == []
+    assert _app_errors(app) == []

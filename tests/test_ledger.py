@@ -206,8 +206,16 @@ async def test_confirmation_threshold(world):
     kwargs = {"user_id": world.user, "thread_id": world.thread}
     assert not await ask(estimate_usd=D("0.50"), **kwargs)
     assert await ask(estimate_usd=D("0.51"), **kwargs)
+    # The operator's threshold is only a default: the user's own choice replaces it.
     operator = OperatorLimits(confirm_above_usd=D("0.20"))
-    assert await ask(estimate_usd=D("0.30"), operator_limits=operator, **kwargs)
+    assert not await ask(estimate_usd=D("0.30"), operator_limits=operator, **kwargs)
+    other_thread = await world.new_thread()
+    assert await ask(
+        estimate_usd=D("0.30"),
+        operator_limits=operator,
+        user_id=world.user,
+        thread_id=other_thread,
+    )
     # A threshold alone is no limit.
     await world.reserve("3.00")
 
@@ -293,12 +301,41 @@ async def test_report_and_csv(world):
     only_first = await ledger.report(world.user, world.thread, days=1, now=NOON)
     assert only_first == []
     assert await ledger.csv(world.user, second_thread, now=NOON) == (
-        "day,backend,model,usd,count\n2026-11-22,openai,gpt-image-1.5,0.040000,1\n"
+        "day,backend,model,usd,count,unpriced\n2026-11-22,openai,gpt-image-1.5,0.040000,1,0\n"
     )
     assert (await ledger.csv(world.user, days=60, now=NOON)).splitlines()[1] == (
-        "2026-10-13,openai,gpt-image-1.5,9.000000,1"
+        "2026-10-13,openai,gpt-image-1.5,9.000000,1,0"
     )
     assert await ledger.report(world.user, world.other_thread, now=NOON) == []
+
+
+async def test_an_unknown_price_is_counted_not_shown_as_free(world):
+    ledger = world.ledger
+    rid = await world.reserve("0", now=NOON, model="someone/new-model")
+    settled = await ledger.settle(rid, user_id=world.user, actual_usd=None, source="unknown")
+    assert (settled.actual_usd, settled.source) == (None, "unknown")
+    priced = await world.reserve("0.04", now=NOON, model="someone/new-model")
+    await ledger.settle(priced, user_id=world.user, actual_usd=D("0.04"), source="table")
+    [row] = await ledger.report(world.user, world.thread, now=NOON)
+    assert (row.usd, row.count, row.unpriced) == (D("0.04"), 2, 1)
+    with pytest.raises(InvalidInput, match="unknown"):
+        await ledger.settle(
+            await world.reserve("0", now=NOON),
+            user_id=world.user,
+            actual_usd=None,
+            source="table",
+        )
+
+
+async def test_stale_reservations_are_released(world):
+    """A crashed process never settles; the start-up sweep gives the budget back."""
+    ledger = world.ledger
+    old = await world.reserve("0.50", now=NOON - timedelta(hours=3))
+    fresh = await world.reserve("0.50", now=NOON)
+    assert await ledger.release_stale(timedelta(hours=1), now=NOON) == 1
+    assert (await ledger.entry(old, user_id=world.user)).status == "released"
+    assert (await ledger.entry(fresh, user_id=world.user)).status == "reserved"
+    assert await ledger.release_stale(timedelta(hours=1), now=NOON) == 0
 
 
 async def test_everything_is_scoped_to_the_user(world):

@@ -36,6 +36,9 @@ def atelier(*args: str, env: dict[str, str] | None = None, stdin: str | None = N
         ("ATELIER_LOG_LEVEL", "chatty"),
         ("OPENAI_BASE_URL", "ftp://example"),
         ("ATELIER_LOG_JSON", "perhaps"),
+        ("ATELIER_BUDGET_THREAD_USD", "-1"),
+        ("ATELIER_BUDGET_USER_DAY_USD", "ten dollars"),
+        ("ATELIER_CONFIRM_ABOVE_USD", "0.0000001"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch, variable, value):
@@ -102,3 +105,17 @@ def test_doctor_flags_unreachable_llm(tmp_path):
         env={"ATELIER_LLM_BASE_URL": "http://127.0.0.1:9/v1"},
     )
     assert "unreachable" in result.stdout
+
+
+def test_run_refuses_a_price_file_with_a_bad_row(tmp_path):
+    prices = tmp_path / "my-prices.toml"
+    prices.write_text(
+        '[[price]]\nbackend = "openai"\nmodel = "gpt-image-1.5"\nunit = "image"\n'
+        'amount_usd = -0.04\nsource = "me"\ndate = "2026-11-22"\n'
+    )
+    result = atelier(
+        "run", "--data-dir", str(tmp_path / "d"), env={"ATELIER_PRICES_FILE": str(prices)}
+    )
+    assert result.returncode == 2, result.stderr
+    assert "my-prices.toml" in result.stderr and "line 1" in result.stderr
+    assert "amount_usd" in result.stderr

@@ -9,6 +9,7 @@ from typing import Any
 from memory.curations import CurationStore
 from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
+from memory.ledger import Ledger, OperatorLimits
 from pipelines.pricing import PriceTable
 from pipelines.progress import Progress
 from pipelines.registry import BackendRegistry
@@ -18,6 +19,10 @@ from tools.styles import StyleLibrary
 PromptRewriter = Callable[[str, str], Awaitable[str]]
 # label -> a Progress whose reports the chat displays.
 ProgressFactory = Callable[[str], Progress]
+# question -> True to go ahead; False (or no answer) to cancel.
+Confirmer = Callable[[str], Awaitable[bool]]
+# text -> shown in the chat before a paid action runs.
+Announcer = Callable[[str], Awaitable[None]]
 
 
 @dataclass
@@ -61,6 +66,10 @@ class ToolContext:
     curations: CurationStore | None = None
     clip_model: str | None = None  # None: text–image agreement is not scored
     prices: PriceTable | None = None  # None: costs are not recorded
+    ledger: Ledger | None = None  # None: no budgets are kept (see tools/spending.py)
+    operator_limits: OperatorLimits | None = None
+    confirm: Confirmer | None = None  # asks the user Confirm / Cancel
+    announce: Announcer | None = None  # shows the estimate before a paid action
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:

@@ -15,7 +15,7 @@ from memory.curations import CandidateRecord, CurationRecord
 from memory.errors import InvalidInput
 from memory.images import ImageRecord
 from pipelines import image_scoring
-from tools import image_jobs
+from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
 
 
@@ -52,24 +52,46 @@ DESCRIPTION = (
 async def _generate(
     ctx: ToolContext, prompt: str, n: int, size: str | None, negative: str | None
 ) -> list[tuple[ImageRecord, bytes]]:
-    """n candidates, in as many requests as the model's per-request limit needs."""
+    """n candidates, in as many requests as the model's per-request limit needs.
+
+    The whole batch is one paid action: one estimate, one question, one reservation.
+    """
     first = image_jobs.plan(ctx, prompt, None, n=1, size=size)
     caps = first.backend.capabilities(first.request.model)
     made: list[tuple[ImageRecord, bytes]] = []
-    while len(made) < n:
-        batch = min(caps.max_n, n - len(made))
-        planned = image_jobs.plan(
-            ctx,
-            prompt,
-            None,
-            n=batch,
-            size=size,
-            negative_prompt=negative if caps.negative_prompt else None,
-        )
-        artifact = await image_jobs.run(
-            ctx, planned, prompt_typed=prompt, lineage={"operation": "curation candidate"}
-        )
-        made.extend(artifact.images)
+
+    async def draw(charge: spending.Charge | None) -> None:
+        while len(made) < n:
+            planned = image_jobs.plan(
+                ctx,
+                prompt,
+                None,
+                n=min(caps.max_n, n - len(made)),
+                size=size,
+                negative_prompt=negative if caps.negative_prompt else None,
+            )
+            artifact = await image_jobs.run(
+                ctx,
+                planned,
+                prompt_typed=prompt,
+                lineage={"operation": "curation candidate"},
+                charge=charge,
+            )
+            made.extend(artifact.images)
+
+    priced = image_jobs.estimate(ctx, image_jobs.checked(first), n=n)
+    if priced is None:
+        await draw(None)
+        return made
+    async with spending.paid_action(
+        ctx,
+        backend=first.backend.id,
+        model=first.request.model,
+        what="curation",
+        estimate=priced,
+        label=f"{n} candidates with {first.label}",
+    ) as charge:
+        await draw(charge)
     return made
 
 

@@ -71,9 +71,7 @@ async def edit_image(
         )
         caps = planned.backend.capabilities(edit_model)
     if caps.edit == "none":
-        able = [
-            b.id for b in ctx.backends.available() if b.capabilities().edit != "none"
-        ]
+        able = [b.id for b in ctx.backends.available() if b.capabilities().edit != "none"]
         raise InvalidInput(
             f"{planned.label} cannot edit images. "
             + (

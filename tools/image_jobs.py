@@ -22,7 +22,10 @@ from pipelines.base import (
     ImageRequest,
     InputImage,
     LoraSpec,
+    check_request,
 )
+from pipelines.pricing import Estimate
+from tools import spending
 from tools.context import ToolArtifact, ToolContext
 
 # Keys of ImageRequest that are stored with every image, so a fork can replay it.
@@ -156,6 +159,41 @@ async def check_upload(data: bytes) -> tuple[str, int, int]:
     return await asyncio.to_thread(probe)
 
 
+def checked(planned: Plan) -> Plan:
+    """The plan with what the model cannot do refused and its defaults filled in.
+
+    Done before pricing or asking about money: a request that would be refused must not
+    first be priced, and the estimate should price the model's own size and quality.
+    """
+    return replace(planned, request=check_request(planned.backend, planned.request))
+
+
+def estimate(ctx: ToolContext, planned: Plan, n: int | None = None) -> Estimate | None:
+    """The table's price for a planned request (`n` overrides its count, for batches)."""
+    if ctx.prices is None:
+        return None
+    request = planned.request
+    return ctx.prices.estimate(
+        planned.backend.id,
+        request.model,
+        n=n or request.n,
+        quality=request.quality,
+        size=request.size,
+        input_images=len(request.images),
+    )
+
+
+def _what(planned: Plan) -> str:
+    return "edit" if planned.request.images else "image"
+
+
+def describe_request(planned: Plan, n: int | None = None) -> str:
+    """How an estimate names what it prices: "2 images with OpenAI gpt-image-1.5"."""
+    count = n or planned.request.n
+    noun = "edit" if planned.request.images else "image"
+    return f"{count} {noun}{'s' if count != 1 else ''} with {planned.label}"
+
+
 async def run(
     ctx: ToolContext,
     planned: Plan,
@@ -164,8 +202,40 @@ async def run(
     parent_id: str | None = None,
     lineage: dict[str, Any] | None = None,
     seed_requested: int | None = None,
+    charge: spending.Charge | None = None,
 ) -> ToolArtifact:
-    """Generate, then record every image with its full request and lineage."""
+    """Generate, then record every image with its full request, lineage and cost.
+
+    A paid request goes through `spending.paid_action` (estimate shown, confirmation,
+    budget reservation); a batch passes the `charge` it opened for all of its parts.
+    """
+    priced = estimate(ctx, checked(planned))
+    if charge is not None or priced is None:
+        return await _generate(
+            ctx, planned, prompt_typed, parent_id, lineage, seed_requested, charge
+        )
+    async with spending.paid_action(
+        ctx,
+        backend=planned.backend.id,
+        model=planned.request.model,
+        what=_what(planned),
+        estimate=priced,
+        label=describe_request(planned),
+    ) as opened:
+        return await _generate(
+            ctx, planned, prompt_typed, parent_id, lineage, seed_requested, opened
+        )
+
+
+async def _generate(
+    ctx: ToolContext,
+    planned: Plan,
+    prompt_typed: str,
+    parent_id: str | None,
+    lineage: dict[str, Any] | None,
+    seed_requested: int | None,
+    charge: spending.Charge | None,
+) -> ToolArtifact:
     backend, request = planned.backend, planned.request
     progress = ctx.new_progress(f"{backend.label} {request.model}")
     started = time.perf_counter()
@@ -177,9 +247,7 @@ async def run(
             f"{backend.label} {result.model} has no seed parameter: seed {seed_requested} was "
             "recorded but not used, so this image cannot be reproduced exactly."
         )
-    replay = {
-        key: getattr(request, key) for key in REPLAYABLE if getattr(request, key) is not None
-    }
+    replay = {key: getattr(request, key) for key in REPLAYABLE if getattr(request, key) is not None}
     if request.loras:
         replay["loras"] = [[lora.name, lora.weight] for lora in request.loras]
     parameters = {
@@ -192,6 +260,7 @@ async def run(
         **({"lineage": lineage} if lineage else {}),
     }
     cost_each = None
+    cost = None
     if ctx.prices is not None and result.images:
         cost = ctx.prices.actual(
             result.backend,
@@ -238,6 +307,8 @@ async def run(
             ),
         )
         artifact.images.append((record, stored))
+    if charge is not None and cost is not None:
+        charge.record(cost, image_id=artifact.images[0][0].id)
     return artifact
 
 

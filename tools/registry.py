@@ -17,6 +17,7 @@ from tools import (
     check_quality,
     curate_images,
     edit_image,
+    estimate_cost,
     fork_image,
     generate_image,
     keep_image,
@@ -50,6 +51,12 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
         curate_images.curate_images,
     ),
     ("keep_image", keep_image.DESCRIPTION, keep_image.KeepImageArgs, keep_image.keep_image),
+    (
+        "estimate_cost",
+        estimate_cost.DESCRIPTION,
+        estimate_cost.EstimateCostArgs,
+        estimate_cost.estimate_cost,
+    ),
     (
         "check_quality",
         check_quality.DESCRIPTION,

@@ -221,6 +221,22 @@ def _iteration_call(lowered: str, text: str, ids: list[str]) -> ToolCall | None:
     return None
 
 
+def _cost_call(lowered: str) -> ToolCall | None:
+    """ "what would 20 high-quality images cost?" -> estimate_cost(n=20, quality=high)."""
+    if "cost" not in lowered or not any(w in lowered for w in ("what would", "how much")):
+        return None
+    args: dict[str, Any] = {}
+    digits = re.search(r"\b(\d{1,4})\b", lowered)
+    if digits:
+        args["n"] = int(digits.group(1))
+    quality = next(
+        (q for q in _QUALITIES if f"{q}-quality" in lowered or f"{q} quality" in lowered), None
+    )
+    if quality:
+        args["quality"] = quality
+    return ToolCall("estimate_cost", json.dumps(args))
+
+
 def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
     """Rule-based model, deterministic so tests and browser runs can script a chat.
 
@@ -233,6 +249,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
       1536x1024);
     - "refine" or a style name -> refine_prompt (with that style);
     - "make it|edit|bluer|add a|remove" with images listed -> edit_image;
+    - "what would … cost" / "how much … cost" -> estimate_cost (n from digits, quality
+      from "high-quality");
     - "best of N" / "curate" -> curate_images (n, and a style if named); "keep the
       second … instead" -> keep_image of that candidate rank; "check … quality" ->
       check_quality;
@@ -261,8 +279,10 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
     if "bigger" in lowered:
         args = {"prompt": text, "size": "1536x1024"}
         return Reply(tool_calls=[ToolCall("generate_image", json.dumps(args))])
-    call = _curation_call(lowered, text, messages) or _iteration_call(
-        lowered, text, _image_ids(messages)
+    call = (
+        _cost_call(lowered)
+        or _curation_call(lowered, text, messages)
+        or _iteration_call(lowered, text, _image_ids(messages))
     )
     if call is not None:
         return Reply(tool_calls=[call])

@@ -1,0 +1,124 @@
+"""estimate_cost: what a request would cost, before anything runs, and what budget is left.
+
+Answers "what would 20 high-quality images cost?" from the same price table and the same
+planning (conversation settings, model defaults) that a real request would use, so the
+answer matches the estimate shown when the user then asks for it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+from memory.errors import AtelierError, InvalidInput
+from pipelines.pricing import Estimate
+from tools import image_jobs, spending
+from tools.context import ToolArtifact, ToolContext
+
+MAX_COUNT = 1000
+
+
+class EstimateCostArgs(BaseModel):
+    n: int = Field(1, description="How many images (or videos, runs) to price.")
+    quality: str | None = Field(None, description="low, medium, high or auto (OpenAI).")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, e.g. 1024x1024.")
+    seconds: float | None = Field(
+        None, description="Run time in seconds, for models billed by time (video, local GPU)."
+    )
+    backend: str | None = Field(
+        None,
+        description=(
+            "'openai', 'replicate', 'local' or 'backend:model' (e.g. "
+            "'replicate:minimax/video-01'); default: the conversation's setting."
+        ),
+    )
+
+
+DESCRIPTION = (
+    "Estimate what images, videos or runs would cost before making them, with the "
+    "arithmetic and the budget left. Use it when the user asks what something would cost "
+    "or whether they can afford it. It makes nothing and spends nothing."
+)
+
+
+def _check(n: int, seconds: float | None) -> None:
+    if not 1 <= n <= MAX_COUNT:
+        raise InvalidInput(f"n must be from 1 to {MAX_COUNT}; {n} was given.")
+    if seconds is not None and not 0 <= seconds <= 86_400:
+        raise InvalidInput(f"seconds must be from 0 to 86400; {seconds} was given.")
+
+
+def _price(
+    ctx: ToolContext,
+    n: int,
+    quality: str | None,
+    size: str | None,
+    seconds: float | None,
+    backend: str | None,
+) -> tuple[Estimate, str]:
+    """(estimate, what it priced), planned the way a real request would be."""
+    assert ctx.prices is not None
+    try:
+        planned = image_jobs.checked(
+            image_jobs.plan(ctx, "estimate", backend, quality=quality, size=size)
+        )
+        backend_id, model = planned.backend.id, planned.request.model
+        quality, size = planned.request.quality, planned.request.size
+        label = planned.label
+    except AtelierError:
+        # Pricing needs no credentials: "replicate:owner/name" is priced even when the
+        # backend is not configured here; without a model there is nothing to look up.
+        backend_id, _, model = (backend or "").partition(":")
+        if not (backend_id.strip() and model.strip()):
+            raise
+        backend_id, model = backend_id.strip().lower(), model.strip()
+        label = f"{backend_id} {model}"
+    estimate = ctx.prices.estimate(
+        backend_id, model, n=n, quality=quality, size=size, seconds=seconds
+    )
+    return estimate, label
+
+
+async def _budget_lines(ctx: ToolContext, usd: Decimal) -> list[str]:
+    if ctx.ledger is None:
+        return []
+    lines = []
+    for usage in await ctx.ledger.usage(
+        user_id=ctx.user_id, thread_id=ctx.thread_id, operator_limits=ctx.operator_limits
+    ):
+        where = "this conversation" if usage.scope == "thread" else "today (UTC)"
+        used = usage.spent_usd + usage.reserved_usd
+        if usage.limit_usd is None:
+            lines.append(f"Spent {where}: ${used:.4f}; no budget set.")
+            continue
+        left = max(usage.limit_usd - used, Decimal(0))
+        verdict = "fits" if usd <= left else "**does not fit**"
+        lines.append(
+            f"Budget for {where}: ${usage.limit_usd:.2f}, ${left:.4f} left — this {verdict}."
+        )
+        if usage.confirm_above_usd is not None and usd > usage.confirm_above_usd:
+            lines.append(
+                f"Above the ${usage.confirm_above_usd:.2f} threshold: you would be asked "
+                "to confirm first."
+            )
+    return list(dict.fromkeys(lines))
+
+
+async def estimate_cost(
+    ctx: ToolContext,
+    n: int = 1,
+    quality: str | None = None,
+    size: str | None = None,
+    seconds: float | None = None,
+    backend: str | None = None,
+) -> tuple[str, ToolArtifact]:
+    _check(n, seconds)
+    if ctx.prices is None:
+        raise InvalidInput("Prices are not loaded in this app, so nothing can be estimated.")
+    estimate, label = _price(ctx, n, quality, size, seconds, backend)
+    text = spending.describe(estimate, f"{n} × {label}")
+    if not estimate.unpriced:
+        text += "\n\n" + "\n".join(await _budget_lines(ctx, estimate.usd))
+    text = text.strip() + "\n\n_Nothing was made or spent._"
+    return text, ToolArtifact(text=text)
