@@ -43,6 +43,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/replicate_overhead.py
 	$(PY) benchmarks/quality_rules_speed.py
 	-$(PY) benchmarks/clip_throughput.py  # the 3x target needs a GPU; CPU runs report FAIL
+	$(PY) benchmarks/lora_training_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
