@@ -45,6 +45,12 @@ _IMAGE_OPTS = dict(
     ),
 )
 
+_VIDEO_OPTS = dict(
+    ints=frozenset({"fps", "seed", "steps"}),
+    floats=frozenset({"seconds"}),
+    texts=frozenset({"image", "backend", "size"}),
+)
+
 COMMANDS: list[Command] = [
     Command(
         "image",
@@ -119,6 +125,22 @@ COMMANDS: list[Command] = [
         lists=frozenset({"criteria"}),
     ),
     Command(
+        "video",
+        "clapperboard",
+        "Make a clip: /video a fox running in snow [--image ID|latest] --seconds 5 --fps 24",
+        tool="generate_video",
+        text_arg="prompt",
+        **_VIDEO_OPTS,
+    ),
+    Command(
+        "animate",
+        "film",
+        "Animate the latest image: /animate the fox turns its head [--image ID] --seconds 4",
+        tool="generate_video",
+        text_arg="prompt",
+        **_VIDEO_OPTS,
+    ),
+    Command(
         "estimate",
         "calculator",
         "Price a request first: /estimate 20 --quality high [--size ..] [--backend ..]",
@@ -127,7 +149,6 @@ COMMANDS: list[Command] = [
         floats=frozenset({"seconds"}),
         texts=frozenset({"quality", "size", "backend"}),
     ),
-    Command("cost", "receipt", "Spending by day, model and backend, with a chart and CSV"),
     Command("styles", "palette", "List the style presets for /refine and /curate"),
     Command("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
     Command("help", "circle-help", "What Atelier can do and how to use it"),
@@ -136,6 +157,7 @@ BY_ID = {command.id: command for command in COMMANDS}
 # Options whose value may contain spaces run to the next option; others take one word.
 _MULTI_WORD = {"prompt", "negative_prompt"}
 _RENAMED = {"image": "image_id", "mask": "mask_id", "images": "image_ids"}
+LATEST_IMAGE = "latest"  # `--image latest` (and /animate's default): the newest image
 
 HELP = """**Commands**
 - `/image <prompt>` makes an image. Options: `--size 1024x1024`, `--n 1-4`,
@@ -149,6 +171,9 @@ HELP = """**Commands**
 - `/curate <prompt> --n 6 --keep 2 --style crayon` makes candidates, scores them (text
   agreement, white background, centring, single object, sharpness, coverage) and keeps
   the best; `/keep ID` overrules it; `/check [ID]` scores one image.
+- `/video <prompt>` makes a clip from words; `/animate <motion>` animates the latest image
+  (or `--image ID`). Options: `--seconds 5`, `--fps 24`, `--seed N`, `--size WxH`,
+  `--steps N` (local), `--backend local|replicate[:owner/name]`.
 - `/estimate 20 --quality high` prices a request before you make it; `/cost` shows what
   this conversation and you have spent (chart and CSV). Budgets and the "ask before
   spending more than" threshold are in the settings panel.
@@ -280,7 +305,9 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
         raise InvalidInput("Name the image to fork from, e.g. /fork 1a2b3c4d --size 1536x1024.")
     if command.id == "refine" and "prompt" not in args:
         raise InvalidInput("Give a prompt to refine, e.g. /refine a red apple --style crayon.")
-    if "image_id" in args:
+    if command.id == "animate":
+        args.setdefault("image_id", LATEST_IMAGE)
+    if "image_id" in args and args["image_id"] != LATEST_IMAGE:
         args["image_id"] = await _full_image_id(ctx, args["image_id"])
     if "mask_id" in args:
         args["mask_id"] = await _full_image_id(ctx, args["mask_id"])

@@ -29,6 +29,8 @@ SYSTEM_PROMPT = """You are Atelier, an assistant that makes images with tools.
   call curate_images. "Keep the third one instead" after a curation: call keep_image
   with that candidate's id (candidates are marked below with their rank).
 - "Is this image any good / check it": call check_quality.
+- A clip ("animate the fox", "make it move", "a video of waves"): call generate_video,
+  with image_id "latest" (or an image's id) to animate an image, or only a prompt.
 Find images by number or description in the list below and always pass their full ids.
 Only pass backend when the user asks for a specific backend or model.
 Keep replies short. If a tool reports an error, explain it plainly and suggest a fix.
@@ -77,9 +79,7 @@ def describe_images(
             derived += (
                 f" curation={curation_id[:8]} candidate_rank={rank} {verdict} score={combined:.2f}"
             )
-        lines.append(
-            f"{number}. id={image.id} size={image.width}x{image.height} {what}{derived}"
-        )
+        lines.append(f"{number}. id={image.id} size={image.width}x{image.height} {what}{derived}")
     return "\n".join(lines)
 
 

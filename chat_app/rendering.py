@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import chainlit as cl
+from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
 from chat_app.runtime import Runtime
@@ -43,6 +44,7 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
         "**Welcome to Atelier.** " + how + "\n\n"
         f"- Chat model: {llm}\n"
         f"- Image backends: {images}\n"
+        f"- Video backends: {_video_backends(runtime)}\n"
         f"- Storage: {database}"
         + (f", files in `{settings.data_dir}`" if is_admin else "")
         + "\n\n"
@@ -50,6 +52,13 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
         "(e.g. Ollama or vLLM), `OPENAI_API_KEY` or `REPLICATE_API_TOKEN` and restart; "
         "`atelier doctor` shows what is configured and reachable."
     )
+
+
+def _video_backends(runtime: Runtime) -> str:
+    found = runtime.video_backends.available()
+    if not found:
+        return "none configured (set REPLICATE_API_TOKEN, or install the local extra)"
+    return ", ".join(f"{b.label} (`{b.default_model}`)" for b in found)
 
 
 async def welcome(runtime: Runtime) -> None:
@@ -104,6 +113,9 @@ def _image(record: ImageRecord, data: bytes, name: str, size: str) -> cl.Image:
 async def images(artifact: ToolArtifact) -> None:
     if artifact.text:
         await cl.Message(content=artifact.text, author="Atelier").send()
+    if artifact.videos:
+        await clips(artifact)
+        return
     if not artifact.images:
         return
     elements: list[cl.Element] = [
@@ -131,3 +143,65 @@ async def send_in_order(message: cl.Message, elements: list[cl.Element]) -> None
         if data_layer is not None:
             await data_layer.create_element(element)
         await element.send(for_id=message.id, persist=False)
+
+
+def video_caption(artifact: ToolArtifact) -> str:
+    record, _ = artifact.videos[0]
+    what = record.prompt_typed or record.prompt_sent
+    title = f"Clip for *{what[:300]}*" if what else "Clip"
+    if record.source_image_id:
+        title += f", from image `{record.source_image_id[:8]}`"
+    cost = record.parameters.get("cost") or {}
+    price = ""
+    if cost and not cost.get("unpriced"):
+        price = f" · ${float(cost['usd']):.4f} ({cost['source']})"
+    elif cost:
+        price = " · cost unknown (no price for this model)"
+    seed = f"seed {record.seed}" if record.seed is not None else f"no seed ({record.backend})"
+    lines = [
+        title,
+        f"{record.seconds:.3g} s · {record.frames} frames at {record.fps:g} fps · "
+        f"{record.width}×{record.height} · {record.backend} `{record.model}`{price} · {seed} · "
+        f"id `{record.id[:8]}`",
+    ]
+    lines.extend(f"_{note}_" for note in artifact.notes)
+    return "\n\n".join(lines)
+
+
+async def images_now(artifact: ToolArtifact) -> None:
+    """Show images mid-tool-call (a keyframe before its clip) as a top-level message.
+
+    A message made inside the tool's step would be nested in it, and the UI folds steps
+    away; what the user should watch being animated must be seen.
+    """
+    token = local_steps.set(None)
+    try:
+        await images(artifact)
+    finally:
+        local_steps.reset(token)
+
+
+async def clips(artifact: ToolArtifact) -> None:
+    """Each clip as a player with its poster frame, after any keyframe it started from.
+
+    The poster link is the plain media route (no signature): the browser sends the login
+    cookie with it, so it keeps working after a resume, long after a signed link expires.
+    """
+    elements: list[cl.Element] = [
+        _image(record, data, f"keyframe-{record.id}.png", "medium")
+        for record, data in artifact.images
+    ]
+    elements += [
+        cl.Video(
+            content=data,
+            name=f"{record.id}.mp4",
+            display="inline",
+            size="large",
+            mime=record.mime,
+            player_config={"file": {"attributes": {"poster": f"/media/{record.poster_key}"}}},
+        )
+        for record, data in artifact.videos
+    ]
+    message = cl.Message(content=artifact.caption or video_caption(artifact), author="Atelier")
+    await message.send()
+    await send_in_order(message, elements)

@@ -22,8 +22,10 @@ from memory.ledger import Ledger
 from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.users import UserStore
+from memory.videos import VideoStore
 from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
+from pipelines.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 
 log = get_logger(__name__)
@@ -47,6 +49,8 @@ class Runtime:
     curations: CurationStore
     prices: PriceTable
     ledger: Ledger
+    videos: VideoStore
+    video_backends: VideoBackendRegistry
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -84,6 +88,7 @@ class Runtime:
 def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     engine = create_engine(settings.resolved_database_url)
     media = MediaStore(settings.data_dir.resolve() / "media")
+    backends = BackendRegistry.from_settings(settings)
     return Runtime(
         settings=settings,
         engine=engine,
@@ -91,7 +96,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         data_layer=AtelierDataLayer(engine, media, auth_secret),
         users=UserStore(session_factory(engine)),
         images=ImageStore(engine, media),
-        backends=BackendRegistry.from_settings(settings),
+        backends=backends,
         auth_secret=auth_secret,
         styles=StyleLibrary.load(settings.styles_file),
         curations=CurationStore(engine),
@@ -99,6 +104,8 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
             settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
         ),
         ledger=Ledger(engine),
+        videos=VideoStore(engine, media),
+        video_backends=VideoBackendRegistry.from_settings(settings, backends),
     )
 
 

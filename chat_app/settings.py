@@ -62,8 +62,15 @@ class Settings(BaseSettings):
     replicate_poll_interval_s: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, validation_alias=_env("ATELIER_REPLICATE_POLL_INTERVAL")
     )
+    replicate_video_model: str = Field(
+        "minimax/video-01", validation_alias=_env("ATELIER_REPLICATE_VIDEO_MODEL")
+    )
 
     local_model: str = Field("stabilityai/sd-turbo", validation_alias=_env("ATELIER_LOCAL_MODEL"))
+    local_video_model: str = Field(
+        "stabilityai/stable-video-diffusion-img2vid-xt",
+        validation_alias=_env("ATELIER_LOCAL_VIDEO_MODEL"),
+    )
     local_device: str = Field("auto", validation_alias=_env("ATELIER_LOCAL_DEVICE"))
     local_enabled: bool = Field(True, validation_alias=_env("ATELIER_LOCAL_ENABLED"))
     lora_dir: Path | None = Field(None, validation_alias=_env("ATELIER_LORA_DIR"))

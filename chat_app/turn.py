@@ -68,6 +68,9 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             operator_limits=runtime.settings.operator_limits,
             confirm=spending_prompts.confirm,
             announce=spending_prompts.announce,
+            videos=runtime.videos,
+            video_backends=runtime.video_backends,
+            show=rendering.images_now,
             clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
         )
         uploads = []

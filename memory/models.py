@@ -297,3 +297,39 @@ class Budget(Base):
     confirm_above_usd: Mapped[Decimal | None] = mapped_column(MONEY)
     set_by: Mapped[str] = mapped_column(String(16))  # user | operator
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Video(Base):
+    """Lineage of one generated clip: its source image, how it was made, what it cost.
+
+    The MP4 and its PNG poster frame live in the media store (`media_key`, `poster_key`),
+    claimed for the thread in `media_refs` like images, so only the owner can fetch them.
+    """
+
+    __tablename__ = "videos"
+    __table_args__ = (Index("ix_videos_thread_created", "thread_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    source_image_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="SET NULL"), index=True
+    )
+    media_key: Mapped[str] = mapped_column(String(64))
+    poster_key: Mapped[str] = mapped_column(String(64))
+    mime: Mapped[str] = mapped_column(String(64), default="video/mp4")
+    prompt_typed: Mapped[str] = mapped_column(Text, default="")
+    prompt_sent: Mapped[str | None] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

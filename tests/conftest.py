@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.tiny_fixtures",
     "tests.clip_fixtures",
     "tests.lora_fixtures",
+    "tests.video_fixtures",
 ]
 
 # No test may reach the internet; the Hugging Face hub must fail at once, not retry.

@@ -10,9 +10,11 @@ from memory.curations import CurationStore
 from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
 from memory.ledger import Ledger, OperatorLimits
+from memory.videos import VideoRecord, VideoStore
 from pipelines.pricing import PriceTable
 from pipelines.progress import Progress
 from pipelines.registry import BackendRegistry
+from pipelines.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 
 # (instructions, prompt) -> rewritten prompt; None when no chat model is configured.
@@ -23,6 +25,8 @@ ProgressFactory = Callable[[str], Progress]
 Confirmer = Callable[[str], Awaitable[bool]]
 # text -> shown in the chat before a paid action runs.
 Announcer = Callable[[str], Awaitable[None]]
+# artifact -> shown in the chat at once, mid-call (a keyframe before it is animated).
+ArtifactShower = Callable[["ToolArtifact"], Awaitable[None]]
 
 
 @dataclass
@@ -70,6 +74,9 @@ class ToolContext:
     operator_limits: OperatorLimits | None = None
     confirm: Confirmer | None = None  # asks the user Confirm / Cancel
     announce: Announcer | None = None  # shows the estimate before a paid action
+    videos: VideoStore | None = None  # None: video tools refuse (no store to keep clips)
+    video_backends: VideoBackendRegistry | None = None
+    show: ArtifactShower | None = None  # None: everything is shown when the call ends
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:
@@ -86,9 +93,7 @@ class ToolContext:
             return record
         recent = await self.images.for_thread(self.thread_id, self.user_id, limit=1)
         if not recent:
-            raise InvalidInput(
-                "This conversation has no image yet: make one first, or upload one."
-            )
+            raise InvalidInput("This conversation has no image yet: make one first, or upload one.")
         return recent[-1]
 
 
@@ -105,3 +110,4 @@ class ToolArtifact:
     text: str | None = None
     caption: str | None = None  # replaces the default caption under the images
     grid: bool = False  # show images small, side by side (curation candidates)
+    videos: list[tuple[VideoRecord, bytes]] = field(default_factory=list)  # clip, MP4 bytes

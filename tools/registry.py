@@ -20,6 +20,7 @@ from tools import (
     estimate_cost,
     fork_image,
     generate_image,
+    generate_video,
     keep_image,
     refine_prompt,
     variations,
@@ -36,6 +37,12 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
         generate_image.generate_image,
     ),
     ("edit_image", edit_image.DESCRIPTION, edit_image.EditImageArgs, edit_image.edit_image),
+    (
+        "generate_video",
+        generate_video.DESCRIPTION,
+        generate_video.GenerateVideoArgs,
+        generate_video.generate_video,
+    ),
     (
         "refine_prompt",
         refine_prompt.DESCRIPTION,

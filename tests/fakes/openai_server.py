@@ -237,6 +237,20 @@ def _cost_call(lowered: str) -> ToolCall | None:
     return ToolCall("estimate_cost", json.dumps(args))
 
 
+def _video_call(lowered: str, text: str) -> ToolCall | None:
+    """ "animate …" -> generate_video of the latest image; "a video/clip of …" -> from text."""
+    animate = re.search(r"\banimate\b", lowered)
+    if not animate and not re.search(r"\b(video|clip) of\b", lowered):
+        return None
+    args: dict[str, Any] = {"prompt": text}
+    if animate:
+        args["image_id"] = "latest"
+    seconds = re.search(r"\b(\d+(?:\.\d+)?) ?s(?:ec(?:ond)?s?)?\b", lowered)
+    if seconds:
+        args["seconds"] = float(seconds.group(1))
+    return ToolCall("generate_video", json.dumps(args))
+
+
 def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
     """Rule-based model, deterministic so tests and browser runs can script a chat.
 
@@ -249,6 +263,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
       1536x1024);
     - "refine" or a style name -> refine_prompt (with that style);
     - "make it|edit|bluer|add a|remove" with images listed -> edit_image;
+    - "animate …" -> generate_video of the latest image (prompt = the text, seconds from
+      "N seconds"); "a video of …" / "clip of …" -> generate_video from the text;
     - "what would … cost" / "how much … cost" -> estimate_cost (n from digits, quality
       from "high-quality");
     - "best of N" / "curate" -> curate_images (n, and a style if named); "keep the
@@ -280,7 +296,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
         args = {"prompt": text, "size": "1536x1024"}
         return Reply(tool_calls=[ToolCall("generate_image", json.dumps(args))])
     call = (
-        _cost_call(lowered)
+        _video_call(lowered, text)
+        or _cost_call(lowered)
         or _curation_call(lowered, text, messages)
         or _iteration_call(lowered, text, _image_ids(messages))
     )

@@ -11,6 +11,7 @@ A prediction moves on with each poll (``GET /v1/predictions/{id}``): ``starting`
 tqdm-like "NN%|" lines), then ``succeeded`` with ``metrics.predict_time`` and outputs
 served by the fake itself (``/files/...``; or ``data:`` URIs with
 ``output_mode="data"``). Pictures depend on prompt + seed, so different seeds differ.
+Video models (``tests/fakes/replicate_videos.py``) answer with one small H.264 MP4.
 
 In-process::
 
@@ -53,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes import replicate_videos
 from tests.fakes.openai_server import make_image
 from tests.fakes.replicate_trainings import FakeTrainings
 from tests.fakes.threaded_server import ThreadedServer
@@ -102,7 +104,8 @@ _ASPECTS: dict[str, tuple[int, int]] = {
     "1:3": (512, 1536),
 }
 _SPECIAL_ASPECTS = ("custom", "match_input_image")
-_IMAGE_INPUTS = ("input_image", "image")
+# Image-model inputs, and video models' first frames (validated as images the same way).
+_IMAGE_INPUTS = ("input_image", "image", "first_frame_image", "start_image")
 _FORMATS = {
     "png": ("PNG", "image/png"),
     "jpg": ("JPEG", "image/jpeg"),
@@ -415,6 +418,10 @@ class FakeReplicate(ThreadedServer):
             raise _invalid("input", "Invalid type. Expected: object, given: null")
         inputs = body["input"]
         _validate(inputs)
+        try:
+            replicate_videos.validate(model, inputs)
+        except replicate_videos.VideoInputError as exc:
+            raise _invalid(exc.field, exc.description) from None
         fate = self._take_failure(_FATES)
         seed = inputs.get("seed")
         prediction = _Prediction(
@@ -529,6 +536,13 @@ class FakeReplicate(ThreadedServer):
     def _render(self, prediction: _Prediction) -> Any:
         """The outputs: a list when the model takes num_outputs, else one link."""
         inputs = prediction.input
+        if replicate_videos.is_video(prediction.model):  # one MP4
+            data = replicate_videos.clip(prediction.model, inputs, prediction.seed)
+            if self.output_mode == "data":
+                return f"data:video/mp4;base64,{base64.b64encode(data).decode('ascii')}"
+            with self._lock:
+                self._files[f"{prediction.id}.mp4"] = (data, "video/mp4")
+            return f"{self.base_url}/files/{prediction.id}.mp4"
         count = int(inputs.get("num_outputs", 1))
         fmt = str(inputs.get("output_format", "png"))
         pil_format, mime = _FORMATS.get(fmt, _FORMATS["png"])

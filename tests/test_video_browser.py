@@ -1,0 +1,124 @@
+"""The clip in a real browser: Chromium really decodes it, live and after a reload.
+
+"Animate the fox" through the real front end; the page must show a <video> whose poster
+is the stored poster frame and whose metadata the browser decoded (videoWidth > 0), both
+live and when the thread is opened again from the history sidebar (signed media link).
+Everything off localhost is aborted, as in test_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.app_process import ADMIN_PASSWORD
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+WAIT_MS = 60_000
+expect.set_options(timeout=WAIT_MS)
+THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    context.set_default_timeout(WAIT_MS)
+    context.route("**/*", _localhost_only)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def _localhost_only(route: Route) -> None:
+    if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+        route.continue_()
+    else:
+        route.abort()
+
+
+def _send(page: Page, text: str) -> None:
+    """Type and send once the previous turn has ended (its stop button is gone)."""
+    expect(page.locator("#stop-button")).to_have_count(0)
+    page.locator("#chat-input").fill(text)
+    submit = page.locator("#chat-submit")
+    expect(submit).to_be_enabled()
+    submit.click()
+
+
+def _expect_playable_clip(page: Page, src_pattern: str) -> None:
+    video = page.locator("video")
+    expect(video).to_have_count(1)
+    expect(video).to_have_attribute("src", re.compile(src_pattern))
+    expect(video).to_have_attribute("poster", re.compile(r"^/media/[0-9a-f]{64}$"))
+    video.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "v => v.readyState >= 1 && v.videoWidth > 0 && v.duration > 5.9",
+        arg=video.element_handle(),
+        timeout=WAIT_MS,
+    )
+    assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 64]
+    # The poster really is an image the browser can fetch with the login cookie.
+    poster = video.get_attribute("poster")
+    status = page.evaluate("url => fetch(url).then(r => r.status)", poster)
+    assert status == 200
+
+
+def test_animate_the_fox_plays_live_and_after_a_reload(
+    make_app, fake_replicate, page: Page, tmp_path: Path
+) -> None:
+    app = make_app(
+        REPLICATE_API_TOKEN=fake_replicate.api_token,
+        REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
+        ATELIER_LOCAL_ENABLED="0",
+    )
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app.base_url, wait_until="domcontentloaded")
+    page.fill("#email", "admin")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.press("#password", "Enter")
+    expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
+
+    # The image comes from (fake) OpenAI, which makes no video: the clip from Replicate.
+    _send(page, "draw a red fox in the snow")
+    expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
+    _send(page, "animate the fox")
+    expect(page.get_by_text(re.compile(r"Done\. Made a 6 s clip"))).to_be_visible()
+    expect(page).to_have_url(THREAD_URL)
+    _expect_playable_clip(page, r"/project/file/")
+    page.screenshot(path=str(tmp_path / "live.png"))
+
+    page.goto(app.base_url, wait_until="domcontentloaded")
+    expect(page.locator("#chat-input")).to_be_visible()
+    page.locator("#thread-history").get_by_text("draw a red fox in the snow").click()
+    expect(page).to_have_url(THREAD_URL)
+    _expect_playable_clip(page, r"/media/[0-9a-f]{64}\?exp=")
+    page.screenshot(path=str(tmp_path / "resumed.png"))
+    assert errors == []
