@@ -15,6 +15,7 @@ from chat_app import cost_report, rendering, settings_panel
 from chat_app.runtime import Runtime
 from chat_app.tool_runner import run_tool_call
 from memory.errors import InvalidInput
+from tools import train_lora
 from tools.context import ToolContext
 from tools.registry import build_tools
 
@@ -149,6 +150,20 @@ COMMANDS: list[Command] = [
         floats=frozenset({"seconds"}),
         texts=frozenset({"quality", "size", "backend"}),
     ),
+    Command(
+        "train",
+        "graduation-cap",
+        "Train a LoRA from kept images: /train NAME --trigger TOK [--steps N] [--images id,id]"
+        " · /train status · /train stop [NAME] · /train resume NAME",
+        tool="train_lora",
+        text_arg="name",
+        ints=frozenset({"steps", "rank", "resolution"}),
+        floats=frozenset({"lr"}),
+        texts=frozenset({"trigger", "base", "backend", "licence", "destination"}),
+        lists=frozenset({"images"}),
+    ),
+    Command("loras", "layers", "List your LoRAs with their trigger words and status"),
+    Command("cost", "receipt", "Spending by day, model and backend, with a chart and CSV"),
     Command("styles", "palette", "List the style presets for /refine and /curate"),
     Command("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
     Command("help", "circle-help", "What Atelier can do and how to use it"),
@@ -177,6 +192,11 @@ HELP = """**Commands**
 - `/estimate 20 --quality high` prices a request before you make it; `/cost` shows what
   this conversation and you have spent (chart and CSV). Budgets and the "ask before
   spending more than" threshold are in the settings panel.
+- `/train NAME --trigger TOK [--steps 1000] [--images id,id] [--backend replicate
+  --destination you/model]` trains a LoRA from the images you kept (or named) in the
+  background, after showing its time/memory/cost estimate; `/train status`,
+  `/train stop [NAME]`, `/train resume NAME`; `/loras` lists yours. Prompts containing a
+  LoRA's trigger word use it on the local backend.
 - `/backend openai|replicate[:owner/name]|local[:model]` switches this conversation's
   backend (also in the settings panel, next to the message box).
 - Attach an image to edit it or start from it.
@@ -287,6 +307,9 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
     if command.id == "backend":
         await rendering.notice(await settings_panel.use_backend(runtime, text, ctx.user_id))
         return
+    if command.id in ("train", "loras"):
+        await _train(ctx, command, text)
+        return
     if command.id == "cost":
         await cost_report.show(
             runtime.ledger,
@@ -317,6 +340,45 @@ async def run(runtime: Runtime, ctx: ToolContext, name: str, text: str) -> None:
         raise InvalidInput("Name the candidate to keep, e.g. /keep 1a2b3c4d.")
     tools = {tool.name: tool for tool in build_tools(ctx)}
     await run_tool_call(tools, ctx, {"name": command.tool, "args": args, "id": "command"})
+
+
+_TRAIN_RENAMED = {
+    "trigger": "trigger_word",
+    "lr": "learning_rate",
+    "base": "base_model",
+    "image_ids": "images",
+}
+
+
+async def _train(ctx: ToolContext, command: Command, text: str) -> None:
+    """`/train NAME ...`, `/train status|stop [NAME]|resume NAME [--steps N]`, `/loras`."""
+    word, _, rest = text.partition(" ")
+    if command.id == "loras" or word.lower() == "status":
+        await rendering.notice("**Your LoRAs**\n\n" + await train_lora.training_status(ctx))
+        return
+    tools = {tool.name: tool for tool in build_tools(ctx)}
+    if word.lower() in ("stop", "resume"):
+        name, _, options = rest.strip().partition(" ")
+        args: dict[str, Any] = {"name": name} if name else {}
+        if options.strip():
+            steps = parse_args(BY_ID["train"], options).get("steps")
+            if steps is None or set(parse_args(BY_ID["train"], options)) != {"steps"}:
+                raise InvalidInput("/train resume NAME takes only --steps N.")
+            args["steps"] = steps
+        if word.lower() == "resume" and not name:
+            raise InvalidInput("Name the training to resume: /train resume NAME.")
+        tool = "stop_training" if word.lower() == "stop" else "resume_training"
+        await run_tool_call(tools, ctx, {"name": tool, "args": args, "id": "command"})
+        return
+    args = parse_args(command, text)
+    if "name" not in args:
+        raise InvalidInput("Name the LoRA: /train NAME --trigger TOK (see /help).")
+    if " " in args["name"]:
+        raise InvalidInput(f"A LoRA name is one word; got {args['name']!r}.")
+    args = {_TRAIN_RENAMED.get(key, key): value for key, value in args.items()}
+    if "images" in args:
+        args["images"] = [await _full_image_id(ctx, i) for i in args["images"]]
+    await run_tool_call(tools, ctx, {"name": "train_lora", "args": args, "id": "command"})
 
 
 async def _full_image_id(ctx: ToolContext, given: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from memory.images import ImageRecord
+from memory.loras import LoraRecord
 
 MAX_HISTORY_STEPS = 40
 MAX_IMAGES_LISTED = 20
@@ -29,6 +30,9 @@ SYSTEM_PROMPT = """You are Atelier, an assistant that makes images with tools.
   call curate_images. "Keep the third one instead" after a curation: call keep_image
   with that candidate's id (candidates are marked below with their rank).
 - "Is this image any good / check it": call check_quality.
+- "Learn this style/subject as NAME" / "train a LoRA": call train_lora with name and a
+  trigger word (the kept images are used unless image ids are named); stop_training and
+  resume_training act on a running or stopped one.
 - A clip ("animate the fox", "make it move", "a video of waves"): call generate_video,
   with image_id "latest" (or an image's id) to animate an image, or only a prompt.
 Find images by number or description in the list below and always pass their full ids.
@@ -83,13 +87,30 @@ def describe_images(
     return "\n".join(lines)
 
 
+def describe_loras(loras: Sequence[LoraRecord]) -> str:
+    """The user's LoRAs, so "draw TOK on a beach" or "use my dog LoRA" can be honoured."""
+    if not loras:
+        return ""
+    lines = ["\nThe user's LoRAs (name, trigger word, status):"]
+    for lora in loras[:MAX_IMAGES_LISTED]:
+        use = (
+            f"backend=replicate:{lora.replicate_version}"
+            if lora.replicate_version
+            else f"lora={lora.name} (local; auto-applied when the prompt has its trigger word)"
+        )
+        lines.append(f"- {lora.name} trigger={lora.trigger_word} {lora.status} {use}")
+    return "\n".join(lines)
+
+
 def build_messages(
     history: list[BaseMessage],
     images: Sequence[ImageRecord],
     text: str,
     styles: Sequence[str] = (),
     verdicts: Mapping[str, tuple[str, int, str, float]] | None = None,
+    loras: Sequence[LoraRecord] = (),
 ) -> list[BaseMessage]:
     prompt = SYSTEM_PROMPT.replace("{styles}", ", ".join(styles) or "none")
-    system = SystemMessage(content=prompt + "\n" + describe_images(images, verdicts))
+    listed = describe_images(images, verdicts) + describe_loras(loras)
+    system = SystemMessage(content=prompt + "\n" + listed)
     return [system, *history, HumanMessage(content=text)]

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chat_app import training_display
 from chat_app.settings import Settings
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
@@ -20,13 +21,16 @@ from memory.db import create_engine, migrate, session_factory
 from memory.images import ImageStore
 from memory.ledger import Ledger
 from memory.logging_setup import get_logger
+from memory.loras import LoraStore
 from memory.media_store import MediaStore
 from memory.users import UserStore
 from memory.videos import VideoStore
 from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
+from pipelines.replicate_training import create_trainer
 from pipelines.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
+from tools.training_jobs import TrainingJobs
 
 log = get_logger(__name__)
 
@@ -51,10 +55,16 @@ class Runtime:
     ledger: Ledger
     videos: VideoStore
     video_backends: VideoBackendRegistry
+    trainings: TrainingJobs | None = None  # LoRA trainings running in the background
 
     async def start(self) -> None:
         await migrate(self.engine)
         await self._ensure_first_user()
+        if self.trainings is not None:
+            # No job runs yet: what the database calls running died with an old process.
+            interrupted = await self.trainings.loras.mark_interrupted()
+            if interrupted:
+                log.warning("trainings_interrupted", count=interrupted)
         released = await self.ledger.release_stale(STALE_RESERVATION_AGE)
         if released:
             log.warning("stale_reservations_released", count=released)
@@ -66,6 +76,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.trainings is not None:
+            await self.trainings.stop_all()  # local ones keep a checkpoint to resume from
         await self.engine.dispose()
 
     async def _ensure_first_user(self) -> None:
@@ -106,6 +118,12 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         ledger=Ledger(engine),
         videos=VideoStore(engine, media),
         video_backends=VideoBackendRegistry.from_settings(settings, backends),
+        trainings=TrainingJobs(
+            LoraStore(engine),
+            settings.resolved_lora_dir,
+            replicate_trainer=create_trainer(settings),
+            watcher_factory=training_display.watch,
+        ),
     )
 
 

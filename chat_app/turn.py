@@ -72,7 +72,9 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             video_backends=runtime.video_backends,
             show=rendering.images_now,
             clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
+            trainings=runtime.trainings,
         )
+        await _tell_interrupted(runtime, ctx)
         uploads = []
         if message.elements:
             uploads = await record_uploads(ctx, list(message.elements), text)
@@ -102,10 +104,23 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         structlog.contextvars.clear_contextvars()
 
 
+async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
+    """Once per process: trainings a restart cut short, and how to continue them."""
+    if runtime.trainings is None:
+        return
+    records = await runtime.trainings.loras.for_user(ctx.user_id, status="interrupted")
+    for record in runtime.trainings.untold_interrupted(records):
+        await rendering.notice(
+            f"The training of LoRA '{record.name}' was interrupted at step {record.step} "
+            f"when the app stopped. `/train resume {record.name}` continues it."
+        )
+
+
 async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:
     thread = await runtime.data_layer.get_thread(message.thread_id)
     history = history_from_steps(thread["steps"] if thread else [], message.id)
     images = await runtime.images.for_thread(ctx.thread_id, ctx.user_id)
     verdicts = await runtime.curations.verdicts_for_thread(ctx.thread_id, ctx.user_id)
-    messages = build_messages(history, images, text, runtime.styles.names(), verdicts)
+    loras = await runtime.trainings.loras.for_user(ctx.user_id) if runtime.trainings else []
+    messages = build_messages(history, images, text, runtime.styles.names(), verdicts, loras)
     await agent.run_turn(runtime.settings, ctx, messages)

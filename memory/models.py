@@ -333,3 +333,44 @@ class Video(Base):
     cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoraModel(Base):
+    """A trained (or training) LoRA: the job's state and, once it succeeds, the registry entry.
+
+    One row for both, because a training is a LoRA in the making: the row is created when
+    the user confirms, moves queued → running → succeeded | failed | cancelled |
+    interrupted, and keeps its step and losses so a reloaded page and `/train status`
+    read progress from here. Names are unique per user, compared without case by the
+    store. `files` are paths relative to the LoRA folder.
+    """
+
+    __tablename__ = "loras"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        Index("ix_loras_thread_created", "thread_id", "created_at"),
+        Index("ix_loras_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(36))  # as images and videos: no FK
+    thread_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("threads.id", ondelete="SET NULL")
+    )  # where it was trained; the LoRA outlives the thread
+    message_id: Mapped[str | None] = mapped_column(String(36))  # the progress message
+    name: Mapped[str] = mapped_column(String(64))
+    backend: Mapped[str] = mapped_column(String(16))  # local | replicate
+    base_model: Mapped[str] = mapped_column(String(255))
+    trigger_word: Mapped[str] = mapped_column(String(64))
+    replicate_version: Mapped[str | None] = mapped_column(String(255))
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -328,7 +328,8 @@ def test_a_user_file_overrides_and_extends(tmp_path: Path) -> None:
     assert (training.source, training.usd) == ("reported", Decimal("7.32"))
     assert table.estimate("replicate", "ostris/flux-dev-lora-trainer").usd == Decimal("14.64")
     assert table.local_usd_per_gpu_second == Decimal("0.01")
-    assert len(table.rows()) == len(RAW["price"]) + 3 - 1  # sdxl's way of billing replaced
+    # sdxl's way of billing replaced; the trainer's built-in row (prices.toml) replaced too
+    assert len(table.rows()) == len(RAW["price"]) + 3 - 2
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memory.curations import CurationStore
 from memory.errors import InvalidInput
@@ -16,6 +16,9 @@ from pipelines.progress import Progress
 from pipelines.registry import BackendRegistry
 from pipelines.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
+
+if TYPE_CHECKING:
+    from tools.training_jobs import TrainingJobs
 
 # (instructions, prompt) -> rewritten prompt; None when no chat model is configured.
 PromptRewriter = Callable[[str, str], Awaitable[str]]
@@ -77,6 +80,7 @@ class ToolContext:
     videos: VideoStore | None = None  # None: video tools refuse (no store to keep clips)
     video_backends: VideoBackendRegistry | None = None
     show: ArtifactShower | None = None  # None: everything is shown when the call ends
+    trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import BaseModel, Field
 
-from tools import image_jobs
+from pipelines.base import LoraSpec
+from tools import image_jobs, train_lora
 from tools.context import ToolArtifact, ToolContext
 
 
@@ -75,6 +78,15 @@ async def generate_image(
         background=background,
         output_format=output_format,
     )
+    if planned.backend.id == "local" and not lora:
+        # A trained LoRA's trigger word in the prompt applies that LoRA (documented in
+        # tools/train_lora.py); naming loras explicitly turns this off.
+        triggered = await train_lora.triggered_loras(ctx, prompt)
+        if triggered:
+            specs = tuple(LoraSpec(record.name) for record in triggered)
+            planned = replace(planned, request=replace(planned.request, loras=specs))
+            names = ", ".join(f"'{r.name}' (trigger {r.trigger_word})" for r in triggered)
+            planned.notes.append(f"Applied your LoRA {names}: its trigger word is in the prompt.")
     artifact = await image_jobs.run(
         ctx, planned, prompt_typed=prompt, seed_requested=planned.request.seed
     )

@@ -23,6 +23,7 @@ from tools import (
     generate_video,
     keep_image,
     refine_prompt,
+    train_lora,
     variations,
 )
 from tools.context import ToolArtifact, ToolContext
@@ -69,6 +70,19 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
         check_quality.DESCRIPTION,
         check_quality.CheckQualityArgs,
         check_quality.check_quality,
+    ),
+    ("train_lora", train_lora.DESCRIPTION, train_lora.TrainLoraArgs, train_lora.train_lora),
+    (
+        "stop_training",
+        train_lora.STOP_DESCRIPTION,
+        train_lora.StopTrainingArgs,
+        train_lora.stop_training,
+    ),
+    (
+        "resume_training",
+        train_lora.RESUME_DESCRIPTION,
+        train_lora.ResumeTrainingArgs,
+        train_lora.resume_training,
     ),
 ]
 

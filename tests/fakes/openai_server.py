@@ -251,6 +251,17 @@ def _video_call(lowered: str, text: str) -> ToolCall | None:
     return ToolCall("generate_video", json.dumps(args))
 
 
+def _lora_call(lowered: str, text: str) -> ToolCall | None:
+    """ "learn this style as NAME" / "train a lora called NAME [with trigger TOK]" -> train_lora."""
+    if not re.search(r"\blearn this (style|subject)\b|\btrain a lora\b", lowered):
+        return None
+    named = re.search(r"\b(?:as|called|named)\s+([A-Za-z0-9_-]+)", text)
+    args: dict[str, Any] = {"name": named.group(1) if named else "my-style"}
+    trigger = re.search(r"\btrigger(?: word)?\s+([A-Za-z0-9_-]+)", text)
+    args["trigger_word"] = trigger.group(1) if trigger else "TOK"
+    return ToolCall("train_lora", json.dumps(args))
+
+
 def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
     """Rule-based model, deterministic so tests and browser runs can script a chat.
 
@@ -267,6 +278,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
       "N seconds"); "a video of …" / "clip of …" -> generate_video from the text;
     - "what would … cost" / "how much … cost" -> estimate_cost (n from digits, quality
       from "high-quality");
+    - "learn this style/subject as NAME" / "train a lora called NAME" -> train_lora
+      (name, trigger_word from "trigger TOK", else "TOK");
     - "best of N" / "curate" -> curate_images (n, and a style if named); "keep the
       second … instead" -> keep_image of that candidate rank; "check … quality" ->
       check_quality;
@@ -296,7 +309,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
         args = {"prompt": text, "size": "1536x1024"}
         return Reply(tool_calls=[ToolCall("generate_image", json.dumps(args))])
     call = (
-        _video_call(lowered, text)
+        _lora_call(lowered, text)
+        or _video_call(lowered, text)
         or _cost_call(lowered)
         or _curation_call(lowered, text, messages)
         or _iteration_call(lowered, text, _image_ids(messages))

@@ -1,0 +1,202 @@
+"""The LoRA registry: trained LoRAs and the trainings that make them, one row each.
+
+Scoped to the user like image lineage: another user's LoRA is simply "not found", and a
+name is taken only among the user's own LoRAs (compared without case, as on disk).
+Progress writes (`progress`) are small and frequent; they never move a row out of a
+final state, so a late write from a job that was just stopped cannot undo the stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from memory.db import session_factory
+from memory.errors import InvalidInput, NotFound
+from memory.ids import require_uuid
+from memory.models import LoraModel, new_id, utcnow
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class LoraRecord:
+    id: str
+    user_id: str
+    thread_id: str | None
+    message_id: str | None
+    name: str
+    backend: str
+    base_model: str
+    trigger_word: str
+    replicate_version: str | None
+    files: dict[str, Any]
+    dataset: dict[str, Any]
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+    status: str
+    step: int
+    total_steps: int
+    losses: list[list[float]]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: LoraModel) -> LoraRecord:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            thread_id=row.thread_id,
+            message_id=row.message_id,
+            name=row.name,
+            backend=row.backend,
+            base_model=row.base_model,
+            trigger_word=row.trigger_word,
+            replicate_version=row.replicate_version,
+            files=dict(row.files or {}),
+            dataset=dict(row.dataset or {}),
+            parameters=dict(row.parameters or {}),
+            metrics=dict(row.metrics or {}),
+            status=row.status,
+            step=row.step,
+            total_steps=row.total_steps,
+            losses=list(row.losses or []),
+            error=row.error,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+        )
+
+
+@dataclass(frozen=True)
+class NewLora:
+    name: str
+    backend: str
+    base_model: str
+    trigger_word: str
+    total_steps: int
+    dataset: dict[str, Any]
+    parameters: dict[str, Any]
+    thread_id: str | None = None
+
+
+class LoraStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = session_factory(engine)
+
+    async def create(self, user_id: str, new: NewLora) -> LoraRecord:
+        """A queued row for a training the user confirmed; refuses a name already used."""
+        if await self.find(user_id, new.name) is not None:
+            raise InvalidInput(_taken(new.name))
+        row = LoraModel(
+            id=new_id(),
+            user_id=user_id,
+            thread_id=require_uuid(new.thread_id, "thread id") if new.thread_id else None,
+            name=new.name,
+            backend=new.backend,
+            base_model=new.base_model,
+            trigger_word=new.trigger_word,
+            dataset=new.dataset,
+            parameters=new.parameters,
+            files={},
+            metrics={},
+            losses=[],
+            status="queued",
+            step=0,
+            total_steps=new.total_steps,
+            created_at=utcnow(),
+        )
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            raise InvalidInput(_taken(new.name)) from None  # a concurrent create won
+        return LoraRecord.from_row(row)
+
+    async def find(self, user_id: str, name: str) -> LoraRecord | None:
+        """The user's LoRA called `name` (any case), or None."""
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(LoraModel).where(
+                    LoraModel.user_id == user_id, func.lower(LoraModel.name) == name.lower()
+                )
+            )
+        return LoraRecord.from_row(row) if row else None
+
+    async def get(self, user_id: str, name: str) -> LoraRecord:
+        found = await self.find(user_id, name)
+        if found is None:
+            raise NotFound(f"You have no LoRA called {name!r}. `/loras` lists yours.")
+        return found
+
+    async def by_id(self, lora_id: str, user_id: str) -> LoraRecord:
+        lora_id = require_uuid(lora_id, "LoRA id")
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(LoraModel).where(LoraModel.id == lora_id, LoraModel.user_id == user_id)
+            )
+        if row is None:
+            raise NotFound("No such LoRA.")
+        return LoraRecord.from_row(row)
+
+    async def for_user(self, user_id: str, *, status: str | None = None) -> list[LoraRecord]:
+        """The user's LoRAs, newest first."""
+        query = select(LoraModel).where(LoraModel.user_id == user_id)
+        if status is not None:
+            query = query.where(LoraModel.status == status)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query.order_by(LoraModel.created_at.desc()))).all()
+        return [LoraRecord.from_row(row) for row in rows]
+
+    async def update(self, lora_id: str, user_id: str, **values: Any) -> LoraRecord:
+        """Set fields (status, files, metrics, ...) of the user's row."""
+        if "status" in values and values["status"] not in STATUSES:
+            raise ValueError(f"unknown LoRA status {values['status']!r}")
+        if values.get("status") in FINAL:
+            values.setdefault("finished_at", utcnow())
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(LoraModel)
+                .where(LoraModel.id == lora_id, LoraModel.user_id == user_id)
+                .values(**values)
+            )
+        return await self.by_id(lora_id, user_id)
+
+    async def progress(
+        self, lora_id: str, *, step: int, losses: list[list[float]], status: str = "running"
+    ) -> None:
+        """A running job's step and loss history; ignored once the row is final."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(LoraModel)
+                .where(LoraModel.id == lora_id, LoraModel.status.in_(ACTIVE))
+                .values(step=step, losses=losses, status=status)
+            )
+
+    async def mark_interrupted(self) -> int:
+        """Rows left queued/running by a process that died: at start-up, no job runs yet."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(LoraModel)
+                .where(LoraModel.status.in_(ACTIVE))
+                .values(
+                    status="interrupted",
+                    finished_at=utcnow(),
+                    error="The app stopped while this training ran.",
+                )
+            )
+        return int(result.rowcount or 0)
+
+
+def _taken(name: str) -> str:
+    return (
+        f"You already have a LoRA (or a training) called {name!r}. Choose another name, "
+        "or `/train resume NAME` to continue a stopped one."
+    )

@@ -1,0 +1,72 @@
+"""Training a LoRA through the real app: confirm, background progress, use, reload.
+
+The app runs as a subprocess on the tiny random-weight SD from disk; the LoRA folder is
+under tmp. The training is real (6 steps at 32 px).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from chat_app.spending_prompts import CONFIRM
+from tests.app_process import ADMIN_PASSWORD
+from tests.chat_client import ChatSession, login_cookie, outputs
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(app, query: str) -> list[sqlite3.Row]:
+    with sqlite3.connect(app.data_dir / "atelier.db") as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(query).fetchall()
+
+
+async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
+    app = make_app(ATELIER_LOCAL_MODEL=str(tiny_sd_dir), ATELIER_LORA_DIR=str(tmp_path / "loras"))
+    cookie = login_cookie(app.base_url, "admin", ADMIN_PASSWORD)
+    chat = ChatSession(app.base_url, cookie)
+    await chat.connect()
+    await chat.send("/backend local")
+    for seed in (1, 2):
+        await chat.send(f"/image a small red house --size 64x64 --steps 2 --seed {seed}")
+    ids = [row["id"][:8] for row in _rows(app, "SELECT id FROM images ORDER BY created_at")]
+    assert len(ids) == 2
+    chat.ask_answer = CONFIRM
+    reply = outputs(
+        await chat.send(
+            f"/train mystyle --trigger TOK --steps 6 --resolution 32 --images {','.join(ids)}"
+        )
+    )
+    [question] = [ask for ask in chat.asks]
+    assert "Train the LoRA 'mystyle'" in json.dumps(question) and "Estimate" in json.dumps(question)
+    assert any("Training 'mystyle' started: 6 steps" in text for text in reply), reply
+    status = ""
+    for _ in range(240):
+        status = "\n".join(outputs(await chat.send("/train status")))
+        if "succeeded" in status or "failed" in status:
+            break
+        await asyncio.sleep(0.5)
+    assert "| mystyle | TOK | local | succeeded | 6/6 |" in status, status
+    [lora] = _rows(app, "SELECT * FROM loras")
+    assert json.loads(lora["files"])["diffusers"] == "mystyle.safetensors"
+    # Usable at once, by name and by trigger word.
+    await chat.send("/image TOK on a beach --lora mystyle --size 64x64 --steps 2")
+    await chat.send("/image TOK on a beach --size 64x64 --steps 2")
+    named, triggered = _rows(app, "SELECT parameters FROM images ORDER BY created_at")[-2:]
+    for row in (named, triggered):
+        assert json.loads(row["parameters"])["loras"] == [{"name": "mystyle", "weight": 1.0}]
+    await chat.close()
+    # A fresh page: the training message with its latest text and its loss chart.
+    again = ChatSession(app.base_url, cookie)
+    await again.connect(resume_thread=chat.thread_id)
+    assert again.resumed is not None
+    steps = {step["id"]: step for step in again.resumed["steps"]}
+    [message] = [s for s in steps.values() if "LoRA 'mystyle' is trained" in (s["output"] or "")]
+    assert message["id"] == lora["message_id"]
+    kinds = [e["type"] for e in again.resumed["elements"] if e["forId"] == message["id"]]
+    assert kinds.count("plotly") == 1 and kinds.count("image") >= 1
+    await again.close()
