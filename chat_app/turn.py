@@ -12,7 +12,7 @@ import structlog
 from chat_app import agent, commands, rendering, settings_panel, spending_prompts
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
-from chat_app.uploads import acknowledgement, record_uploads
+from chat_app.uploads import acknowledgement, read_zips, record_uploads
 from memory.errors import AtelierError, InvalidInput
 from memory.logging_setup import get_logger
 from tools.context import ToolContext
@@ -77,10 +77,15 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         await _tell_interrupted(runtime, ctx)
         uploads = []
         if message.elements:
+            zips = await read_zips(list(message.elements))
             uploads = await record_uploads(ctx, list(message.elements), text)
-            await rendering.notice(acknowledgement(uploads))
-            if not text:
-                return
+            ctx.attached_images = tuple(record.id for record in uploads)
+            ctx.attached_zips = tuple(zips)
+            handled = bool(message.command or text.startswith("/"))
+            if not (zips and (handled or runtime.settings.llm_configured)):
+                await rendering.notice(acknowledgement(uploads, zips))
+            if not text or (zips and not handled and not runtime.settings.llm_configured):
+                return  # a zip alone waits for a /train in the same message
         if message.command:
             await commands.run(runtime, ctx, message.command.lower(), text)
         elif text.startswith("/"):

@@ -3,6 +3,10 @@
 They are checked (readable, PNG/JPEG/WebP, not a decompression bomb, not over the size
 limit) and recorded with backend "upload", so edit_image, fork and img2img can use
 them by id like any generated image, and the lineage shows where they came from.
+
+A zip is a training set: it is not recorded as an image but handed to the turn, so
+a training started in the same message (`/train NAME` or "learn this subject") uses
+it; lora_dataset checks what is inside.
 """
 
 from __future__ import annotations
@@ -13,33 +17,53 @@ from typing import Any
 
 from memory.errors import InvalidInput
 from memory.images import ImageRecord, NewImage
+from pipelines.lora_dataset import DatasetLimits
 from tools import image_jobs
 from tools.context import ToolContext
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_ZIP_BYTES = DatasetLimits().max_upload_bytes
+ZIP_MIMES = ("application/zip", "application/x-zip-compressed")
 
 
-async def _read(element: Any) -> bytes:
+def is_zip(element: Any) -> bool:
+    name = (getattr(element, "name", None) or "").lower()
+    return name.endswith(".zip") or getattr(element, "mime", None) in ZIP_MIMES
+
+
+async def _read(element: Any, limit: int = MAX_UPLOAD_BYTES) -> bytes:
     name = getattr(element, "name", None) or "the attachment"
+    too_big = f"the limit is {limit // 2**20} MB"
     if getattr(element, "content", None):
         data = bytes(element.content)
     elif getattr(element, "path", None):
         path = Path(element.path)
         size = await asyncio.to_thread(lambda: path.stat().st_size)
-        if size > MAX_UPLOAD_BYTES:
-            raise InvalidInput(f"{name} is {size / 2**20:.1f} MB; the limit is 20 MB.")
+        if size > limit:
+            raise InvalidInput(f"{name} is {size / 2**20:.1f} MB; {too_big}.")
         data = await asyncio.to_thread(path.read_bytes)
     else:
         raise InvalidInput(f"{name} arrived without its file; attach it again.")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"{name} is {len(data) / 2**20:.1f} MB; the limit is 20 MB.")
+    if len(data) > limit:
+        raise InvalidInput(f"{name} is {len(data) / 2**20:.1f} MB; {too_big}.")
     return data
 
 
+async def read_zips(elements: list[Any]) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of the attached zips, for a training in this message."""
+    return [
+        (getattr(element, "name", None) or "upload.zip", await _read(element, MAX_ZIP_BYTES))
+        for element in elements
+        if is_zip(element)
+    ]
+
+
 async def record_uploads(ctx: ToolContext, elements: list[Any], text: str) -> list[ImageRecord]:
-    """Check every attachment first, then record them all: one bad file records none."""
+    """Check every attached image first, then record them all: one bad file records none."""
     checked = []
     for element in elements:
+        if is_zip(element):
+            continue
         name = getattr(element, "name", None) or "the attachment"
         data = await _read(element)
         try:
@@ -69,7 +93,14 @@ async def record_uploads(ctx: ToolContext, elements: list[Any], text: str) -> li
     return records
 
 
-def acknowledgement(records: list[ImageRecord]) -> str:
+def acknowledgement(records: list[ImageRecord], zips: list[tuple[str, bytes]] = ()) -> str:
+    if zips and not records:
+        names = ", ".join(name for name, _ in zips)
+        return (
+            f"Received {names} as a training set. It is used by a training started in "
+            "this same message: attach it to `/train NAME --trigger TOK` (or say *learn "
+            "this subject as NAME*)."
+        )
     listed = ", ".join(
         f"`{r.id[:8]}` ({r.width}×{r.height}, {r.parameters.get('filename')})" for r in records
     )

@@ -191,6 +191,27 @@ async def test_cancel_at_the_confirmation_starts_nothing(world):
     assert [e for e in entries if e.what == "training"] == []
 
 
+async def test_images_attached_to_the_message_are_the_default_training_set(world):
+    """Twenty photos of the dog come with "learn this subject": those, not kept ones."""
+    ctx, chat, jobs, engine = world
+    await _keep(ctx, await _images(ctx, 2), kept=2)
+    uploads = []
+    for colour in ((200, 120, 40), (90, 60, 20)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 48), colour).save(buffer, "PNG")
+        record, _ = await ctx.images.record(
+            ctx.thread_id,
+            ctx.user_id,
+            NewImage(buffer.getvalue(), "image/png", 48, 48, "my dog", "", "upload", "", {}),
+        )
+        uploads.append(record.id)
+    ctx.attached_images = tuple(uploads)
+    chat.answer = False
+    with pytest.raises(spending.Declined):
+        await train_lora(ctx, "dog", steps=8, resolution=32, licence="mine")
+    assert "(0 generated here, 2 uploaded)" in chat.asked[-1], chat.asked[-1]
+
+
 async def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(world):
     ctx, chat, jobs, _ = world
     ids = await _images(ctx, 2)

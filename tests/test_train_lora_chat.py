@@ -70,3 +70,57 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
     kinds = [e["type"] for e in again.resumed["elements"] if e["forId"] == message["id"]]
     assert kinds.count("plotly") == 1 and kinds.count("image") >= 1
     await again.close()
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def test_a_zip_attached_to_train_is_the_training_set(make_app, tiny_sd_dir, tmp_path):
+    """"Twenty photos of my dog" arrive as a zip with the /train message."""
+    app = make_app(ATELIER_LOCAL_MODEL=str(tiny_sd_dir), ATELIER_LORA_DIR=str(tmp_path / "loras"))
+    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
+    await chat.connect()
+    await chat.send("/backend local")
+    bad = chat.upload("dogs.zip", _zip({"../evil.png": _png((1, 2, 3))}), "application/zip")
+    reply = outputs(await chat.send("/train baddog --trigger DOG --steps 2", files=[bad]))
+    assert any("evil.png" in text for text in reply), reply
+    photos = _zip({"dog1.png": _png((200, 120, 40)), "dog2.png": _png((90, 60, 20))})
+    good = chat.upload("dogs.zip", photos, "application/zip")
+    chat.ask_answer = CONFIRM
+    reply = outputs(
+        await chat.send(
+            "/train zipdog --trigger DOG --steps 2 --resolution 32 --licence CC-BY-4.0",
+            files=[good],
+        )
+    )
+    assert any("Training 'zipdog' started" in text for text in reply), reply
+    assert _rows(app, "SELECT * FROM images") == []  # a training set, not chat images
+    for _ in range(240):
+        status = "\n".join(outputs(await chat.send("/train status")))
+        if "succeeded" in status or "failed" in status:
+            break
+        await asyncio.sleep(0.5)
+    assert "| zipdog | DOG | local | succeeded |" in status, status
+    [lora] = _rows(app, "SELECT dataset FROM loras WHERE name = 'zipdog'")
+    dataset = json.loads(lora["dataset"])
+    images = dataset["images"] if isinstance(dataset, dict) else dataset
+    assert {(i["origin"], i["licence"]) for i in images} == {("uploaded", "CC-BY-4.0")}
+    await chat.close()

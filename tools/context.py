@@ -80,6 +80,9 @@ class ToolContext:
     videos: VideoStore | None = None  # None: video tools refuse (no store to keep clips)
     video_backends: VideoBackendRegistry | None = None
     show: ArtifactShower | None = None  # None: everything is shown when the call ends
+    # What the user attached to this message: a training started now trains on them.
+    attached_images: tuple[str, ...] = ()
+    attached_zips: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes)
     trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
 
     def curation_store(self) -> CurationStore:

@@ -425,9 +425,12 @@ async def _dataset_images(
     licence: str | None,
     zips: list[tuple[str, bytes]] | None,
 ) -> list[DatasetImage]:
-    """The named images (the user's own), else the kept ones; plus any zip's images."""
+    """The named images (the user's own), else the ones attached to this message, else
+    the kept ones; plus the images of any zip (given, or attached to this message)."""
     items: list[DatasetImage] = []
-    for upload_name, data in zips or []:
+    if image_ids is None and ctx.attached_images:
+        image_ids = list(ctx.attached_images)
+    for upload_name, data in zips or list(ctx.attached_zips):
         items += await asyncio.to_thread(
             images_from_zip, data, upload_name=upload_name, licence=licence
         )
