@@ -1,10 +1,15 @@
-"""GET /media/<key>: stored files, for their owner (login cookie) or a signed link."""
+"""GET /media/<key>: stored files, for their owner (login cookie) or a signed link.
+
+Served as files, so HTTP Range requests work: Safari will not play a video without them,
+and every browser seeks in a clip with them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
 
 from chat_app.runtime import get_runtime
 from memory import signed_links
@@ -51,8 +56,7 @@ async def media(key: str, request: Request, exp: str | None = None, sig: str | N
         mime = await runtime.images.media_owner_ok(key, user_id)
     if mime is None:
         raise HTTPException(status_code=404, detail="Not found")
-    try:
-        data = await asyncio.to_thread(runtime.media.get, key)
-    except NotFound:
-        raise HTTPException(status_code=404, detail="Not found") from None
-    return Response(content=data, media_type=mime, headers=_HEADERS)
+    path = runtime.media.path_for(key)
+    if not await asyncio.to_thread(path.is_file):
+        raise HTTPException(status_code=404, detail="Not found")
+    return FileResponse(path, media_type=mime, headers=_HEADERS)

@@ -51,6 +51,9 @@ async def test_other_users_cannot_read_threads_or_media(make_app):
     )
 
     assert get(url).status_code == 200  # the signed link the owner was given works
+    # Byte ranges, which video players need to seek (and Safari to play at all).
+    ranged = httpx.get(app.base_url + url, headers={"Range": "bytes=0-7"})
+    assert ranged.status_code == 206 and ranged.content == b"\x89PNG\r\n\x1a\n"
     assert get(f"/media/{key}", admin.cookie).status_code == 200  # owner by cookie
     assert get(f"/media/{key}", bob).status_code == 404
     assert get(f"/media/{key}").status_code == 401
