@@ -81,70 +81,42 @@ KLING_V21 = ReplicateVideoModel(
     ),
     VideoInputs(image="start_image", seconds="duration"),
 )
-# Wan 2.2 (wan-video): 81 to 100 frames at 5 to 24 fps; seeded.
-WAN_22_T2V = ReplicateVideoModel(
-    VideoCapabilities(
-        text_to_video=True,
-        image_to_video=False,
+
+
+def _wan(min_frames: int, *, text: bool) -> ReplicateVideoModel:
+    """Wan takes a frame count (min_frames to 100) at 5 to 24 fps and a seed; text-to-video
+    also takes an aspect ratio, image-to-video follows its image."""
+    capabilities = VideoCapabilities(
+        text_to_video=text,
+        image_to_video=not text,
         fps_range=(5, 24),
         default_fps=16,
         default_seconds=81 / 16,
-        frames_range=(81, 100),
-        sizes=tuple(WAN_ASPECTS),
+        frames_range=(min_frames, 100),
+        sizes=tuple(WAN_ASPECTS) if text else (),
         seed=True,
-    ),
-    VideoInputs(
-        frames="num_frames",
-        fps="frames_per_second",
-        seed="seed",
-        aspect_ratio="aspect_ratio",
-        aspect_ratios=WAN_ASPECTS,
-    ),
-)
-WAN_22_I2V = ReplicateVideoModel(
-    VideoCapabilities(
-        text_to_video=False,
-        image_to_video=True,
-        fps_range=(5, 24),
-        default_fps=16,
-        default_seconds=81 / 16,
-        frames_range=(81, 100),
-        seed=True,
-    ),
-    VideoInputs(image="image", frames="num_frames", fps="frames_per_second", seed="seed"),
-)
-# Wan 2.1 (wavespeedai): 5 to 100 frames at 5 to 24 fps.
-WAN_21_T2V = ReplicateVideoModel(
-    VideoCapabilities(
-        text_to_video=True,
-        image_to_video=False,
-        fps_range=(5, 24),
-        default_fps=16,
-        default_seconds=81 / 16,
-        frames_range=(5, 100),
-        sizes=tuple(WAN_ASPECTS),
-        seed=True,
-    ),
-    VideoInputs(
-        frames="num_frames",
-        fps="frames_per_second",
-        seed="seed",
-        aspect_ratio="aspect_ratio",
-        aspect_ratios=WAN_ASPECTS,
-    ),
-)
-WAN_21_I2V = ReplicateVideoModel(
-    VideoCapabilities(
-        text_to_video=False,
-        image_to_video=True,
-        fps_range=(5, 24),
-        default_fps=16,
-        default_seconds=81 / 16,
-        frames_range=(5, 100),
-        seed=True,
-    ),
-    VideoInputs(image="image", frames="num_frames", fps="frames_per_second", seed="seed"),
-)
+    )
+    if text:
+        inputs = VideoInputs(
+            frames="num_frames",
+            fps="frames_per_second",
+            seed="seed",
+            aspect_ratio="aspect_ratio",
+            aspect_ratios=WAN_ASPECTS,
+        )
+    else:
+        inputs = VideoInputs(
+            image="image", frames="num_frames", fps="frames_per_second", seed="seed"
+        )
+    return ReplicateVideoModel(capabilities, inputs)
+
+
+# Wan 2.2 (wan-video): 81 to 100 frames; Wan 2.1 (wavespeedai): 5 to 100 frames.
+WAN_22_T2V = _wan(81, text=True)
+WAN_22_I2V = _wan(81, text=False)
+WAN_21_T2V = _wan(5, text=True)
+WAN_21_I2V = _wan(5, text=False)
+
 # A model without a row: the clip's length, rate and size are the model's own; the
 # request may still say text or image, and a seed.
 GENERIC = ReplicateVideoModel(
