@@ -9,6 +9,11 @@ Messages are made top-level: inside the tool's step the UI would fold them away.
 
 The chart is re-sent every `CHART_EVERY_S` with the same element id replaced (old one
 deleted from the store, new one stored), so a reload finds exactly one, current chart.
+
+A page reloaded (or opened in another tab) while the training runs is a new session:
+the message's text updates (step, loss, time left, the end) are sent to the user's
+other sessions on the same thread too, so progress stays live there; the chart and
+samples there are those saved when the page loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.context import context_var, local_steps
 from chainlit.data import get_data_layer
+from chainlit.session import ws_sessions_id
 
 from chat_app import progress_display
 from memory.logging_setup import get_logger
@@ -57,6 +63,8 @@ class ChatTrainingDisplay:
         self.head = head
         self.message = cl.Message(content=head, author="Atelier")
         self.message.parent_id = None
+        self.thread_id = record.thread_id
+        self.origin = cl.context.session
         self.chart: cl.Plotly | None = None
         self.last_text = 0.0
         self.last_chart = 0.0
@@ -83,6 +91,7 @@ class ChatTrainingDisplay:
         eta = f" · about {duration(eta_s)} left" if eta_s else ""
         self.message.content = f"{self.head}\n\n{bar}{eta}"
         await self.message.update()
+        await self._mirror()
         if record.losses and now - self.last_chart >= CHART_EVERY_S:
             self.last_chart = now
             await self._chart(record)
@@ -100,8 +109,22 @@ class ChatTrainingDisplay:
     async def finished(self, record: LoraRecord, text: str) -> None:
         self.message.content = f"{self.head}\n\n{text}"
         await self.message.update()
+        await self._mirror()
         if record.losses:
             await self._chart(record)
+
+    async def _mirror(self) -> None:
+        """The message's new text to the same user's other pages showing this thread."""
+        user = getattr(self.origin.user, "identifier", None)
+        for session in list(ws_sessions_id.values()):
+            if session is self.origin or session.thread_id != self.thread_id:
+                continue
+            if getattr(session.user, "identifier", None) != user:
+                continue
+            try:
+                await session.emit("update_message", self.message.to_dict())
+            except Exception as exc:  # a page closing mid-send must not stop the training
+                log.info("training_mirror_failed", error=type(exc).__name__)
 
     async def _chart(self, record: LoraRecord) -> None:
         old = self.chart

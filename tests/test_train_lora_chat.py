@@ -44,6 +44,9 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
     [question] = [ask for ask in chat.asks]
     assert "Train the LoRA 'mystyle'" in json.dumps(question) and "Estimate" in json.dumps(question)
     assert any("Training 'mystyle' started: 6 steps" in text for text in reply), reply
+    # The same thread reloaded in another page while it trains: progress stays live there.
+    viewer = ChatSession(app.base_url, cookie)
+    await viewer.connect(resume_thread=chat.thread_id)
     status = ""
     for _ in range(240):
         status = "\n".join(outputs(await chat.send("/train status")))
@@ -53,6 +56,13 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
     assert "| mystyle | TOK | local | succeeded | 6/6 |" in status, status
     [lora] = _rows(app, "SELECT * FROM loras")
     assert json.loads(lora["files"])["diffusers"] == "mystyle.safetensors"
+    live = [
+        data["output"]
+        for event, data in viewer.events
+        if event == "update_message" and data["id"] == lora["message_id"]
+    ]
+    assert live and "LoRA 'mystyle' is trained" in live[-1], live
+    await viewer.close()
     # Usable at once, by name and by trigger word.
     await chat.send("/image TOK on a beach --lora mystyle --size 64x64 --steps 2")
     await chat.send("/image TOK on a beach --size 64x64 --steps 2")
