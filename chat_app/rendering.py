@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import chainlit as cl
 from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
-from chat_app.runtime import Runtime
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
+
+if TYPE_CHECKING:  # runtime builds the training display, which uses rendering
+    from chat_app.runtime import Runtime
 
 
 def _host(url: str | None, default: str) -> str:
@@ -65,6 +68,15 @@ async def welcome(runtime: Runtime) -> None:
     user = cl.user_session.get("user")
     is_admin = bool(user and (user.metadata or {}).get("role") == "admin")
     await cl.Message(content=welcome_text(runtime, is_admin), author="Atelier").send()
+
+
+def beside_current_step(message: cl.Message) -> cl.Message:
+    """Give the message the parent of the running step (a tool's), so it is shown beside
+    that step rather than folded inside it, and in the same turn: an agent's turn hangs
+    its messages under Chainlit's run step, a command's have no parent."""
+    steps = local_steps.get() or []
+    message.parent_id = steps[-1].parent_id if steps else None
+    return message
 
 
 async def error(text: str) -> None:
@@ -169,12 +181,13 @@ def video_caption(artifact: ToolArtifact) -> str:
 
 
 async def images_now(artifact: ToolArtifact) -> None:
-    """Show images mid-tool-call (a keyframe before its clip) as a top-level message.
+    """Show images mid-tool-call (a keyframe before its clip) beside the tool's step.
 
     A message made inside the tool's step would be nested in it, and the UI folds steps
-    away; what the user should watch being animated must be seen.
+    away; what the user should watch being animated must be seen. As if the tool's step
+    were not running: the messages take its parent, so they stay in this turn.
     """
-    token = local_steps.set(None)
+    token = local_steps.set((local_steps.get() or [])[:-1])
     try:
         await images(artifact)
     finally:

@@ -1,13 +1,16 @@
 """The chat's side of spending: show an estimate, ask Confirm / Cancel.
 
-Both are sent as top-level messages, not inside the tool's step, which the UI folds
-away: a price and a question about money must be seen.
+Both are sent beside the tool's step, not inside it (the UI folds a step away: a price
+and a question about money must be seen), and in the same turn as the step, so they
+keep their place in the conversation, live and after a resume. A turn of the agent
+hangs its messages under Chainlit's run step; a command's have no parent.
 """
 
 from __future__ import annotations
 
 import chainlit as cl
 
+from chat_app.rendering import beside_current_step
 from memory.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -16,13 +19,8 @@ CONFIRM, CANCEL = "confirm_spend", "cancel_spend"
 ANSWER_TIMEOUT_S = 300
 
 
-def _top_level(message: cl.Message) -> cl.Message:
-    message.parent_id = None
-    return message
-
-
 async def announce(text: str) -> None:
-    await _top_level(cl.Message(content=text, author="Atelier")).send()
+    await beside_current_step(cl.Message(content=text, author="Atelier")).send()
 
 
 async def confirm(question: str) -> bool:
@@ -36,7 +34,7 @@ async def confirm(question: str) -> bool:
         author="Atelier",
         timeout=ANSWER_TIMEOUT_S,
     )
-    ask.parent_id = None
+    beside_current_step(ask)
     answer = await ask.send()
     confirmed = bool(answer) and answer.get("name") == CONFIRM
     log.info("spend_confirmation", confirmed=confirmed, answered=answer is not None)

@@ -28,7 +28,7 @@ from chainlit.context import context_var, local_steps
 from chainlit.data import get_data_layer
 from chainlit.session import ws_sessions_id
 
-from chat_app import progress_display
+from chat_app import progress_display, rendering
 from memory.logging_setup import get_logger
 from memory.loras import LoraRecord
 from pipelines.progress import ProgressUpdate
@@ -62,7 +62,7 @@ class ChatTrainingDisplay:
     def __init__(self, record: LoraRecord, head: str) -> None:
         self.head = head
         self.message = cl.Message(content=head, author="Atelier")
-        self.message.parent_id = None
+        rendering.beside_current_step(self.message)  # in the turn that started it
         self.thread_id = record.thread_id
         self.origin = cl.context.session
         self.chart: cl.Plotly | None = None

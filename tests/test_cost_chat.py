@@ -98,3 +98,26 @@ async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
     assert lines[1].split(",")[1:3] == ["openai", "gpt-image-1.5"]
     assert any(e["type"] == "plotly" for e in resumed.resumed["elements"])
     await resumed.close()
+
+
+async def test_the_estimate_stays_in_its_turn_before_the_result(make_app):
+    """Beside the tool's step, under the agent's turn: before the image, live and resumed."""
+    app = make_app()
+    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
+    await chat.connect()
+    reply = await chat.send("draw a fox")
+    texts = outputs(reply)
+    estimate = next(i for i, t in enumerate(texts) if t.startswith("**Estimated cost"))
+    caption = next(i for i, t in enumerate(texts) if t.startswith("Image for"))
+    done = next(i for i, t in enumerate(texts) if t.startswith("Done."))
+    assert estimate < caption < done, texts
+    assert reply[estimate]["parentId"] == reply[caption]["parentId"] == reply[done]["parentId"]
+    await chat.close()
+    resumed = ChatSession(app.base_url, chat.cookie)
+    await resumed.connect(resume_thread=chat.thread_id)
+    steps = sorted(resumed.resumed["steps"], key=lambda step: step["createdAt"])
+    order = [
+        s["output"][:15] for s in steps if s["output"].startswith(("**Estimated", "Image for"))
+    ]
+    assert order == ["**Estimated cos", "Image for *draw"], order
+    await resumed.close()

@@ -159,7 +159,9 @@ async def test_text_to_video_on_local_svd_shows_the_keyframe_first(
     keyframe = next(i for i, t in enumerate(texts) if "Keyframe for the clip" in t)
     clip = next(i for i, t in enumerate(texts) if "Clip for *a lighthouse at night*" in t)
     assert keyframe < clip, texts
-    assert reply[keyframe].get("parentId") is None  # top level, not folded into the step
+    # Beside the tool's step (its sibling), not folded into it.
+    step = next(m for m in reply if m.get("type") == "tool" and m.get("name") == "generate_video")
+    assert reply[keyframe].get("parentId") == step.get("parentId") != step["id"]
     [image] = _rows(app, "select * from images")
     [video] = _rows(app, "select * from videos")
     assert image["model"] == "black-forest-labs/flux-schnell"
