@@ -503,13 +503,28 @@ def load_dataset(folder: Path) -> PreparedDataset:
 
 
 def dataset_zip(dataset: PreparedDataset) -> bytes:
-    """The prepared images and .txt captions as one zip (what Replicate's trainers take)."""
+    """The prepared images and .txt captions as one zip (what Replicate's trainers take).
+
+    Entries carry a fixed timestamp, so the same dataset always gives the same bytes
+    (writestr would stamp the current time: two zips of one dataset made a second apart
+    differed, and an upload could not be recognised as the same dataset).
+    """
     out = io.BytesIO()
+
+    def entry(name: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+        info.external_attr = 0o600 << 16  # as writestr gives a name: rw for the owner
+        return info
+
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for row, path in zip(dataset.images, dataset.image_paths(), strict=True):
-            archive.writestr(row.file, path.read_bytes())
-            archive.writestr(str(PurePosixPath(row.file).with_suffix(CAPTION_SUFFIX)), row.caption)
+            archive.writestr(entry(row.file), path.read_bytes())
+            caption = str(PurePosixPath(row.file).with_suffix(CAPTION_SUFFIX))
+            archive.writestr(entry(caption), row.caption)
     return out.getvalue()
+
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
 
 def _mb(size: int) -> str:

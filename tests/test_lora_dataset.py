@@ -138,6 +138,10 @@ def test_dataset_zip_is_the_prepared_images_and_captions(tmp_path: Path) -> None
         assert archive.namelist() == ["0001.png", "0001.txt", "0002.png", "0002.txt"]
         assert archive.read("0002.txt").decode() == "TOK, a red square number 1"
         assert archive.read("0001.png") == (dataset.images_dir / "0001.png").read_bytes()
+        # Fixed timestamps: the same dataset gives the same bytes at any time (CI once
+        # compared two zips made across a second boundary).
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert dataset_zip(dataset) == dataset_zip(dataset)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from memory.errors import InvalidInput
+from memory.errors import AtelierError, InvalidInput
 from memory.images import ImageRecord
 from memory.loras import FINAL, LoraRecord
 from pipelines.lora_dataset import (
@@ -342,7 +342,7 @@ async def training_status(ctx: ToolContext) -> str:
 def _local_backend(ctx: ToolContext) -> Any:
     try:
         backend = ctx.backends.get("local")
-    except Exception:
+    except AtelierError:  # not installed, or turned off
         backend = None
     if backend is None or getattr(backend, "lora_dir", None) is None:
         raise InvalidInput(
