@@ -14,9 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memory import media_claims
+from memory import media_claims, thread_media
 from memory.db import session_factory
-from memory.errors import NotFound
 from memory.ids import require_uuid
 from memory.media_store import MediaStore
 from memory.models import Image, MediaRef, Thread, new_id, utcnow
@@ -139,35 +138,13 @@ class ImageStore:
             duration_ms=new.duration_ms,
             created_at=created,
         )
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                self._insert(Thread)
-                .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
-            if owner not in (None, user_id):
-                raise NotFound("No such conversation.")
-            session.add(row)
-            await media_claims.claim(
-                session,
-                self._insert,
-                media_key=key,
-                thread_id=thread_id,
-                user_id=user_id,
-                mime=new.mime,
-                size_bytes=len(data),
-            )
+        await thread_media.add_to_thread(
+            self._sessions, self._insert, row, [(key, new.mime, len(data))]
+        )
         return ImageRecord.from_row(row), data
 
     async def get(self, image_id: str, user_id: str) -> ImageRecord:
-        image_id = require_uuid(image_id, "image id")
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(Image).where(Image.id == image_id, Image.user_id == user_id)
-            )
-        if row is None:
-            raise NotFound(f"No image with id {image_id} in your conversations.")
+        row = await thread_media.get_owned(self._sessions, Image, image_id, user_id, "image")
         return ImageRecord.from_row(row)
 
     def read(self, record: ImageRecord) -> bytes:
@@ -176,17 +153,8 @@ class ImageStore:
 
     async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[ImageRecord]:
         """The thread's images, oldest first (the newest `limit` of them)."""
-        thread_id = require_uuid(thread_id, "thread id")
-        async with self._sessions() as session:
-            rows = (
-                await session.scalars(
-                    select(Image)
-                    .where(Image.thread_id == thread_id, Image.user_id == user_id)
-                    .order_by(Image.created_at.desc())
-                    .limit(limit)
-                )
-            ).all()
-        return [ImageRecord.from_row(r) for r in reversed(rows)]
+        rows = await thread_media.newest_in_thread(self._sessions, Image, thread_id, user_id, limit)
+        return [ImageRecord.from_row(r) for r in rows]
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""

@@ -14,15 +14,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memory import media_claims
+from memory import media_claims, thread_media
 from memory.db import session_factory
-from memory.errors import NotFound
 from memory.ids import require_uuid
 from memory.media_store import MediaStore
-from memory.models import Thread, Video, new_id, utcnow
+from memory.models import Video, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -137,54 +135,22 @@ class VideoStore:
             duration_ms=new.duration_ms,
             created_at=created,
         )
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                self._insert(Thread)
-                .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
-            if owner not in (None, user_id):
-                raise NotFound("No such conversation.")
-            session.add(row)
-            for media_key, mime, data in (
-                (key, new.mime, new.data),
-                (poster_key, "image/png", new.poster),
-            ):
-                await media_claims.claim(
-                    session,
-                    self._insert,
-                    media_key=media_key,
-                    thread_id=thread_id,
-                    user_id=user_id,
-                    mime=mime,
-                    size_bytes=len(data),
-                )
+        await thread_media.add_to_thread(
+            self._sessions,
+            self._insert,
+            row,
+            [(key, new.mime, len(new.data)), (poster_key, "image/png", len(new.poster))],
+        )
         return VideoRecord.from_row(row)
 
     async def get(self, video_id: str, user_id: str) -> VideoRecord:
-        video_id = require_uuid(video_id, "video id")
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(Video).where(Video.id == video_id, Video.user_id == user_id)
-            )
-        if row is None:
-            raise NotFound(f"No video with id {video_id} in your conversations.")
+        row = await thread_media.get_owned(self._sessions, Video, video_id, user_id, "video")
         return VideoRecord.from_row(row)
 
     async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[VideoRecord]:
         """The thread's clips, oldest first (the newest `limit` of them)."""
-        thread_id = require_uuid(thread_id, "thread id")
-        async with self._sessions() as session:
-            rows = (
-                await session.scalars(
-                    select(Video)
-                    .where(Video.thread_id == thread_id, Video.user_id == user_id)
-                    .order_by(Video.created_at.desc())
-                    .limit(limit)
-                )
-            ).all()
-        return [VideoRecord.from_row(r) for r in reversed(rows)]
+        rows = await thread_media.newest_in_thread(self._sessions, Video, thread_id, user_id, limit)
+        return [VideoRecord.from_row(r) for r in rows]
 
     def read(self, record: VideoRecord) -> bytes:
         """The stored MP4 of a clip the caller already fetched (and so may see)."""
