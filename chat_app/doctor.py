@@ -64,6 +64,20 @@ async def _http(name: str, configured: bool, base: str, key: str | None, hint: s
         return Check(name, False, f"{base} unreachable: {type(exc).__name__}")
 
 
+def _models(settings: Settings) -> list[Check]:
+    """Each configured hosted model's place in the catalogue: live / retiring / retired."""
+    from chat_app.model_status import line, load_catalogue, statuses
+
+    try:
+        catalogue = load_catalogue(settings)
+    except ConfigError as exc:
+        return [Check("models", False, exc.message)]
+    return [
+        Check("model", status.usable, line(configured, status))
+        for configured, status in statuses(catalogue, settings)
+    ]
+
+
 def _gpu() -> Check:
     if importlib.util.find_spec("torch") is None:
         return Check("gpu", True, "local extra not installed (pip install 'atelier[local]')")
@@ -111,6 +125,7 @@ async def run_checks(settings: Settings) -> list[Check]:
             "token set" if settings.replicate_api_token else "not configured (REPLICATE_API_TOKEN)",
         )
     )
+    checks.extend(_models(settings))
     checks.append(_gpu())
     secret_source = (
         "CHAINLIT_AUTH_SECRET"

@@ -9,6 +9,7 @@ import chainlit as cl
 from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
+from chat_app import model_status
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
 
@@ -50,11 +51,26 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
         f"- Video backends: {_video_backends(runtime)}\n"
         f"- Storage: {database}"
         + (f", files in `{settings.data_dir}`" if is_admin else "")
+        + _model_lifecycle(runtime, is_admin)
         + "\n\n"
         "To add or change a model, set `ATELIER_LLM_MODEL`, `ATELIER_LLM_BASE_URL` "
         "(e.g. Ollama or vLLM), `OPENAI_API_KEY` or `REPLICATE_API_TOKEN` and restart; "
         "`atelier doctor` shows what is configured and reachable."
     )
+
+
+def _model_lifecycle(runtime: Runtime, is_admin: bool) -> str:
+    """Administrators see every configured model's status; everyone sees one that is
+    retiring or retired, since their requests depend on it."""
+    catalogue = runtime.backends.catalogue
+    if catalogue is None:
+        return ""
+    rows = model_status.statuses(catalogue, runtime.settings)
+    shown = [(m, s) for m, s in rows if is_admin or s.state in ("retiring", "retired")]
+    if not shown:
+        return ""
+    head = "\n- Models (catalogue, as of " + str(rows[0][1].today) + "):"
+    return head + "".join(f"\n  - {model_status.line(m, s)}" for m, s in shown)
 
 
 def _video_backends(runtime: Runtime) -> str:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import training_display
+from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
@@ -100,7 +101,7 @@ class Runtime:
 def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     engine = create_engine(settings.resolved_database_url)
     media = MediaStore(settings.data_dir.resolve() / "media")
-    backends = BackendRegistry.from_settings(settings)
+    backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
     return Runtime(
         settings=settings,
         engine=engine,

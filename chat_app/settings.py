@@ -6,6 +6,7 @@ naming the variable, instead of failing later inside a request.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -37,14 +38,15 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), validation_alias=_env("ATELIER_DATA_DIR"))
     database_url: str | None = Field(None, validation_alias=_env("ATELIER_DATABASE_URL"))
 
-    llm_model: str = Field("gpt-5-mini", validation_alias=_env("ATELIER_LLM_MODEL"))
+    # Defaults are live models in pipelines/models.toml (gpt-5-mini shuts down 2026-12-11).
+    llm_model: str = Field("gpt-6.1-terra", validation_alias=_env("ATELIER_LLM_MODEL"))
     llm_base_url: str | None = Field(None, validation_alias=_env("ATELIER_LLM_BASE_URL"))
     llm_api_key: SecretStr | None = Field(None, validation_alias=_env("ATELIER_LLM_API_KEY"))
     llm_stream: bool = Field(True, validation_alias=_env("ATELIER_LLM_STREAM"))
 
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
-    image_model: str = Field("gpt-image-1.5", validation_alias=_env("ATELIER_IMAGE_MODEL"))
+    image_model: str = Field("gpt-image-2", validation_alias=_env("ATELIER_IMAGE_MODEL"))
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         120.0, validation_alias=_env("ATELIER_REQUEST_TIMEOUT")
     )
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     )
     clip_enabled: bool = Field(True, validation_alias=_env("ATELIER_CLIP_ENABLED"))
     prices_file: Path | None = Field(None, validation_alias=_env("ATELIER_PRICES_FILE"))
+    # The model catalogue (pipelines/models.toml) extended by the operator's own file, and
+    # the day its shutdown dates are compared with (unset: today, UTC) to preview one.
+    models_file: Path | None = Field(None, validation_alias=_env("ATELIER_MODELS_FILE"))
+    models_date: date | None = Field(None, validation_alias=_env("ATELIER_MODELS_DATE"))
     local_usd_per_gpu_second: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, validation_alias=_env("ATELIER_LOCAL_USD_PER_GPU_SECOND")
     )

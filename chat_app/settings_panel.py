@@ -34,8 +34,10 @@ def widgets(
 ) -> list[Any]:
     backends = [b.id for b in runtime.backends.available()] or [runtime.backends.default_id()]
     chosen = (defaults.backend or runtime.backends.default_id()).partition(":")[0]
+    # Only models that still work today are offered (the model catalogue decides).
     suggestions = "; ".join(
-        f"{b.id}: {', '.join(b.suggested_models()[:6])}" for b in runtime.backends.available()
+        f"{b.id}: {', '.join(runtime.backends.live_models(b)[:6])}"
+        for b in runtime.backends.available()
     )
     return [
         Select(
@@ -109,6 +111,7 @@ def parse(runtime: Runtime, values: dict[str, Any]) -> GenerationDefaults:
         backend = runtime.backends.get(backend_id)
         spec = f"{backend_id}:{model}" if model else backend_id
         resolved, resolved_model = runtime.backends.resolve(spec)
+        runtime.backends.check_model(resolved.id, resolved_model, "image model")
         resolved.capabilities(resolved_model)
     defaults = GenerationDefaults(
         backend=backend_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, rendering, settings_panel, spending_prompts
+from chat_app import agent, commands, model_status, rendering, settings_panel, spending_prompts
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
@@ -91,6 +91,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         elif text.startswith("/"):
             await commands.run(runtime, ctx, *commands.split_slash(text))
         elif runtime.settings.llm_configured:
+            model_status.require_chat_model(runtime.backends.catalogue, runtime.settings)
             await _agent_turn(runtime, ctx, message, text)
         elif uploads:
             await commands.run(runtime, ctx, "edit", f"{text} --image {uploads[0].id}")

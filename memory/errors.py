@@ -64,3 +64,17 @@ class BackendNotConfigured(BackendError):
 
 class BackendFailed(BackendError):
     """The provider answered with an error we cannot attribute to the request."""
+
+
+class ModelUnavailable(InvalidInput):
+    """The provider says the model does not exist (any more): the model catalogue can say
+    what replaced it, so the error carries which model it was."""
+
+    def __init__(self, message: str, backend: str, model: str) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.model = model
+
+
+class ModelRetired(InvalidInput):
+    """The model is past its shutdown day (model catalogue): nothing may be sent to it."""

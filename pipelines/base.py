@@ -30,12 +30,19 @@ class SizeRange:
     max_side: int = 2048
     multiple: int = 8
     max_pixels: int = 2048 * 2048
+    min_pixels: int = 0
+    max_aspect: float | None = None  # long side / short side, e.g. 3.0 for 3:1
 
     def describe(self) -> str:
-        return (
+        text = (
             f"any WIDTHxHEIGHT with sides from {self.min_side} to {self.max_side} in "
             f"multiples of {self.multiple}"
         )
+        if self.min_pixels:
+            text += f", {self.min_pixels:,} to {self.max_pixels:,} pixels in all"
+        if self.max_aspect:
+            text += f", at most {self.max_aspect:g}:1"
+        return text
 
     def allows(self, width: int, height: int) -> bool:
         return (
@@ -43,7 +50,11 @@ class SizeRange:
             and self.min_side <= height <= self.max_side
             and width % self.multiple == 0
             and height % self.multiple == 0
-            and width * height <= self.max_pixels
+            and self.min_pixels <= width * height <= self.max_pixels
+            and (
+                self.max_aspect is None
+                or max(width, height) <= self.max_aspect * min(width, height)
+            )
         )
 
 

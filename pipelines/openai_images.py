@@ -22,6 +22,7 @@ from memory.errors import (
     BackendUnavailable,
     ContentRefused,
     InvalidInput,
+    ModelUnavailable,
     QuotaExhausted,
     RateLimited,
 )
@@ -44,23 +45,74 @@ _COMMON = dict(
     edit="instruction",
     max_input_images=16,
     mask=True,
-    backgrounds=("auto", "transparent", "opaque"),
     output_formats=("png", "jpeg", "webp"),
     max_prompt_chars=32000,
 )
-GPT_IMAGE = Capabilities(sizes=_FIXED_SIZES, **_COMMON)
-# gpt-image-2 takes any size whose sides are multiples of 16, up to 3840x2160.
+# gpt-image-1.5 and -1-mini (both shut down on 2026-12-01; see models.toml).
+GPT_IMAGE_1 = Capabilities(
+    sizes=_FIXED_SIZES, backgrounds=("auto", "transparent", "opaque"), **_COMMON
+)
+# gpt-image-2's request shape (read 2026-11-30; OpenAI's image generation guide as quoted
+# by the API reference and Replicate's openai/gpt-image-2 schema): any WxH with both edges
+# multiples of 16, the longest at most 3840, at most 3:1, and 655,360 to 8,294,400 pixels
+# (above 2560x1440 is "experimental"); quality low/medium/high/auto; n 1-10; up to 16
+# input images with an optional mask on edits. It does NOT take transparent backgrounds
+# (openai's generated SDK docs: "gpt-image-2 and gpt-image-2-2026-04-21 do not support
+# transparent backgrounds"; OpenAI answers 400), so Atelier refuses that before sending.
+_GPT_IMAGE_2_SIZES = SizeRange(
+    min_side=480,
+    max_side=3840,
+    multiple=16,
+    min_pixels=655_360,
+    max_pixels=8_294_400,
+    max_aspect=3.0,
+)
+_GPT_IMAGE_2_PRESETS = (
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "2048x2048",
+    "2048x1152",
+    "3840x2160",
+    "2160x3840",
+    "auto",
+)
 GPT_IMAGE_2 = Capabilities(
-    sizes=_FIXED_SIZES,
-    size_range=SizeRange(min_side=256, max_side=3840, multiple=16, max_pixels=3840 * 2160),
+    sizes=_GPT_IMAGE_2_PRESETS,
+    size_range=_GPT_IMAGE_2_SIZES,
+    backgrounds=("auto", "opaque"),
+    **_COMMON,
+)
+# The later gpt-image-2.x snapshots (2.5, 2.6 flare/sunburst) take the same sizes; the
+# transparency restriction is documented for gpt-image-2 only, so they may ask for it
+# (OpenAI's own refusal, if any, is shown as it comes).
+GPT_IMAGE_2X = Capabilities(
+    sizes=_GPT_IMAGE_2_PRESETS,
+    size_range=_GPT_IMAGE_2_SIZES,
+    backgrounds=("auto", "transparent", "opaque"),
     **_COMMON,
 )
 MODEL_CAPABILITIES: dict[str, Capabilities] = {
-    "gpt-image-1.5": GPT_IMAGE,
-    "gpt-image-1-mini": GPT_IMAGE,
+    "gpt-image-1.5": GPT_IMAGE_1,
+    "gpt-image-1-mini": GPT_IMAGE_1,
+    "chatgpt-image-latest": GPT_IMAGE_1,
     "gpt-image-2": GPT_IMAGE_2,
-    "gpt-image-2.5": GPT_IMAGE_2,
+    "gpt-image-2-2026-04-21": GPT_IMAGE_2,
 }
+
+
+def capabilities_for(model: str) -> Capabilities:
+    """Exact names first; any other gpt-image-2 name is a later 2.x snapshot."""
+    if model in MODEL_CAPABILITIES:
+        return MODEL_CAPABILITIES[model]
+    if model.startswith("gpt-image-2"):
+        return GPT_IMAGE_2X
+    # Unknown names (a newer model) get the gpt-image-2 set; OpenAI itself refuses a bad id.
+    return GPT_IMAGE_2X
+
+
+# What OpenAI answers for a model that is gone or was never there.
+_GONE_CODES = ("model_not_found", "model_deprecated", "model_retired")
 
 
 def _error_code(exc: openai.APIStatusError) -> str | None:
@@ -70,7 +122,9 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
     return str(code) if code else None
 
 
-def translate_error(exc: openai.OpenAIError) -> BackendError | InvalidInput:
+def translate_error(
+    exc: openai.OpenAIError, model: str | None = None
+) -> BackendError | InvalidInput:
     """Map the client's exceptions to errors with a user-facing message."""
     if isinstance(exc, openai.APITimeoutError):
         return BackendUnavailable("OpenAI did not answer in time. Try again in a moment.")
@@ -103,8 +157,12 @@ def translate_error(exc: openai.OpenAIError) -> BackendError | InvalidInput:
         return BackendNotConfigured(
             "OpenAI rejected the API key (check OPENAI_API_KEY; it may be wrong or revoked)."
         )
-    if isinstance(exc, openai.NotFoundError):
-        return InvalidInput(f"OpenAI does not know this image model: {detail}")
+    if isinstance(exc, openai.NotFoundError) or code in _GONE_CODES:
+        return ModelUnavailable(
+            f"OpenAI does not offer the image model {model or '(unnamed)'} (any more): {detail}",
+            backend="openai",
+            model=model or "",
+        )
     if isinstance(exc, openai.BadRequestError):
         return InvalidInput(f"OpenAI refused the request: {detail}")
     if exc.status_code >= 500:
@@ -145,11 +203,11 @@ class OpenAIImages:
         )
 
     def capabilities(self, model: str | None = None) -> Capabilities:
-        # Unknown names (a newer model) get the common set; OpenAI itself refuses a bad id.
-        return MODEL_CAPABILITIES.get(model or self.default_model, GPT_IMAGE)
+        return capabilities_for(model or self.default_model)
 
     def suggested_models(self) -> list[str]:
-        return list(dict.fromkeys([self.default_model, *MODEL_CAPABILITIES]))
+        # Which other models are current is the model catalogue's to say (models.toml).
+        return [self.default_model]
 
     async def generate(
         self, request: ImageRequest, progress: Progress | None = None
@@ -181,7 +239,7 @@ class OpenAIImages:
                     model=request.model, prompt=request.prompt, **params
                 )
         except openai.OpenAIError as exc:
-            raise translate_error(exc) from exc
+            raise translate_error(exc, request.model) from exc
         images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
         if not images:
             raise BackendFailed("OpenAI answered without any image. Try again.")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from memory.errors import ConfigError, InvalidInput
+from pipelines import toml_rows
 
 BUILTIN_FILE = Path(__file__).with_name("prices.toml")
 
@@ -79,7 +79,7 @@ class PriceRow:
 
     @property
     def where(self) -> str:
-        return _where(self.file, self.line)
+        return toml_rows.where(self.file, self.line)
 
 
 @dataclass(frozen=True)
@@ -435,32 +435,14 @@ class PriceTable:
 # ---------------------------------------------------------------------------- parsing
 def _parse(path: Path) -> tuple[list[PriceRow], list[HardwareRate]]:
     """One price file, checked: every problem names the file, the row's line and why."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the price file {path}: {exc.strerror}.") from None
-    try:
-        raw = tomllib.loads(text, parse_float=Decimal)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"The price file {path} is not valid TOML: {exc}.") from None
-    for key, value in raw.items():
-        if key not in _TABLES:
-            raise ConfigError(
-                f"Price file {_where(path, _key_line(text, key))}: unknown entry {key!r}; "
-                "a price file holds [[price]] and [[hardware]] rows."
-            )
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(
-                f"Price file {_where(path, _key_line(text, key))}: {key} must be a list of "
-                f"[[{key}]] tables."
-            )
+    raw, lines = toml_rows.read_tables(path, "price file", _TABLES)
     rows = [
         _price_row(entry, path, line)
-        for entry, line in zip(raw.get("price", []), _lines(text, "price", raw), strict=True)
+        for entry, line in zip(raw["price"], lines["price"], strict=True)
     ]
     hardware = [
         _hardware_row(entry, path, line)
-        for entry, line in zip(raw.get("hardware", []), _lines(text, "hardware", raw), strict=True)
+        for entry, line in zip(raw["hardware"], lines["hardware"], strict=True)
     ]
     _check_duplicates(rows, hardware)
     return rows, hardware
@@ -468,13 +450,15 @@ def _parse(path: Path) -> tuple[list[PriceRow], list[HardwareRate]]:
 
 def _price_row(entry: dict[str, Any], path: Path, line: int | None) -> PriceRow:
     def fail(reason: str) -> ConfigError:
-        return ConfigError(f"Price file {_where(path, line)}: the [[price]] row {reason}.")
+        return ConfigError(f"Price file {toml_rows.where(path, line)}: the [[price]] row {reason}.")
 
-    _check_fields(entry, _PRICE_FIELDS, fail)
-    backend, model, unit = (_text(entry, name, fail) for name in ("backend", "model", "unit"))
+    toml_rows.check_fields(entry, _PRICE_FIELDS, fail)
+    backend, model, unit = (
+        toml_rows.text(entry, name, fail) for name in ("backend", "model", "unit")
+    )
     if unit not in UNITS:
         raise fail(f"has unknown unit {unit!r}; use one of {', '.join(UNITS)}")
-    hardware = _optional_text(entry, "hardware", fail)
+    hardware = toml_rows.optional_text(entry, "hardware", fail)
     amount = _number(entry, "amount_usd", fail)
     if amount is None and not (unit == "second" and hardware):
         raise fail('has no amount_usd (only a "second" row naming its hardware may omit it)')
@@ -483,7 +467,7 @@ def _price_row(entry: dict[str, Any], path: Path, line: int | None) -> PriceRow:
     per = _number(entry, "per", fail)
     if per is not None and per == 0:
         raise fail("has per = 0; per is how many units amount_usd buys (> 0)")
-    token_kind = _optional_text(entry, "token_kind", fail)
+    token_kind = toml_rows.optional_text(entry, "token_kind", fail)
     if (unit == "token") != (token_kind is not None):
         raise fail('must give token_kind exactly when unit is "token"')
     if token_kind is not None and token_kind not in TOKEN_KINDS:
@@ -491,10 +475,10 @@ def _price_row(entry: dict[str, Any], path: Path, line: int | None) -> PriceRow:
     typical = _number(entry, "typical_seconds", fail)
     if unit != "second" and (hardware or typical is not None):
         raise fail('gives hardware or typical_seconds, which only "second" rows take')
-    size_class = _optional_text(entry, "size_class", fail)
+    size_class = toml_rows.optional_text(entry, "size_class", fail)
     if size_class is not None and _area(size_class) is None:
         raise fail(f"has size_class {size_class!r}; write it as WIDTHxHEIGHT, e.g. 1024x1024")
-    quality = _optional_text(entry, "quality", fail)
+    quality = toml_rows.optional_text(entry, "quality", fail)
     return PriceRow(
         backend=backend.lower(),
         model=model,
@@ -506,7 +490,7 @@ def _price_row(entry: dict[str, Any], path: Path, line: int | None) -> PriceRow:
         token_kind=token_kind,
         hardware=hardware,
         typical_seconds=typical,
-        source=_text(entry, "source", fail),
+        source=toml_rows.text(entry, "source", fail),
         date=_date(entry, fail),
         confidence=_confidence(entry, fail),
         file=path,
@@ -516,10 +500,12 @@ def _price_row(entry: dict[str, Any], path: Path, line: int | None) -> PriceRow:
 
 def _hardware_row(entry: dict[str, Any], path: Path, line: int | None) -> HardwareRate:
     def fail(reason: str) -> ConfigError:
-        return ConfigError(f"Price file {_where(path, line)}: the [[hardware]] row {reason}.")
+        return ConfigError(
+            f"Price file {toml_rows.where(path, line)}: the [[hardware]] row {reason}."
+        )
 
-    _check_fields(entry, _HARDWARE_FIELDS, fail)
-    backend, name = _text(entry, "backend", fail), _text(entry, "name", fail)
+    toml_rows.check_fields(entry, _HARDWARE_FIELDS, fail)
+    backend, name = toml_rows.text(entry, "backend", fail), toml_rows.text(entry, "name", fail)
     amount = _number(entry, "amount_usd", fail)
     if amount is None:
         raise fail("has no amount_usd (its price per second)")
@@ -527,7 +513,7 @@ def _hardware_row(entry: dict[str, Any], path: Path, line: int | None) -> Hardwa
         backend=backend.lower(),
         name=name,
         amount_usd=amount,
-        source=_text(entry, "source", fail),
+        source=toml_rows.text(entry, "source", fail),
         date=_date(entry, fail),
         confidence=_confidence(entry, fail),
         file=path,
@@ -559,32 +545,10 @@ def _check_duplicates(rows: list[PriceRow], hardware: list[HardwareRate]) -> Non
         key = (rate.backend, rate.name.casefold())
         if key in machines:
             raise ConfigError(
-                f"Price file {_where(rate.file, rate.line)}: the [[hardware]] row duplicates "
-                f"{rate.name!r} at line {machines[key].line}."
+                f"Price file {toml_rows.where(rate.file, rate.line)}: the [[hardware]] row "
+                f"duplicates {rate.name!r} at line {machines[key].line}."
             )
         machines[key] = rate
-
-
-def _check_fields(entry: Mapping[str, Any], known: set[str], fail: Any) -> None:
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise fail(f"has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-
-
-def _text(entry: Mapping[str, Any], name: str, fail: Any) -> str:
-    value = _optional_text(entry, name, fail)
-    if value is None:
-        raise fail(f"is missing {name}")
-    return value
-
-
-def _optional_text(entry: Mapping[str, Any], name: str, fail: Any) -> str | None:
-    value = entry.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise fail(f"has {name} = {value!r}; it must be a non-empty string")
-    return value.strip()
 
 
 def _number(entry: Mapping[str, Any], name: str, fail: Any) -> Decimal | None:
@@ -624,29 +588,6 @@ def _confidence(entry: Mapping[str, Any], fail: Any) -> str:
     if value not in CONFIDENCES:
         raise fail(f"has confidence {value!r}; use one of {', '.join(CONFIDENCES)}")
     return str(value)
-
-
-def _lines(text: str, table: str, raw: Mapping[str, Any]) -> list[int | None]:
-    """The line of each `[[table]]` header, in order; tomllib reports no positions.
-
-    When the headers cannot be matched one to one with the rows (rows written as an
-    inline array, or a header inside a multi-line string), rows are named without a line.
-    """
-    count = len(raw.get(table, []))
-    header = re.compile(rf"^\s*\[\[\s*{table}\s*\]\]\s*(#.*)?$")
-    found = [i for i, line in enumerate(text.splitlines(), start=1) if header.match(line)]
-    return list(found) if len(found) == count else [None] * count
-
-
-def _key_line(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(\[\[?\s*{re.escape(key)}\s*\]|{re.escape(key)}\s*=)")
-    return next(
-        (i for i, line in enumerate(text.splitlines(), start=1) if pattern.match(line)), None
-    )
-
-
-def _where(path: Path | None, line: int | None) -> str:
-    return f"{path}, line {line}" if line is not None else f"{path}"
 
 
 def _same_model(a: PriceRow, b: PriceRow) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from memory.errors import BackendNotConfigured, InvalidInput
 from pipelines.base import ImageBackend
+from pipelines.model_catalogue import ModelCatalogue, ModelStatus
 
 BACKEND_MODULES: dict[str, str] = {
     "openai": "pipelines.openai_images",
@@ -32,17 +33,45 @@ HOW_TO_ENABLE: dict[str, str] = {
 
 
 class BackendRegistry:
-    def __init__(self, backends: dict[str, ImageBackend]) -> None:
+    """The configured backends, and the model catalogue that says which models still work.
+
+    Without a catalogue (some tests) no model is refused for its age.
+    """
+
+    def __init__(
+        self, backends: dict[str, ImageBackend], catalogue: ModelCatalogue | None = None
+    ) -> None:
         self._backends = backends
+        self.catalogue = catalogue
 
     @classmethod
-    def from_settings(cls, settings: Any) -> BackendRegistry:
+    def from_settings(
+        cls, settings: Any, catalogue: ModelCatalogue | None = None
+    ) -> BackendRegistry:
         backends: dict[str, ImageBackend] = {}
         for backend_id, module_name in BACKEND_MODULES.items():
             backend = importlib.import_module(module_name).create_backend(settings)
             if backend is not None:
                 backends[backend_id] = backend
-        return cls(backends)
+        return cls(backends, catalogue)
+
+    def check_model(self, backend_id: str, model: str, kind: str = "model") -> ModelStatus | None:
+        """The model's lifecycle; raises ModelRetired past its shutdown, before anything runs.
+
+        `kind` names it in the refusal ("image model", "video model").
+        """
+        if self.catalogue is None:
+            return None
+        return self.catalogue.require_usable(backend_id, model, kind)
+
+    def live_models(self, backend: ImageBackend, kind: str = "image") -> list[str]:
+        """What to suggest for a backend: its own suggestions and the catalogue's live
+        models, without any model past its shutdown."""
+        names = list(dict.fromkeys(backend.suggested_models()))
+        if self.catalogue is None:
+            return names
+        names += [m for m in self.catalogue.live(backend.id, kind) if m not in names]
+        return [m for m in names if self.catalogue.status(backend.id, m).usable]
 
     def get(self, backend_id: str) -> ImageBackend:
         if backend_id in self._backends:

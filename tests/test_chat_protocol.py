@@ -95,7 +95,8 @@ async def test_bad_inputs_get_clear_messages_and_nothing_is_lost(make_app):
     ok = outputs(await chat.send("/image a lighthouse --size 1024x1536"))
     assert any("1024×1536" in o for o in ok)
     bad_size = outputs(await chat.send("/image a lighthouse --size 999x999"))
-    assert any("Valid sizes: 1024x1024, 1536x1024, 1024x1536, auto" in o for o in bad_size)
+    assert any("Valid sizes: 1024x1024, 1536x1024, 1024x1536, 2048x2048" in o for o in bad_size)
+    assert any("in multiples of 16" in o for o in bad_size)
     await chat.close()
 
     await asyncio.sleep(0.5)

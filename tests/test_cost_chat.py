@@ -75,12 +75,12 @@ async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
 
     # The agent answers "what would it cost" with the table's arithmetic, spending nothing.
     reply = outputs(await chat.send("what would 20 high-quality images cost?"))
-    assert any("Estimated cost of 20 × OpenAI gpt-image-1.5: $2.6600" in t for t in reply), reply
+    assert any("Estimated cost of 20 × OpenAI gpt-image-2: $4.2200" in t for t in reply), reply
 
     # /cost: tables, a chart and a CSV, still there after a resume.
     reply = outputs(await chat.send("/cost"))
     report = next(text for text in reply if "Cost report" in text)
-    assert "This conversation: $" in report and "gpt-image-1.5" in report
+    assert "This conversation: $" in report and "gpt-image-2" in report
     kinds = {element["type"] for element in chat.elements}
     assert {"plotly", "file"} <= kinds, kinds
     reply = outputs(await chat.send("/cost --days nine"))
@@ -95,7 +95,7 @@ async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
     )
     lines = response.text.splitlines()
     assert lines[0] == "day,backend,model,usd,count,unpriced"
-    assert lines[1].split(",")[1:3] == ["openai", "gpt-image-1.5"]
+    assert lines[1].split(",")[1:3] == ["openai", "gpt-image-2"]
     assert any(e["type"] == "plotly" for e in resumed.resumed["elements"])
     await resumed.close()
 

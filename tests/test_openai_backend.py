@@ -13,6 +13,7 @@ from memory.errors import (
     BackendUnavailable,
     ContentRefused,
     InvalidInput,
+    ModelUnavailable,
     QuotaExhausted,
     RateLimited,
 )
@@ -167,9 +168,39 @@ async def test_transparent_background_and_output_formats(fake_openai):
         assert image.mode == "RGBA" and image.getextrema()[3][0] == 0
 
 
-async def test_gpt_image_2_takes_any_multiple_of_16(fake_openai):
+async def test_gpt_image_2_takes_any_multiple_of_16_within_its_bounds(fake_openai):
     result = await backend(fake_openai).generate(
-        ImageRequest("a banner", model="gpt-image-2", size="2048x512")
+        ImageRequest("a banner", model="gpt-image-2", size="2048x688")
     )
-    assert (result.images[0].width, result.images[0].height) == (2048, 512)
+    assert (result.images[0].width, result.images[0].height) == (2048, 688)
     assert result.model == "gpt-image-2"
+    assert fake_openai.requests_to("/images/generations")[0].json["model"] == "gpt-image-2"
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (ImageRequest("x", model="gpt-image-2", size="2048x512"), "at most 3:1"),
+        (ImageRequest("x", model="gpt-image-2", size="512x512"), "655,360 to 8,294,400 pixels"),
+        (ImageRequest("x", model="gpt-image-2", size="4096x2048"), "from 480 to 3840"),
+        (
+            ImageRequest("x", model="gpt-image-2", background="transparent"),
+            "Valid: auto, opaque",
+        ),
+    ],
+)
+async def test_gpt_image_2_refuses_what_it_cannot_make_before_sending(
+    fake_openai, request_, words
+):
+    with pytest.raises(InvalidInput) as caught:
+        await backend(fake_openai).generate(request_)
+    assert words in caught.value.message
+    assert fake_openai.requests_to("/images/generations") == []
+
+
+async def test_a_model_the_provider_no_longer_has_is_reported_as_unavailable(fake_openai):
+    fake_openai.gone_models = {"gpt-image-1.5"}
+    with pytest.raises(ModelUnavailable) as caught:
+        await backend(fake_openai).generate(ImageRequest("x", model="gpt-image-1.5"))
+    assert caught.value.model == "gpt-image-1.5" and "model_not_found" not in caught.value.message
+    assert "does not offer the image model gpt-image-1.5" in caught.value.message

@@ -58,7 +58,7 @@ def test_the_builtin_table_prices_the_models_in_use(table: PriceTable) -> None:
     in_use = {
         ("openai", "gpt-image-1.5"),
         ("openai", "gpt-image-1-mini"),
-        ("openai", "gpt-image-2"),
+        ("openai", "gpt-image-2*"),
         *(
             ("replicate", f"black-forest-labs/{name}")
             for name in (
@@ -154,7 +154,7 @@ def test_unknown_models_and_options_are_flagged_not_free(table: PriceTable) -> N
     for estimate in (
         table.estimate("replicate", "acme/brand-new-model"),
         table.estimate("openai", "gpt-image-9"),
-        table.estimate("openai", "gpt-image-2", quality="high", size="2048x2048"),
+        table.estimate("openai", "gpt-image-2", quality="xhigh", size="2048x2048"),
         table.estimate("openai", "gpt-image-1.5", quality="ultra", size="1024x1024"),
         table.estimate("video", "anything"),
     ):
@@ -205,9 +205,11 @@ def test_usage_for_a_model_without_token_prices_falls_back_to_the_table(
     table: PriceTable,
 ) -> None:
     usage = {"input_tokens": 10, "output_tokens": 272, "total_tokens": 282}
-    cost = table.actual("openai", "gpt-image-2", quality="low", size="1024x1024", usage=usage)
-    assert cost.source == "table" and cost.usd == Decimal("0.006")
-    assert "no token prices for gpt-image-2" in cost.lines[0]
+    cost = table.actual(
+        "openai", "gpt-image-1-mini", quality="low", size="1024x1024", usage=usage
+    )
+    assert cost.source == "table" and cost.usd == Decimal("0.005")
+    assert "no token prices for gpt-image-1-mini" in cost.lines[0]
 
 
 def test_replicate_predict_time_prices_a_time_billed_model(table: PriceTable) -> None:

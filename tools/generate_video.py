@@ -112,12 +112,16 @@ async def generate_video(
 ) -> tuple[str, ToolArtifact]:
     store, registry = _stores(ctx)
     video_backend, model = choose_backend(ctx, registry, backend)
+    notes: list[str] = []
+    status = ctx.backends.check_model(video_backend.id, model, "video model")
+    warning = status.warning() if status is not None else None
+    if warning:
+        notes.append(warning)
     caps = video_backend.capabilities(model)
     label = f"{video_backend.label} {model}"
     prompt = (prompt or "").strip() or None
     animate = bool(image_id) or prompt is None
     keyframe_needed = not animate and not caps.text_to_video
-    notes: list[str] = []
 
     # 1. The source image (the user's own, or one to draw), and the clip's request,
     #    checked before anything runs.

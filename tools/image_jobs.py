@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from memory.errors import InvalidInput
+from memory.errors import InvalidInput, ModelUnavailable
 from memory.images import ImageRecord, NewImage
 from memory.png_metadata import open_image
 from pipelines.base import (
@@ -105,9 +105,14 @@ def plan(
     backend, model = ctx.backends.resolve(spec)
     if not backend_spec and defaults.model and ":" not in (defaults.backend or ""):
         model = defaults.model
+    notes: list[str] = []
+    # A retired model is refused here, before anything is priced, reserved or sent.
+    status = ctx.backends.check_model(backend.id, model, "image model")
+    warning = status.warning() if status is not None else None
+    if warning:
+        notes.append(warning)
     caps = backend.capabilities(model)
     values = {k: v for k, v in asked.items() if v not in (None, (), {})}
-    notes: list[str] = []
     layers: list[tuple[str, dict[str, Any]]] = [("source image's {}", dict(inherited or {}))]
     if use_panel:
         panel = {k: v for k, v in defaults.to_dict().items() if k in _PANEL}
@@ -239,7 +244,12 @@ async def _generate(
     backend, request = planned.backend, planned.request
     progress = ctx.new_progress(f"{backend.label} {request.model}")
     started = time.perf_counter()
-    result = await backend.generate(request, progress)
+    try:
+        result = await backend.generate(request, progress)
+    except ModelUnavailable as exc:
+        catalogue = ctx.backends.catalogue
+        hint = catalogue.replacement_hint(exc.backend, exc.model) if catalogue else ""
+        raise ModelUnavailable(exc.message + hint, exc.backend, exc.model) from exc
     duration_ms = int((time.perf_counter() - started) * 1000)
     artifact = ToolArtifact(notes=list(planned.notes))
     if seed_requested is not None and not result.seed_honoured:

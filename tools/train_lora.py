@@ -166,6 +166,7 @@ async def train_lora(
     else:
         params = None
         base, trainer_name = _replicate_checks(jobs, base_model, destination, steps, rank)
+        ctx.backends.check_model("replicate", trainer_name, "LoRA trainer")
     # 3. The images, then the dataset on disk (next to where the LoRA will be).
     items = await _dataset_images(ctx, images, licence, zips)
     limits = DatasetLimits()

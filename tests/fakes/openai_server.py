@@ -526,6 +526,9 @@ class FakeOpenAI(ThreadedServer):
         # The real API rejects image parts sent as application/octet-stream (raw bytes
         # without a filename); keep that behaviour unless a test opts out.
         self.strict_mimetypes = strict_mimetypes
+        # Models the fake answers as the real API answers a shut-down one (404
+        # model_not_found); empty by default, so tests choose what is gone.
+        self.gone_models: set[str] = set()
         self._init_server(port)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
@@ -727,7 +730,15 @@ class FakeOpenAI(ThreadedServer):
 
     # -- endpoints -------------------------------------------------------------------
 
-    _MODEL_IDS = ("gpt-test", "gpt-4o-mini", "gpt-image-1.5", "gpt-image-2", "gpt-image-1-mini")
+    _MODEL_IDS = (
+        "gpt-test",
+        "gpt-4o-mini",
+        "gpt-6.1-terra",
+        "gpt-image-1.5",
+        "gpt-image-2",
+        "gpt-image-2.6-flare",
+        "gpt-image-1-mini",
+    )
 
     @staticmethod
     def _model_obj(model_id: str) -> dict[str, Any]:
@@ -803,6 +814,23 @@ class FakeOpenAI(ThreadedServer):
             }
         )
 
+    def _check_model(self, model: str, background: str) -> None:
+        """What the real API says for a shut-down model, and for gpt-image-2's missing
+        transparency ("gpt-image-2 and gpt-image-2-2026-04-21 do not support transparent
+        backgrounds")."""
+        if model in self.gone_models:
+            raise _ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        if background == "transparent" and model in ("gpt-image-2", "gpt-image-2-2026-04-21"):
+            raise _bad(
+                f"Transparent backgrounds are not supported for {model}; use opaque or auto.",
+                "background",
+            )
+
     async def _generate(self, request: Request, recorded: RecordedRequest) -> Response:
         body = recorded.json or {}
         prompt = body.get("prompt")
@@ -818,6 +846,7 @@ class FakeOpenAI(ThreadedServer):
         if background == "transparent" and output_format == "jpeg":
             raise _bad("Transparent background requires output_format png or webp.", "background")
         model = str(body.get("model") or "gpt-image-1.5")
+        self._check_model(model, background)
         keyword = _keyword_error(prompt, model)
         if keyword is not None:
             raise keyword
@@ -877,6 +906,7 @@ class FakeOpenAI(ThreadedServer):
         compression = _parse_compression(_form_text(form, "output_compression"))
         if background == "transparent" and output_format == "jpeg":
             raise _bad("Transparent background requires output_format png or webp.", "background")
+        self._check_model(_form_text(form, "model") or "gpt-image-1.5", background)
         keyword = _keyword_error(prompt, _form_text(form, "model") or "gpt-image-1.5")
         if keyword is not None:
             raise keyword
@@ -993,10 +1023,21 @@ def _parse_size(value: Any, model: Any = None) -> tuple[str, tuple[int, int]]:
         return "1024x1024", _SIZES["1024x1024"]
     flexible = re.fullmatch(r"(\d+)x(\d+)", str(value))
     if str(model or "").startswith("gpt-image-2") and flexible:
-        # gpt-image-2: any size with sides multiples of 16, up to 3840x2160.
+        # gpt-image-2: edges multiples of 16, the longest at most 3840, at most 3:1, and
+        # 655,360 to 8,294,400 pixels.
         width, height = int(flexible[1]), int(flexible[2])
-        if width % 16 or height % 16 or max(width, height) > 3840 or width * height > 3840 * 2160:
-            raise _bad(f"Invalid size '{value}' for {model}: use multiples of 16.", "size")
+        if (
+            width % 16
+            or height % 16
+            or max(width, height) > 3840
+            or max(width, height) > 3 * min(width, height)
+            or not 655_360 <= width * height <= 8_294_400
+        ):
+            raise _bad(
+                f"Invalid size '{value}' for {model}: edges must be multiples of 16, at most "
+                "3840 and 3:1, with 655,360 to 8,294,400 pixels.",
+                "size",
+            )
         return str(value), (width, height)
     if value not in _SIZES:
         raise _bad(
