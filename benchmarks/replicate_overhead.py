@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from memory.logging_setup import configure_logging  # noqa: E402
 from pipelines.base import ImageRequest  # noqa: E402
+from pipelines.fetch_policy import FetchPolicy  # noqa: E402
 from pipelines.replicate_images import FIRST_POLL_S, ReplicateImages  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
 
@@ -144,7 +146,12 @@ async def run(args: argparse.Namespace) -> int:
     fake = FakeProcess(args.latency, args.processing_polls)
     headers = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
     backend = ReplicateImages(
-        DEFAULT_TOKEN, MODEL, base_url=fake.base_url, poll_interval_s=args.poll_interval
+        DEFAULT_TOKEN,
+        MODEL,
+        base_url=fake.base_url,
+        poll_interval_s=args.poll_interval,
+        # The fake serves its files from 127.0.0.1, which the downloader refuses unless told.
+        fetch_policy=FetchPolicy.from_setting(urlsplit(fake.base_url).netloc),
     )
     request = ImageRequest(PROMPT, seed=SEED)
     try:

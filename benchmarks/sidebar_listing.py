@@ -45,10 +45,11 @@ from chainlit.types import Pagination, ThreadFilter  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from memory.data_layer import AtelierDataLayer, _Requester  # noqa: E402
+from memory.data_layer import AtelierDataLayer  # noqa: E402
 from memory.db import create_engine, migrate  # noqa: E402
 from memory.media_store import MediaStore  # noqa: E402
 from memory.models import Step, Thread, User  # noqa: E402
+from memory.requester import Requester  # noqa: E402
 
 PAGE_SIZE = 20
 TARGET_RATIO = 20.0
@@ -442,7 +443,7 @@ async def run(args: argparse.Namespace) -> int:
                 engine,
                 MediaStore(work / "media"),
                 "bench-secret",
-                requester=lambda: _Requester(None, None),
+                requester=lambda: Requester.user(data.identifier, data.user_id),
             )
             ours = await time_listing(
                 f"ours  AtelierDataLayer ({engine.dialect.name})",

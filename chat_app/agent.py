@@ -3,7 +3,10 @@
 Works against OpenAI and OpenAI-compatible servers (Ollama, vLLM, llama.cpp): the Chat
 Completions API is pinned, and a server that fails at streaming gets one non-streamed
 retry. Malformed tool calls are reported to the user and answered to the model as
-errors, so a confused model cannot crash the turn or loop forever.
+errors, so a confused model cannot crash the turn or loop forever. One message runs at
+most `ATELIER_MAX_TOOL_CALLS_PER_TURN` tool calls (tools/turn_guard.py): a model that asks
+for more is refused call by call, the user is told once, and a model that keeps calling
+after that ends the turn.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from chat_app.settings import Settings
 from chat_app.tool_runner import run_tool_call
 from memory.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
 from memory.logging_setup import get_logger
+from memory.redact import redact_urls
 from tools.context import PromptRewriter, ToolContext
 from tools.registry import build_tools
+from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
 MAX_ROUNDS = 5
@@ -49,7 +54,7 @@ def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
 
 def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
     base, _ = settings.llm_endpoint
-    where = base or "api.openai.com"
+    where = redact_urls(base) if base else "api.openai.com"  # user:pass@ never shown
     if isinstance(exc, openai.AuthenticationError):
         return BackendNotConfigured(
             f"The chat model server at {where} rejected the API key "
@@ -120,6 +125,9 @@ async def _complete(settings: Settings, tools: list, messages: list[BaseMessage]
 async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMessage]) -> None:
     tools = build_tools(ctx)
     by_name = {tool.name: tool for tool in tools}
+    if ctx.turn is None:
+        ctx.turn = TurnGuard()
+    turn = ctx.turn
     for _ in range(MAX_ROUNDS):
         try:
             ai = await _complete(settings, tools, messages)
@@ -128,13 +136,35 @@ async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMess
         messages.append(ai)
         if not ai.tool_calls and not ai.invalid_tool_calls:
             return
+        # Every call counts against the message's limit, malformed ones too: past it,
+        # the model is answered with a refusal for each and nothing runs.
+        already_capped = turn.capped
         for bad in ai.invalid_tool_calls:
-            messages.append(await _reject_malformed(bad))
+            if turn.admit_tool_call():
+                messages.append(await _reject_malformed(bad))
+            else:
+                messages.append(_over_the_limit(turn, bad.get("id")))
         for call in ai.tool_calls:
-            messages.append(await run_tool_call(by_name, ctx, dict(call)))
+            if turn.admit_tool_call():
+                messages.append(await run_tool_call(by_name, ctx, dict(call)))
+            else:
+                messages.append(_over_the_limit(turn, call.get("id")))
+        if turn.capped:
+            if not turn.cap_told:
+                turn.cap_told = True
+                log.info("tool_call_limit_reached", limit=turn.max_tool_calls)
+                await rendering.error(turn.cap_message())
+            if already_capped:
+                return  # told it was over the limit, it called again: the turn ends here
     await rendering.error(
         f"The model kept calling tools for {MAX_ROUNDS} rounds without finishing, so I stopped "
         "it. Everything made so far is saved above."
+    )
+
+
+def _over_the_limit(turn: TurnGuard, call_id: str | None) -> ToolMessage:
+    return ToolMessage(
+        content=turn.refusal_for_model(), tool_call_id=call_id or "over-limit", status="error"
     )
 
 

@@ -58,15 +58,18 @@ async def _users(args: argparse.Namespace) -> int:
                 print(f"{account.identifier}\t{account.role}")
         elif args.action == "remove":
             await store.remove(args.name)
-            print(f"Removed {args.name}.")
+            print(f"Removed {args.name}; their open logins end within seconds.")
         elif args.action in ("add", "passwd"):
             password = _read_password(args.password_stdin)
             if args.action == "add":
                 await store.add(args.name, password, role="admin" if args.admin else "user")
                 print(f"Added {args.name}.")
             else:
-                await store.set_password(args.name, password)
-                print(f"Changed the password of {args.name}.")
+                ended = await store.set_password(args.name, password)
+                print(
+                    f"Changed the password of {args.name}; "
+                    f"ended {ended} login session{'s' if ended != 1 else ''}."
+                )
     finally:
         await engine.dispose()
     return 0

@@ -47,6 +47,9 @@ def _by_model(rows: list[CostRow]) -> str:
     for (backend, model), group in sorted(grouped.items(), key=lambda kv: -_total(kv[1])[0]):
         usd, count, unpriced = _total(group)
         unknown = f" (+{unpriced} unpriced)" if unpriced else ""
+        ceiling = sum(r.at_ceiling for r in group)
+        if ceiling:
+            unknown += f" ({ceiling} unpriced, at the ceiling)"
         lines.append(f"| {backend} | `{model}` | {count} | ${usd:.4f}{unknown} |")
     return "\n".join(lines)
 
@@ -69,6 +72,12 @@ def _section(title: str, rows: list[CostRow], with_days: bool) -> str:
     head = f"**{title}: ${usd:.4f}** over {count} paid action{'s' if count != 1 else ''}"
     if unpriced:
         head += f"; {unpriced} with no known price are not in that sum"
+    ceiling = sum(r.at_ceiling for r in rows)
+    if ceiling:
+        head += (
+            f"; {ceiling} with no known price are counted at the operator's ceiling for "
+            "unpriced models"
+        )
     parts = [head + ".", _by_model(rows)]
     if with_days:
         parts.append(_by_day(rows))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import text
@@ -14,6 +13,7 @@ from chat_app.bootstrap import SECRET_FILE, ensure_data_dir
 from chat_app.settings import Settings
 from memory.db import create_engine
 from memory.errors import ConfigError
+from memory.redact import redact_urls
 
 
 @dataclass
@@ -21,15 +21,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def redact_url(url: str) -> str:
-    """Drop any password from a URL before showing it."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 async def _database(settings: Settings) -> Check:
@@ -43,9 +34,9 @@ async def _database(settings: Settings) -> Check:
             except Exception:
                 version = None
         migrated = f"schema {version}" if version else "not migrated yet (atelier run does it)"
-        return Check("database", True, f"{redact_url(url)} reachable, {migrated}")
+        return Check("database", True, f"{redact_urls(url)} reachable, {migrated}")
     except Exception as exc:
-        return Check("database", False, f"{redact_url(url)} unreachable: {type(exc).__name__}")
+        return Check("database", False, f"{redact_urls(url)} unreachable: {type(exc).__name__}")
     finally:
         await engine.dispose()
 
@@ -53,15 +44,16 @@ async def _database(settings: Settings) -> Check:
 async def _http(name: str, configured: bool, base: str, key: str | None, hint: str) -> Check:
     if not configured:
         return Check(name, False, f"not configured ({hint})")
+    shown = redact_urls(base)  # requested as configured, shown without its password
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(base.rstrip("/") + "/models", headers=headers)
         if response.status_code == 401:
-            return Check(name, False, f"{base} reachable but the key was rejected")
-        return Check(name, True, f"{base} reachable (HTTP {response.status_code})")
+            return Check(name, False, f"{shown} reachable but the key was rejected")
+        return Check(name, True, f"{shown} reachable (HTTP {response.status_code})")
     except httpx.HTTPError as exc:
-        return Check(name, False, f"{base} unreachable: {type(exc).__name__}")
+        return Check(name, False, f"{shown} unreachable: {type(exc).__name__}")
 
 
 def _models(settings: Settings) -> list[Check]:
@@ -143,6 +135,7 @@ def doctor(settings: Settings) -> int:
     width = max(len(c.name) for c in checks)
     for check in checks:
         mark = "ok  " if check.ok else "--  "
-        print(f"{mark}{check.name.ljust(width)}  {check.detail}")
+        # Details may quote URLs and library errors: no password leaves through them.
+        print(f"{mark}{check.name.ljust(width)}  {redact_urls(check.detail)}")
     essential = {c.name: c.ok for c in checks}
     return 0 if essential.get("data dir") and essential.get("database") else 1

@@ -7,8 +7,9 @@ from chainlit.types import ThreadDict
 
 from chat_app import commands, rendering, settings_panel
 from chat_app.runtime import get_runtime
+from chat_app.session_guard import SESSION_CLAIM
 from chat_app.turn import current_user_id, handle_message
-from memory.errors import AtelierError
+from memory.errors import AtelierError, NotFound
 from memory.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -21,12 +22,27 @@ def _data_layer():
 
 @cl.password_auth_callback
 async def _login(username: str, password: str) -> cl.User | None:
-    account = await get_runtime().users.verify(username[:128], password[:1024])
+    """Check the password (off the event loop) and open a revocable session.
+
+    The session id rides in the user's metadata, which Chainlit signs into the login
+    cookie; chat_app/session_guard.py honours the cookie only while the session lasts.
+    Failed logins are counted and limited in front of this (chat_app/login_middleware.py).
+    """
+    runtime = get_runtime()
+    account = await runtime.users.verify(username[:128], password[:1024])
     if account is None:
         log.info("login_failed")
         return None
+    try:
+        session_id = await runtime.auth_sessions.create(account.id)
+    except NotFound:  # removed between the password check and now
+        log.info("login_failed")
+        return None
     log.info("login", user=account.identifier)
-    return cl.User(identifier=account.identifier, metadata={"role": account.role})
+    return cl.User(
+        identifier=account.identifier,
+        metadata={"role": account.role, SESSION_CLAIM: session_id},
+    )
 
 
 @cl.on_chat_start

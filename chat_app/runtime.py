@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chat_app import training_display
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
+from memory.auth_sessions import AuthSessionStore
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
@@ -47,6 +48,7 @@ class Runtime:
     media: MediaStore
     data_layer: AtelierDataLayer
     users: UserStore
+    auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
     images: ImageStore
     backends: BackendRegistry
     auth_secret: str
@@ -61,6 +63,9 @@ class Runtime:
     async def start(self) -> None:
         await migrate(self.engine)
         await self._ensure_first_user()
+        purged = await self.auth_sessions.purge()
+        if purged:
+            log.info("auth_sessions_purged", count=purged)
         if self.trainings is not None:
             # No job runs yet: what the database calls running died with an old process.
             interrupted = await self.trainings.loras.mark_interrupted()
@@ -98,6 +103,16 @@ class Runtime:
             )
 
 
+def _login_lifetime() -> timedelta:
+    """How long a login lasts: Chainlit's cookie lifetime (`user_session_timeout`).
+
+    A session row older than this is dead even if a cookie was re-issued (`/auth/jwt`).
+    """
+    from chainlit.config import config
+
+    return timedelta(seconds=config.project.user_session_timeout)
+
+
 def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     engine = create_engine(settings.resolved_database_url)
     media = MediaStore(settings.data_dir.resolve() / "media")
@@ -108,6 +123,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         media=media,
         data_layer=AtelierDataLayer(engine, media, auth_secret),
         users=UserStore(session_factory(engine)),
+        auth_sessions=AuthSessionStore(session_factory(engine), _login_lifetime()),
         images=ImageStore(engine, media),
         backends=backends,
         auth_secret=auth_secret,

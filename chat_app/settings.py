@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory.errors import ConfigError
 from memory.ledger import OperatorLimits
+from pipelines.fetch_policy import parse_allow_list
 
 # An amount the cost ledger stores exactly: six decimal places, under a million.
 Dollars = Annotated[Decimal, Field(ge=0, lt=1_000_000, decimal_places=6)]
@@ -111,6 +112,63 @@ class Settings(BaseSettings):
         8000, validation_alias=_env("ATELIER_MAX_MESSAGE_CHARS")
     )
 
+    # Spending and resource guards (issue 12): a model without a price is refused or
+    # charged a ceiling per output; one message may make only so many tool calls; users
+    # may name local models only as hub ids or folders inside the operator's models folder.
+    unpriced_policy: Literal["reserve", "refuse"] = Field(
+        "reserve", validation_alias=_env("ATELIER_UNPRICED_POLICY")
+    )
+    unpriced_reserve_usd: Annotated[Decimal, Field(gt=0, lt=1_000_000, decimal_places=6)] = (
+        Field(Decimal("0.50"), validation_alias=_env("ATELIER_UNPRICED_RESERVE_USD"))
+    )
+    max_tool_calls_per_turn: Annotated[int, Field(ge=1, le=1000)] = Field(
+        12, validation_alias=_env("ATELIER_MAX_TOOL_CALLS_PER_TURN")
+    )
+    local_models_dir: Path | None = Field(None, validation_alias=_env("ATELIER_LOCAL_MODELS_DIR"))
+
+    # Downloading provider outputs (issue 12, SSRF): only public addresses are fetched;
+    # these comma-separated host[:port], IP[:port] or CIDR entries are the operator's
+    # exceptions (a self-hosted provider on a private address). Parsed here so that a bad
+    # entry stops start-up naming the variable.
+    fetch_allow_hosts: str = Field("", validation_alias=_env("ATELIER_FETCH_ALLOW_HOSTS"))
+
+    # Login limits (issue 12, guessing): failed logins allowed per account and per client
+    # address within the window; past either, logins are refused with 429 until the
+    # oldest failure leaves the window. Counts live in memory, or in Redis when a URL is
+    # given (several app processes then share them; needs the `redis` extra).
+    login_max_failures: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        10, validation_alias=_env("ATELIER_LOGIN_MAX_FAILURES")
+    )
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        50, validation_alias=_env("ATELIER_LOGIN_MAX_FAILURES_PER_ADDRESS")
+    )
+    login_window_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = Field(
+        900, validation_alias=_env("ATELIER_LOGIN_WINDOW_SECONDS")
+    )
+    redis_url: str | None = Field(None, validation_alias=_env("ATELIER_REDIS_URL"))
+
+    # Uploads (issue 12, memory): how many uploads one user may send at the same time;
+    # more answer 429. Each is streamed to disk with the size limit of Chainlit's
+    # [features.spontaneous_file_upload] max_size_mb enforced while reading.
+    uploads_per_user: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, validation_alias=_env("ATELIER_UPLOADS_PER_USER")
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("fetch_allow_hosts")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        parse_allow_list(value)
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
@@ -185,6 +243,8 @@ class Settings(BaseSettings):
             thread_usd=self.budget_thread_usd,
             user_day_usd=self.budget_user_day_usd,
             confirm_above_usd=self.confirm_above_usd,
+            unpriced_policy=self.unpriced_policy,
+            unpriced_reserve_usd=self.unpriced_reserve_usd,
         )
 
 

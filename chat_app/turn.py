@@ -16,6 +16,7 @@ from chat_app.uploads import acknowledgement, read_zips, record_uploads
 from memory.errors import AtelierError, InvalidInput
 from memory.logging_setup import get_logger
 from tools.context import ToolContext
+from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
 
@@ -73,6 +74,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             show=rendering.images_now,
             clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
             trainings=runtime.trainings,
+            turn=TurnGuard(max_tool_calls=runtime.settings.max_tool_calls_per_turn),
         )
         await _tell_interrupted(runtime, ctx)
         uploads = []

@@ -10,8 +10,12 @@ sidebar in Python. Here:
   that finish out of order cannot replace new output with old;
 - write failures are retried (SQLite busy), then logged, shown to the user as a toast,
   and raised, never swallowed;
-- reads check the owner whenever a Chainlit context names the requester, and a thread
-  can never change owner;
+- every read and write of a conversation checks its owner against the requester, who is
+  the Chainlit session's user or is said explicitly (`memory.requester`: `acting_as` a
+  user for HTTP routes and socket connections, or `system(...)` for the server's own
+  work); with no requester it is refused (AccessDenied), never done unchecked. Only the
+  identity lookups (`get_user`, `create_user`) and `get_thread_author`, which Chainlit's
+  own owner check asks, run without one. A thread can never change owner;
 - the sidebar is one keyset-paginated query with search and feedback filters in SQL.
 """
 
@@ -30,18 +34,20 @@ from chainlit.data.base import BaseDataLayer
 from chainlit.data.utils import queue_until_user_message
 from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, ThreadFilter
 from chainlit.user import PersistedUser
-from sqlalchemy import and_, delete, exists, or_, select, tuple_
+from sqlalchemy import delete, exists, or_, select, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from memory import media_claims, signed_links
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound, PersistenceError
+from memory.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from memory.ids import is_uuid, require_uuid
 from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.models import Element, Step, Thread, User, utcnow
 from memory.models import Feedback as FeedbackRow
+from memory.requester import Requester
+from memory.requester import explicit as explicit_requester
 
 if TYPE_CHECKING:
     from chainlit.element import Element as ChainlitElement
@@ -78,24 +84,21 @@ def _step_column(attribute: str) -> str:
     return Step.__mapper__.attrs[attribute].columns[0].name
 
 
-class _Requester:
-    """Who is asking, read from Chainlit's context when there is one."""
+def current_requester() -> Requester | None:
+    """Who is asking: said explicitly (`memory.requester`), else the Chainlit session's user.
 
-    def __init__(self, identifier: str | None, user_id: str | None) -> None:
-        self.identifier = identifier
-        self.user_id = user_id
-
-
-def current_requester() -> _Requester:
-    try:
-        from chainlit.context import context
-
-        user = context.session.user
-    except Exception:  # no Chainlit context: a direct call (CLI, tests, HTTP route)
-        return _Requester(None, None)
-    if user is None:
-        return _Requester(None, None)
-    return _Requester(user.identifier, getattr(user, "id", None))
+    None when neither names anyone (an HTTP route or socket handler without a login, or
+    internal code that did not say `system(...)`); the data layer then refuses.
+    """
+    said = explicit_requester()
+    if said is not None:
+        return said
+    context = context_var.get(None)
+    user = getattr(getattr(context, "session", None), "user", None) if context else None
+    identifier = getattr(user, "identifier", None)
+    if not identifier:
+        return None
+    return Requester.user(identifier, getattr(user, "id", None))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -143,7 +146,7 @@ class AtelierDataLayer(BaseDataLayer):
         engine: AsyncEngine,
         media: MediaStore,
         link_secret: str,
-        requester: Callable[[], _Requester] = current_requester,
+        requester: Callable[[], Requester | None] = current_requester,
     ) -> None:
         self._engine = engine
         self._sessions = session_factory(engine)
@@ -166,7 +169,7 @@ class AtelierDataLayer(BaseDataLayer):
             try:
                 async with self._sessions() as session, session.begin():
                     return await work(session)
-            except (InvalidInput, NotFound):
+            except (InvalidInput, NotFound, AccessDenied):
                 raise
             except OperationalError as exc:
                 if attempt < _WRITE_ATTEMPTS and _is_transient(exc):
@@ -191,15 +194,39 @@ class AtelierDataLayer(BaseDataLayer):
         except Exception:  # no live session to tell: the log line above stands
             pass
 
+    def _who(self) -> Requester:
+        """The requester, or AccessDenied: nothing is read or written for nobody."""
+        who = self._requester()
+        if who is None or not (getattr(who, "is_system", False) or who.identifier):
+            log.error("data_access_without_requester")
+            raise AccessDenied("Log in to do this.")
+        return who
+
+    def _require_own_user_id(self, user_id: str) -> None:
+        """A user may only name themselves (the sidebar, favourites); the server anyone."""
+        who = self._who()
+        if getattr(who, "is_system", False):
+            return
+        if who.user_id is None or who.user_id != user_id:
+            log.warning("user_scope_denied")
+            raise NotFound("No such user.")
+
     async def _check_thread_access(self, session: AsyncSession, thread_id: str) -> Thread | None:
-        """The thread row, refusing if the current requester is not its owner."""
+        """The thread row (None if absent), refusing if the requester is not its owner.
+
+        A thread with no owner is reachable only by the server itself: no user can read
+        or claim it.
+        """
+        who = self._who()
         thread = await session.get(Thread, thread_id)
-        requester = self._requester()
-        if thread is not None and requester.identifier is not None and thread.user_id is not None:
+        if thread is None or getattr(who, "is_system", False):
+            return thread
+        owner = None
+        if thread.user_id is not None:
             owner = await session.scalar(select(User.identifier).where(User.id == thread.user_id))
-            if owner != requester.identifier:
-                log.warning("thread_access_denied", thread_id=thread_id)
-                raise NotFound("No such conversation.")
+        if owner is None or owner != who.identifier:
+            log.warning("thread_access_denied", thread_id=thread_id)
+            raise NotFound("No such conversation.")
         return thread
 
     async def _ensure_thread(
@@ -213,12 +240,15 @@ class AtelierDataLayer(BaseDataLayer):
         thread = await self._check_thread_access(session, thread_id)
         if thread is not None:
             return thread
+        owner_id = owner_id or self._who().user_id
+        if owner_id is None:
+            raise AccessDenied("A conversation needs an owner; log in to start one.")
         now = utcnow()
         await session.execute(
             self._insert(Thread)
             .values(
                 id=thread_id,
-                user_id=owner_id or self._requester().user_id,
+                user_id=owner_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -247,20 +277,19 @@ class AtelierDataLayer(BaseDataLayer):
         )
 
     async def create_user(self, user: ChainlitUser) -> PersistedUser | None:
-        """Chainlit calls this after login; accounts themselves are made by `UserStore`."""
+        """The existing account, never a new one: accounts are made only by `UserStore`.
+
+        Chainlit calls this after login and whenever a cookie names a user `get_user`
+        does not know. Creating the row there would bring a removed user back, with no
+        password and a fresh id (a fresh daily budget too). So an unknown name is
+        refused: None. (Chainlit then falls back to the cookie's own user; the session
+        middleware, chat_app/session_middleware.py, has already taken such a cookie out
+        of the request, because its session died with the account.)
+        """
         existing = await self.get_user(user.identifier)
-        if existing is not None:
-            return existing
-
-        async def work(session: AsyncSession) -> None:
-            await session.execute(
-                self._insert(User)
-                .values(identifier=user.identifier, role="user", meta=dict(user.metadata or {}))
-                .on_conflict_do_nothing(index_elements=["identifier"])
-            )
-
-        await self._write("user", work)
-        return await self.get_user(user.identifier)
+        if existing is None:
+            log.warning("user_not_created", user=user.identifier[:128], reason="unknown account")
+        return existing
 
     # ---------------------------------------------------------------- threads
 
@@ -289,8 +318,9 @@ class AtelierDataLayer(BaseDataLayer):
         clean_meta = {k: v for k, v in (metadata or {}).items() if k != "is_shared"}
 
         async def work(session: AsyncSession) -> None:
-            requester_id = self._requester().user_id
-            if user_id is not None and requester_id is not None and user_id != requester_id:
+            who = self._who()
+            mine = getattr(who, "is_system", False) or user_id == who.user_id
+            if user_id is not None and not mine:
                 log.error("thread_for_other_user_refused", thread_id=thread_id)
                 raise NotFound("No such conversation.")
             thread = await self._ensure_thread(session, thread_id, user_id)
@@ -325,6 +355,7 @@ class AtelierDataLayer(BaseDataLayer):
         if not filters.userId:
             raise InvalidInput("Listing conversations needs a user.")
         user_id = require_uuid(filters.userId, "user id")
+        self._require_own_user_id(user_id)
         page_size = max(1, min(int(pagination.first or 20), MAX_PAGE))
 
         query = (
@@ -485,6 +516,7 @@ class AtelierDataLayer(BaseDataLayer):
         step_id = require_uuid(step_id, "step id")
 
         async def work(session: AsyncSession) -> None:
+            self._who()
             thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
             if thread_id is None:
                 return
@@ -496,6 +528,7 @@ class AtelierDataLayer(BaseDataLayer):
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         user_id = require_uuid(user_id, "user id")
+        self._require_own_user_id(user_id)
         async with self._sessions() as session:
             steps = (
                 await session.scalars(
@@ -630,6 +663,7 @@ class AtelierDataLayer(BaseDataLayer):
         element_id = require_uuid(element_id, "element id")
 
         async def work(session: AsyncSession) -> None:
+            self._who()
             owner_thread = await session.scalar(
                 select(Element.thread_id).where(Element.id == element_id)
             )
@@ -666,30 +700,37 @@ class AtelierDataLayer(BaseDataLayer):
     # --------------------------------------------------------------- feedback
 
     async def upsert_feedback(self, feedback: Feedback) -> str:
+        """Rate one of the requester's own messages; a feedback id names their own row.
+
+        The message must be in a conversation the requester owns, and a feedback id that
+        already exists must be that message's feedback: another user's message or
+        feedback row is "not found", never changed.
+        """
         step_id = require_uuid(feedback.forId, "message id")
         feedback_id = require_uuid(feedback.id, "feedback id") if feedback.id else None
         if feedback.value not in (0, 1):
             raise InvalidInput("Feedback must be 0 or 1.")
 
         async def work(session: AsyncSession) -> str:
+            self._who()
             thread_id = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
             if thread_id is None or await self._check_thread_access(session, thread_id) is None:
                 raise NotFound("No such message.")
-            row = await session.scalar(
-                select(FeedbackRow).where(
-                    or_(
-                        FeedbackRow.id == feedback_id,
-                        and_(FeedbackRow.step_id == step_id, FeedbackRow.thread_id == thread_id),
+            row = await session.get(FeedbackRow, feedback_id) if feedback_id else None
+            if row is not None and (row.step_id, row.thread_id) != (step_id, thread_id):
+                log.warning("feedback_access_denied", feedback_id=feedback_id)
+                raise NotFound("No such feedback.")
+            if row is None:
+                row = await session.scalar(
+                    select(FeedbackRow).where(
+                        FeedbackRow.step_id == step_id, FeedbackRow.thread_id == thread_id
                     )
                 )
-            )
             if row is None:
                 row = FeedbackRow(step_id=step_id, thread_id=thread_id, value=feedback.value)
                 if feedback_id:
                     row.id = feedback_id
                 session.add(row)
-            elif row.step_id != step_id:
-                raise NotFound("No such feedback.")
             row.value = int(feedback.value)
             row.comment = (feedback.comment or None) and feedback.comment[:4000]
             await session.flush()
@@ -698,13 +739,16 @@ class AtelierDataLayer(BaseDataLayer):
         return await self._write("feedback", work)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
+        """Delete the requester's own feedback; someone else's is "not found"."""
         feedback_id = require_uuid(feedback_id, "feedback id")
 
         async def work(session: AsyncSession) -> bool:
+            self._who()
             row = await session.get(FeedbackRow, feedback_id)
             if row is None:
                 return False
-            await self._check_thread_access(session, row.thread_id)
+            if await self._check_thread_access(session, row.thread_id) is None:
+                raise NotFound("No such feedback.")
             await session.delete(row)
             return True
 

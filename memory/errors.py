@@ -9,11 +9,18 @@ said no (ContentRefused, QuotaExhausted, RateLimited), or something is broken
 
 from __future__ import annotations
 
+from memory.redact import redact_urls
+
 
 class AtelierError(Exception):
-    """Base class: `str(error)` is safe to show to the user (no secrets, no stack)."""
+    """Base class: `str(error)` is safe to show to the user (no secrets, no stack).
+
+    Messages may quote a configured URL or a provider's own error text; a password in
+    any URL there is masked here, once for every error (`memory.redact`).
+    """
 
     def __init__(self, message: str) -> None:
+        message = redact_urls(message)
         super().__init__(message)
         self.message = message
 
@@ -28,6 +35,11 @@ class InvalidInput(AtelierError):
 
 class NotFound(AtelierError):
     """The thing does not exist, or belongs to someone else (we do not say which)."""
+
+
+class AccessDenied(AtelierError):
+    """Nobody is named as asking (not logged in, or a code path that did not say who it
+    acts for): refused rather than read or written without an owner check."""
 
 
 class PersistenceError(AtelierError):

@@ -20,7 +20,6 @@ Every read and write is scoped to the user, like image lineage.
 
 from __future__ import annotations
 
-import csv as csv_module
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,14 +32,17 @@ from sqlalchemy import case, delete, func, insert, literal_column, or_, select, 
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory import media_claims
+from memory import csv_cells, media_claims
 from memory.errors import AtelierError, InvalidInput, NotFound
 from memory.ids import require_uuid
 from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
 
 SCOPES = ("thread", "user_day")
 SETTERS = ("user", "operator")
-SOURCES = ("reported", "table", "estimate", "unknown")  # unknown: no price for the model
+# unknown: no price for the model and nothing charged (records from before the operator's
+# ceiling); ceiling: no price for the model, charged at the operator's ceiling for it.
+SOURCES = ("reported", "table", "estimate", "ceiling", "unknown")
+UNPRICED_POLICIES = ("reserve", "refuse")
 _MICRO = Decimal("0.000001")
 _MAX_USD = Decimal("1000000")  # Numeric(12, 6) holds six digits before the point
 _ZERO = Decimal("0.000000")
@@ -78,6 +80,16 @@ class OperatorLimits:
     thread_usd: Decimal | None = None
     user_day_usd: Decimal | None = None
     confirm_above_usd: Decimal | None = None
+    # A model without a price: refused, or charged this ceiling per output (see
+    # tools/spending.py), so it never runs at $0 against a budget.
+    unpriced_policy: str = "reserve"
+    unpriced_reserve_usd: Decimal = Decimal("0.50")
+
+    def __post_init__(self) -> None:
+        if self.unpriced_policy not in UNPRICED_POLICIES:
+            raise ValueError(f"unpriced_policy must be one of {UNPRICED_POLICIES}")
+        if not self.unpriced_reserve_usd > 0:
+            raise ValueError("unpriced_reserve_usd must be above $0")
 
     def limit_for(self, scope: str) -> Decimal | None:
         return self.thread_usd if scope == "thread" else self.user_day_usd
@@ -159,6 +171,7 @@ class CostRow:
     usd: Decimal
     count: int
     unpriced: int = 0  # actions with no known price, not counted in usd
+    at_ceiling: int = 0  # actions with no known price, counted in usd at the operator's ceiling
 
 
 class Ledger:
@@ -455,6 +468,9 @@ class Ledger:
                     func.sum(case((LedgerEntry.actual_usd.is_(None), 1), else_=0)).label(
                         "unpriced"
                     ),
+                    func.sum(case((LedgerEntry.source == "ceiling", 1), else_=0)).label(
+                        "at_ceiling"
+                    ),
                 )
                 .where(
                     LedgerEntry.user_id == user_id,
@@ -475,6 +491,7 @@ class Ledger:
                 usd=_dec(r.usd),
                 count=r.count,
                 unpriced=int(r.unpriced or 0),
+                at_ceiling=int(r.at_ceiling or 0),
             )
             for r in rows
         ]
@@ -490,7 +507,7 @@ class Ledger:
         """The report as CSV, dollars to six places; `unpriced` counts actions whose model
         has no known price (their cost is not in `usd`)."""
         out = io.StringIO()
-        writer = csv_module.writer(out, lineterminator="\n")
+        writer = csv_cells.safe_writer(out, lineterminator="\n")  # no formulas
         writer.writerow(["day", "backend", "model", "usd", "count", "unpriced"])
         for row in await self.report(user_id, thread_id, days, now=now):
             writer.writerow(

@@ -2,16 +2,22 @@
 
 Context (thread_id, user_id, request_id) is bound with contextvars at the edge, so every
 event below it carries the ids without passing them around. A processor drops values of
-keys that look like secrets, as a last line of defence.
+keys that look like secrets, as a last line of defence; another hides passwords inside
+URLs in every value, tracebacks included (`memory.redact`), and stdlib log records from
+the libraries (uvicorn, httpx, openai) get the same treatment before any handler sees
+them.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from memory.redact import redact_urls
 
 _SECRET_MARKERS = ("password", "secret", "api_key", "token", "authorization", "cookie")
 _configured = False
@@ -22,6 +28,47 @@ def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         if any(marker in key.lower() for marker in _SECRET_MARKERS):
             event[key] = "[redacted]"
     return event
+
+
+def _redact_url_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """After exceptions are formatted: `http://user:pass@host` anywhere becomes user:***."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact_urls(value)
+        elif isinstance(value, list | tuple):
+            event[key] = [redact_urls(v) if isinstance(v, str) else v for v in value]
+    return event
+
+
+def _redacting_record_factory(
+    make: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    """Wrap the stdlib record factory so library log lines lose URL passwords too.
+
+    Records are made only once they pass the level check. A message that quotes a URL
+    password is replaced by its rendered, redacted text (others are left untouched, args
+    and all); an exception's traceback is formatted and redacted here, so no handler can
+    print it raw.
+    """
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+            redacted = redact_urls(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact_urls(_FORMATTER.formatException(record.exc_info))
+        except Exception:  # logging must never raise into the caller
+            return record
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
+
+
+_FORMATTER = logging.Formatter()
 
 
 def configure_logging(json_output: bool = False, level: str = "info") -> None:
@@ -40,6 +87,7 @@ def configure_logging(json_output: bool = False, level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_secrets,
             structlog.processors.format_exc_info,
+            _redact_url_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -49,6 +97,8 @@ def configure_logging(json_output: bool = False, level: str = "info") -> None:
     )
     # Libraries that use stdlib logging (uvicorn, chainlit, httpx) stay quieter.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    if not getattr(logging.getLogRecordFactory(), "redacts", False):
+        logging.setLogRecordFactory(_redacting_record_factory(logging.getLogRecordFactory()))
     _configured = True
 
 

@@ -155,6 +155,37 @@ class LoraStore:
             rows = (await session.scalars(query.order_by(LoraModel.created_at.desc()))).all()
         return [LoraRecord.from_row(row) for row in rows]
 
+    async def names_in_use(self) -> set[str]:
+        """Every user's LoRA names, lower-cased: what is not the operator's to share.
+
+        Only names, and only to decide ownership; nothing here is shown to anyone.
+        """
+        async with self._sessions() as session:
+            names = (await session.scalars(select(func.lower(LoraModel.name)).distinct())).all()
+        return set(names)
+
+    async def replicate_models(self) -> dict[str, set[str]]:
+        """Lower-cased `owner/name` of each Replicate-trained LoRA → the users who own it.
+
+        Both the destination a training pushes to and the version it made count, so a
+        model is claimed from the moment its training is confirmed.
+        """
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        LoraModel.user_id, LoraModel.replicate_version, LoraModel.parameters
+                    ).where(LoraModel.backend == "replicate")
+                )
+            ).all()
+        owners: dict[str, set[str]] = {}
+        for user_id, version, parameters in rows:
+            for ref in (version, (parameters or {}).get("destination")):
+                if isinstance(ref, str) and ref.strip():
+                    model = ref.strip().partition(":")[0].lower()
+                    owners.setdefault(model, set()).add(user_id)
+        return owners
+
     async def update(self, lora_id: str, user_id: str, **values: Any) -> LoraRecord:
         """Set fields (status, files, metrics, ...) of the user's row."""
         if "status" in values and values["status"] not in STATUSES:

@@ -21,6 +21,12 @@ readings never disagree about one file.
 
 LoRAs are looked up by name as `<lora dir>/<name>.safetensors`, loaded for one request
 and unloaded afterwards, so the cached pipeline is the plain model for the next one.
+Whose LoRA a name is, and so who may apply it, is decided above (tools/lora_access.py);
+here a missing file is refused without naming the folder or listing what is in it.
+
+Which models a user may name is `pipelines/model_sources.py`'s rule (hub ids, the
+operator's model, folders inside the operator's models folder), checked in
+`capabilities` and again in `generate`, before any file is looked at.
 
 torch, diffusers and peft are imported only inside the job: importing this module (the
 registry does, at start-up) costs nothing for people who use hosted backends only.
@@ -52,6 +58,7 @@ from pipelines.base import (
     check_request,
 )
 from pipelines.job_queue import JobCancelled, JobQueue, JobRunner
+from pipelines.model_sources import ModelSources
 from pipelines.pipeline_cache import PipelineCache, Task
 from pipelines.progress import Progress
 
@@ -139,6 +146,7 @@ class RenderSpec:
     image: InputImage | None = None
     mask: InputImage | None = None
     plan: devices.DevicePlan | None = None  # filled in once the request passed its checks
+    source: str = ""  # what the loader gets (an operator's folder made absolute); "" = model
 
 
 class LocalDiffusers:
@@ -152,15 +160,19 @@ class LocalDiffusers:
         lora_dir: Path | None = None,
         runner: JobRunner | None = None,
         cache: PipelineCache | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.default_model = model
         self.device = device
         self.lora_dir = lora_dir
+        self.sources = ModelSources((model,), models_dir)
         self.runner: JobRunner = runner or JobQueue()
         self.cache = cache or PipelineCache()
         self._plan: devices.DevicePlan | None = None
 
     def capabilities(self, model: str | None = None) -> Capabilities:
+        if model:
+            self.sources.check(model)  # a path outside the rules is refused, unread
         d = defaults_for(model or self.default_model)
         return Capabilities(
             sizes=d.sizes,
@@ -182,16 +194,21 @@ class LocalDiffusers:
     def suggested_models(self) -> list[str]:
         return list(dict.fromkeys([self.default_model, *SUGGESTED_MODELS]))
 
+    def model_source(self, model: str) -> str:
+        """What the loader gets for `model`; InvalidInput if a user may not name it."""
+        return self.sources.source(model)
+
     async def generate(
         self, request: ImageRequest, progress: Progress | None = None
     ) -> ImageResult:
         model = request.model or self.default_model
+        source = self.model_source(model)
         if request.images and not request.size:
             request = replace(request, size=_size_for_input(request.images[0], model))
         request = check_request(self, request)
         spec, applied = self._resolve(request)  # refuse before importing torch, if at all
         plan = await self._device_plan()
-        spec = replace(spec, plan=plan)
+        spec = replace(spec, plan=plan, source=source)
         progress = progress or Progress()
         images = await self.runner.run(
             plan.device, functools.partial(render, spec, self.cache), progress
@@ -319,12 +336,8 @@ def _check_loras(loras: tuple[LoraSpec, ...], lora_dir: Path | None) -> tuple[Lo
         if not math.isfinite(lora.weight):
             raise InvalidInput(f"The weight of LoRA {name!r} must be a number.")
         if lora_dir is None or not (lora_dir / f"{name}.safetensors").is_file():
-            known = ", ".join(available_loras(lora_dir))
-            where = f"in {lora_dir}" if lora_dir else "(no LoRA folder is configured)"
-            raise InvalidInput(
-                f"There is no LoRA named {name!r} {where}. Available: "
-                f"{known or 'none (add .safetensors files there, or set ATELIER_LORA_DIR)'}."
-            )
+            # Neither the folder nor its other files: they may be other users' LoRAs.
+            raise InvalidInput(f"There is no LoRA named {name!r}. `/loras` lists yours.")
     return loras
 
 
@@ -340,9 +353,10 @@ def render(spec: RenderSpec, cache: PipelineCache, progress: Progress) -> list[G
     """
     plan = spec.plan
     assert plan is not None, "generate() sets the device plan"
-    if not cache.is_loaded(spec.model, plan):
+    source = spec.source or spec.model
+    if not cache.is_loaded(source, plan):
         progress.report(0, 0, f"loading {spec.model}")
-    pipe = cache.get(spec.model, plan, spec.task)
+    pipe = cache.get(source, plan, spec.task)
     if progress.cancelled:
         raise JobCancelled("stopped by the user before denoising")
     arguments = _call_arguments(spec)
@@ -407,6 +421,7 @@ def _load_loras(pipe: Any, spec: RenderSpec) -> None:
         pipe.set_adapters(names, adapter_weights=[lora.weight for lora in spec.loras])
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = reason.replace(str(spec.lora_dir), "the LoRA folder")  # no server paths
         raise InvalidInput(
             f"The LoRA(s) {', '.join(names)} could not be applied to {spec.model} "
             f"(was it trained for this model?): {reason}"
@@ -472,4 +487,5 @@ def create_backend(settings: Any) -> LocalDiffusers | None:
         model=settings.local_model,
         device=settings.local_device,
         lora_dir=settings.resolved_lora_dir,
+        models_dir=getattr(settings, "local_models_dir", None),
     )

@@ -3,7 +3,8 @@
 SVD animates a still; it takes no text. Text-to-video on this backend is therefore done
 by the tool, which draws a keyframe with an image backend first. What a model needs when
 the request does not say comes from its name (SVD-XT was trained on 25 frames, SVD on
-14) or, for a model folder, from its UNet config.
+14) or, for a model folder, from its UNet config. Which models a user may name is
+`pipelines/model_sources.py`'s rule, checked before any folder is read.
 
 Memory: the VAE decodes `decode_chunk_size` frames at a time. diffusers' default decodes
 every frame at once, which for 25 frames at 1024x576 needs far more memory than the
@@ -36,7 +37,8 @@ from memory.errors import InvalidInput
 from pipelines import devices
 from pipelines.base import InputImage, SizeRange
 from pipelines.job_queue import JobCancelled, JobQueue, JobRunner
-from pipelines.pipeline_cache import PipelineCache, _dtype_argument, _first_line, _source
+from pipelines.model_sources import ModelSources
+from pipelines.pipeline_cache import PipelineCache, _dtype_argument, _source, load_error
 from pipelines.progress import Progress
 from pipelines.video_base import (
     VideoCapabilities,
@@ -68,10 +70,15 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def native_frames(model: str) -> int:
-    """Frames the model was trained to make: a folder's UNet config, else its name."""
-    config = Path(model).expanduser() / "unet" / "config.json"
-    if config.is_file():
+def native_frames(model: str, source: str | None = None) -> int:
+    """Frames the model was trained to make: a folder's UNet config, else its name.
+
+    Only an absolute folder (`source`, from ModelSources.source) is read: a hub id that is
+    also a folder name under the working directory must not change the answer.
+    """
+    source = source or model
+    config = Path(source) / "unet" / "config.json"
+    if Path(source).is_absolute() and config.is_file():
         try:
             frames = json.loads(config.read_text(encoding="utf-8")).get("num_frames")
         except (OSError, ValueError):
@@ -95,6 +102,7 @@ class ClipSpec:
     seed: int
     decode_chunk_size: int
     plan: devices.DevicePlan | None = None
+    source: str = ""  # what the loader gets; "" = model
 
 
 class LocalStableVideo:
@@ -108,10 +116,12 @@ class LocalStableVideo:
         runner: JobRunner | None = None,
         cache: PipelineCache | None = None,
         decode_chunk_size: int = DECODE_CHUNK_SIZE,
+        models_dir: Path | None = None,
     ) -> None:
         if decode_chunk_size < 1:
             raise ValueError("decode_chunk_size must be at least 1")
         self.default_model = model
+        self.sources = ModelSources((model,), models_dir)
         self.device = device
         self.runner: JobRunner = runner or JobQueue()
         # Video pipelines are big: keep one loaded, apart from the image models.
@@ -120,7 +130,8 @@ class LocalStableVideo:
         self._plan: devices.DevicePlan | None = None
 
     def capabilities(self, model: str | None = None) -> VideoCapabilities:
-        frames = native_frames(model or self.default_model)
+        model = model or self.default_model
+        frames = native_frames(model, self.sources.source(model))
         return VideoCapabilities(
             text_to_video=False,
             image_to_video=True,
@@ -145,6 +156,7 @@ class LocalStableVideo:
             request = replace(request, size=_size_for_input(request.image))
         checked = check_video_request(self, request)
         assert checked.image is not None and checked.model is not None  # checked above
+        source = self.sources.source(checked.model)
         width, height = checked.width_height or NATIVE_SIZE
         spec = ClipSpec(
             model=checked.model,
@@ -156,6 +168,7 @@ class LocalStableVideo:
             steps=checked.steps or DEFAULT_STEPS,
             seed=checked.seed if checked.seed is not None else secrets.randbelow(2**32),
             decode_chunk_size=min(self.decode_chunk_size, checked.frames),
+            source=source,
         )
         plan = await self._device_plan()
         spec = replace(spec, plan=plan)
@@ -214,14 +227,8 @@ def load_svd(model: str, plan: devices.DevicePlan) -> Any:
     try:
         pipe = StableVideoDiffusionPipeline.from_pretrained(source, **_dtype_argument(plan))
     except (OSError, ValueError, TypeError) as exc:
-        reason = _first_line(exc)
-        if Path(source).is_dir():
-            raise InvalidInput(
-                f"Could not load a Stable Video Diffusion pipeline from {source} ({reason})."
-            ) from exc
-        raise InvalidInput(
-            f"Could not download or load the video model {model!r} from the Hugging Face "
-            f"Hub ({reason}); check the id, your network, or HF_TOKEN for gated models."
+        raise load_error(
+            model, source, exc, "a Stable Video Diffusion pipeline", "the video model"
         ) from exc
     pipe = pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=True)
@@ -232,9 +239,10 @@ def render_clip(spec: ClipSpec, cache: PipelineCache, progress: Progress) -> Any
     """Load (or reuse) the pipeline, denoise the clip, decode it in chunks, encode MP4."""
     plan = spec.plan
     assert plan is not None, "generate() sets the device plan"
-    if not cache.is_loaded(spec.model, plan):
+    source = spec.source or spec.model
+    if not cache.is_loaded(source, plan):
         progress.report(0, spec.steps, f"loading {spec.model}")
-    pipe = cache.get(spec.model, plan)
+    pipe = cache.get(source, plan)
     if progress.cancelled:
         raise JobCancelled("stopped by the user before denoising")
     image = _decode(spec.image).resize((spec.width, spec.height))
@@ -296,4 +304,5 @@ def create_video_backend(settings: Any, images: Any = None) -> LocalStableVideo 
         model=settings.local_video_model,
         device=settings.local_device,
         runner=getattr(shared, "runner", None),
+        models_dir=getattr(settings, "local_models_dir", None),
     )

@@ -16,10 +16,13 @@ what licence, is never lost.
 
 Every refusal names the image or zip entry at fault. Uploads are treated as hostile: a
 size limit before anything is opened, entry names that try to leave the folder
-(`../x.png`, `/etc/x.png`, `C:\\x.png`) refused, zip bombs bounded by the total
-uncompressed size (checked from the directory before inflating, and counted again while
-inflating), and images opened through `memory.png_metadata.open_image`, which refuses
-decompression bombs. Nothing is ever extracted under an entry's own name.
+(`../x.png`, `/etc/x.png`, `C:\\x.png`) refused, zip bombs bounded three ways -- the
+total uncompressed size, each entry's size (`max_image_bytes`) and each entry's
+compression ratio -- each checked from the directory before inflating and counted again
+while inflating, a megabyte at a time, so a lying directory cannot make one entry take
+more memory than one image may; and images opened through
+`memory.png_metadata.open_image`, which refuses decompression bombs. Nothing is ever
+extracted under an entry's own name.
 
 This is plain Pillow work, but blocking: call it from a worker thread (asyncio.to_thread).
 """
@@ -63,6 +66,11 @@ class DatasetLimits:
     max_images: int = 200
     max_upload_bytes: int = 100 * 1024 * 1024  # Replicate's files API takes up to 100 MB
     max_uncompressed_bytes: int = 512 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024  # one entry, inflated
+    # Photos in PNG/JPEG/WebP barely compress; bombs reach ~1000:1. Checked once an
+    # entry passes `ratio_floor_bytes`, so short captions never trip it.
+    max_compression_ratio: int = 100
+    ratio_floor_bytes: int = 1024 * 1024
     max_entries: int = 2000
     max_caption_chars: int = 1000
 
@@ -231,8 +239,27 @@ def _checked_entries(
         declared += info.file_size
         if declared > limits.max_uncompressed_bytes:
             raise _too_big_unpacked(upload_name, limits)
+        _check_entry_size(info, info.file_size, upload_name, limits)
         entries.append(info)
     return entries
+
+
+def _check_entry_size(
+    info: zipfile.ZipInfo, size: int, upload_name: str, limits: DatasetLimits
+) -> None:
+    """One entry's inflated size (claimed, or counted so far) against its limits."""
+    if size > limits.max_image_bytes:
+        raise InvalidInput(
+            f"{upload_name} entry {info.filename!r} unpacks to more than "
+            f"{_mb(limits.max_image_bytes)}, the limit for one image; it was not unpacked."
+        )
+    ratio_limit = limits.max_compression_ratio * max(info.compress_size, 1)
+    if size > limits.ratio_floor_bytes and size > ratio_limit:
+        raise InvalidInput(
+            f"{upload_name} entry {info.filename!r} compresses more than "
+            f"{limits.max_compression_ratio}:1, which pictures do not (a zip bomb, or an "
+            "image with almost nothing in it); it was not unpacked."
+        )
 
 
 def _check_entry_name(name: str, upload_name: str) -> None:
@@ -258,12 +285,15 @@ def _read_entries(
     total = 0
     for info in entries:
         chunks = []
+        size = 0
         try:
             with archive.open(info) as stream:
                 while chunk := stream.read(1024 * 1024):
+                    size += len(chunk)
                     total += len(chunk)
                     if total > limits.max_uncompressed_bytes:
                         raise _too_big_unpacked(upload_name, limits)
+                    _check_entry_size(info, size, upload_name, limits)
                     chunks.append(chunk)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise InvalidInput(

@@ -155,9 +155,10 @@ def check_lora_name(name: str, lora_dir: Path) -> LoraLayout:
             stem = entry.name.removesuffix(".safetensors") if entry.is_file() else entry.name
             taken.add(stem.lower())
     if name.lower() in taken:
+        # LoRA names share one folder on the server: the name is taken, whoever took it.
         raise InvalidInput(
-            f"There is already a LoRA (or an unfinished training) named {name!r} in "
-            f"{lora_dir}. Choose another name."
+            f"There is already a LoRA, a training or a shared LoRA file named {name!r} on "
+            "this server (LoRA names are one list for everyone). Choose another name."
         )
     return LoraLayout(lora_dir, name)
 

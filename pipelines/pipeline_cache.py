@@ -49,15 +49,7 @@ def load_text2img(model: str, plan: DevicePlan) -> Any:
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(source, **_dtype_argument(plan))
     except (OSError, ValueError) as exc:
-        reason = _first_line(exc)
-        if is_local_path(model) or Path(model).expanduser().is_dir():
-            raise InvalidInput(
-                f"Could not load the diffusers pipeline in {source} ({reason})."
-            ) from exc
-        raise InvalidInput(
-            f"Could not download or load the model {model!r} from the Hugging Face Hub "
-            f"({reason}); check the id, your network, or HF_TOKEN for gated models."
-        ) from exc
+        raise load_error(model, source, exc, "the diffusers pipeline") from exc
     pipe = pipe.to(plan.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -71,23 +63,67 @@ def _dtype_argument(plan: DevicePlan) -> dict[str, Any]:
     return {name: plan.torch_dtype}
 
 
+def load_error(
+    model: str, source: str, exc: BaseException, what: str, hub_what: str = "the model"
+) -> InvalidInput:
+    """Why `model` did not load, naming a folder only as its last part.
+
+    Which branch is taken depends on the name alone (a path or a hub id), never on what
+    the disk holds, and the reason has the folder's path taken out: a user learns nothing
+    about the server's files from it.
+    """
+    reason = _first_line(exc)
+    for path in {source, model, str(Path(model).expanduser())}:
+        if len(path) > 1 and is_local_path(path):
+            reason = reason.replace(path, "the model folder")
+    if is_local_path(model):
+        return InvalidInput(f"Could not load {what} in the folder {_shown(model)} ({reason}).")
+    return InvalidInput(
+        f"Could not download or load {hub_what} {model!r} from the Hugging Face Hub "
+        f"({reason}); check the id, your network, or HF_TOKEN for gated models."
+    )
+
+
 def _source(model: str) -> str:
-    """A folder's resolved path after checking it holds a pipeline; a hub id as given."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
+    """A folder's resolved path after checking it holds a pipeline; a hub id's snapshot.
+
+    Only a path (absolute, `~`, `./`) is read as a folder; callers make the operator's own
+    relative folders absolute first (ModelSources.source). A hub id is fetched into (or
+    found in) the hub cache first and loaded from there: diffusers would read a folder of
+    the same name under the working directory instead, and answer differently when one
+    exists. So what a user names as a hub id never reads a server folder, and its errors
+    are the hub's alone.
+    """
+    if is_local_path(model):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise InvalidInput(
+                f"The local model {_shown(model)} does not exist. Give a diffusers pipeline "
+                "folder holding model_index.json, or a Hugging Face id such as "
+                "stabilityai/sd-turbo."
+            )
         if not (folder / "model_index.json").is_file():
             raise InvalidInput(
-                f"The model folder {folder.resolve()} has no model_index.json, so it is not "
+                f"The model folder {_shown(model)} has no model_index.json, so it is not "
                 "a diffusers pipeline folder (save one with pipe.save_pretrained(folder))."
             )
         return str(folder.resolve())
-    if is_local_path(model):
-        raise InvalidInput(
-            f"The local model {model!r} does not exist (tried the folder "
-            f"{folder.resolve()}). Give a diffusers pipeline folder holding "
-            "model_index.json, or a Hugging Face id such as stabilityai/sd-turbo."
-        )
-    return model
+    return _hub_snapshot(model)
+
+
+def _hub_snapshot(model: str) -> str:
+    """The hub's files of `model` in the local hub cache (downloaded if need be)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return str(DiffusionPipeline.download(model))
+    except (OSError, ValueError) as exc:
+        raise load_error(model, model, exc, "the model") from exc
+
+
+def _shown(model: str) -> str:
+    """A folder as errors name it: its last part only, never the server's path."""
+    return repr(Path(model).name or model)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -48,6 +48,8 @@ from memory.logging_setup import get_logger
 from memory.png_metadata import open_image
 from pipelines import replicate_models
 from pipelines.base import Capabilities, GeneratedImage, ImageRequest, ImageResult, check_request
+from pipelines.fetch_policy import FetchPolicy
+from pipelines.guarded_fetch import GuardedFetcher, refused
 from pipelines.progress import Progress
 from pipelines.replicate_models import ModelRef, ReplicateModel
 
@@ -82,7 +84,7 @@ class _Connections:
 
     loop: asyncio.AbstractEventLoop
     api: replicate.Client
-    files: httpx.AsyncClient
+    files: GuardedFetcher  # outputs: provider-chosen URLs, so through the guard only
     transport: httpx.AsyncHTTPTransport
 
 
@@ -104,6 +106,7 @@ class ReplicateImages:
         max_retry_wait_s: float = MAX_RETRY_WAIT_S,
         retry_backoff_s: float = 0.5,
         max_wait_s: float = 1800.0,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
         self.default_model = model
         self._token = api_token
@@ -114,6 +117,8 @@ class ReplicateImages:
         self._max_retry_wait_s = max_retry_wait_s
         self._retry_backoff_s = retry_backoff_s
         self._max_wait_s = max_wait_s
+        # No allow-list unless given: outputs on private addresses are refused.
+        self._fetch_policy = fetch_policy or FetchPolicy(timeout_s=timeout_s)
         self._connections: _Connections | None = None
 
     # -- the ImageBackend interface ----------------------------------------------------
@@ -204,7 +209,7 @@ class ReplicateImages:
                 event_hooks={"response": [_remember_retry_after]},
             )
             # Outputs are fetched without the API token: it is no business of a file host.
-            files = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
+            files = GuardedFetcher(self._fetch_policy)
             conns = self._connections = _Connections(loop, api, files, transport)
         return conns
 
@@ -346,11 +351,11 @@ class ReplicateImages:
     # -- outputs ------------------------------------------------------------------------
 
     async def _download_all(
-        self, files: httpx.AsyncClient, urls: list[str], label: str, seed: int | None
+        self, files: GuardedFetcher, urls: list[str], label: str, seed: int | None
     ) -> list[GeneratedImage]:
         async def one(url: str) -> GeneratedImage:
             data = await _fetch(files, url, label)
-            mime, width, height = await asyncio.to_thread(_probe, data, label)
+            mime, width, height = await asyncio.to_thread(_probe, data, url, label)
             return GeneratedImage(data=data, mime=mime, width=width, height=height, seed=seed)
 
         try:
@@ -460,14 +465,18 @@ def _redact(value: Any) -> Any:
 
 
 def _output_urls(output: Any, label: str) -> list[str]:
-    """One output or a list: FileOutput (https/data), or a plain URL string."""
+    """One output or a list: FileOutput or a plain string (a link or a data: URI).
+
+    Which links are fetched is decided by `_fetch` (data: decoded here, http(s) through
+    the guard, anything else refused there with the same message as a blocked host).
+    """
     if output is None or output == [] or output == "":
         raise BackendFailed(f"{label} finished without any image. Try again.")
     items = list(output) if isinstance(output, list | tuple) else [output]
     urls = []
     for item in items:
         url = item.url if isinstance(item, FileOutput) else item
-        if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:")):
+        if not isinstance(url, str):
             raise BackendFailed(
                 f"{label} finished, but its output is not an image link ({type(item).__name__})."
             )
@@ -475,33 +484,11 @@ def _output_urls(output: Any, label: str) -> list[str]:
     return urls
 
 
-async def _fetch(files: httpx.AsyncClient, url: str, label: str) -> bytes:
+async def _fetch(files: GuardedFetcher, url: str, label: str) -> bytes:
+    """A data: URI decoded in place; any other link through the guarded downloader."""
     if url.startswith("data:"):
         return _decode_data_uri(url, label)
-    host = urllib.parse.urlsplit(url).netloc
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with files.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise BackendFailed(
-                    f"Could not download the image {label} made (HTTP {response.status_code} "
-                    f"from {host}); the link may have expired. Try again."
-                )
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_DOWNLOAD_BYTES:
-                    raise BackendFailed(
-                        f"The image {label} made is larger than "
-                        f"{MAX_DOWNLOAD_BYTES // 2**20} MB; it was not downloaded."
-                    )
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(
-            f"Could not download the image {label} made from {host} ({type(exc).__name__}). "
-            "Try again in a moment."
-        ) from exc
-    return b"".join(chunks)
+    return await files.fetch(url, max_bytes=MAX_DOWNLOAD_BYTES)
 
 
 def _decode_data_uri(uri: str, label: str) -> bytes:
@@ -516,12 +503,18 @@ def _decode_data_uri(uri: str, label: str) -> bytes:
         raise BackendFailed(f"{label} returned a data: URI that cannot be decoded.") from None
 
 
-def _probe(data: bytes, label: str) -> tuple[str, int, int]:
-    """(mime, width, height), refusing anything that does not decode as an image."""
+def _probe(data: bytes, url: str, label: str) -> tuple[str, int, int]:
+    """(mime, width, height), refusing anything that does not decode as an image.
+
+    A downloaded file that is not an image gets the downloader's neutral message (what
+    answered at a link is not the user's to learn); a data: URI says what is wrong.
+    """
     try:
         with open_image(data) as image:
             return Image.MIME.get(image.format or "", "image/png"), image.width, image.height
     except InvalidInput as exc:
+        if not url.startswith("data:"):
+            raise refused(url, "not an image", error=str(exc)[:200], model=label) from None
         raise BackendFailed(f"{label} returned a file that is not a usable image: {exc}") from None
 
 
@@ -667,4 +660,7 @@ def create_backend(settings: Any) -> ReplicateImages | None:
         poll_interval_s=settings.replicate_poll_interval_s,
         timeout_s=settings.request_timeout_s,
         max_retries=settings.max_retries,
+        fetch_policy=FetchPolicy.from_setting(
+            settings.fetch_allow_hosts, timeout_s=settings.request_timeout_s
+        ),
     )

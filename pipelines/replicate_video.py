@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import urllib.parse
 from dataclasses import replace
 from typing import Any
 
-import httpx
 from replicate.helpers import FileOutput, transform_output
 
-from memory.errors import BackendFailed, BackendUnavailable, InvalidInput
+from memory.errors import BackendFailed, InvalidInput
 from memory.logging_setup import get_logger
 from pipelines import replicate_models, replicate_video_models
+from pipelines.fetch_policy import FetchPolicy
+from pipelines.guarded_fetch import GuardedFetcher, refused
 from pipelines.progress import Progress
 from pipelines.replicate_images import (
     ReplicateImages,
@@ -67,6 +67,7 @@ class ReplicateVideo:
         max_retries: int = 2,
         retry_backoff_s: float = 0.5,
         max_wait_s: float = 3600.0,
+        fetch_policy: FetchPolicy | None = None,
     ) -> None:
         self.default_model = model
         self._predictions = ReplicateImages(
@@ -77,6 +78,7 @@ class ReplicateVideo:
             max_retries=max_retries,
             retry_backoff_s=retry_backoff_s,
             max_wait_s=max_wait_s,
+            fetch_policy=fetch_policy,
         )
 
     # -- the VideoBackend interface ----------------------------------------------------
@@ -130,7 +132,7 @@ class ReplicateVideo:
         url = _output_url(transform_output(prediction.output, conns.api), label)
         _report(progress, 100, "downloading the clip")
         data = await _fetch(conns.files, url, label)
-        video = await asyncio.to_thread(_checked_video, data, label)
+        video = await asyncio.to_thread(_checked_video, data, url, label)
         return VideoResult(
             video=video,
             backend=self.id,
@@ -164,7 +166,7 @@ def _seed_to_send(spec: ReplicateVideoModel, seed: int | None, label: str) -> in
 
 
 def _output_url(output: Any, label: str) -> str:
-    """The one clip a video model returns: a FileOutput (https/data) or a plain URL."""
+    """The one clip a video model returns: a FileOutput or a plain string (link or data:)."""
     items = list(output) if isinstance(output, list | tuple) else [output]
     items = [item for item in items if item not in (None, "")]
     if len(items) != 1:
@@ -174,46 +176,27 @@ def _output_url(output: Any, label: str) -> str:
         )
     item = items[0]
     url = item.url if isinstance(item, FileOutput) else item
-    if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:")):
+    if not isinstance(url, str):  # which links are fetched is the guarded downloader's call
         raise BackendFailed(
             f"{label} finished, but its output is not a video link ({type(item).__name__})."
         )
     return url
 
 
-async def _fetch(files: httpx.AsyncClient, url: str, label: str) -> bytes:
+async def _fetch(files: GuardedFetcher, url: str, label: str) -> bytes:
+    """A data: URI decoded in place; any other link through the guarded downloader."""
     if url.startswith("data:"):
         return _decode_data_uri(url, label)
-    host = urllib.parse.urlsplit(url).netloc
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with files.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise BackendFailed(
-                    f"Could not download the clip {label} made (HTTP {response.status_code} "
-                    f"from {host}); the link may have expired. Try again."
-                )
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_VIDEO_BYTES:
-                    raise BackendFailed(
-                        f"The clip {label} made is larger than "
-                        f"{MAX_VIDEO_BYTES // 2**20} MB; it was not downloaded."
-                    )
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(
-            f"Could not download the clip {label} made from {host} ({type(exc).__name__}). "
-            "Try again in a moment."
-        ) from exc
-    return b"".join(chunks)
+    return await files.fetch(url, max_bytes=MAX_VIDEO_BYTES)
 
 
-def _checked_video(data: bytes, label: str) -> EncodedVideo:
+def _checked_video(data: bytes, url: str, label: str) -> EncodedVideo:
+    """A clip browsers play; a downloaded file that is not one gets the neutral message."""
     try:
         return web_playable(data)
     except InvalidInput as exc:
+        if not url.startswith("data:"):
+            raise refused(url, "not a video", error=str(exc)[:200], model=label) from None
         raise BackendFailed(f"{label} returned a file that is not a usable video: {exc}") from None
 
 
@@ -228,4 +211,7 @@ def create_video_backend(settings: Any, images: Any = None) -> ReplicateVideo | 
         poll_interval_s=settings.replicate_poll_interval_s,
         timeout_s=settings.request_timeout_s,
         max_retries=settings.max_retries,
+        fetch_policy=FetchPolicy.from_setting(
+            settings.fetch_allow_hosts, timeout_s=settings.request_timeout_s
+        ),
     )

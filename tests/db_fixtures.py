@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
+from memory import requester as memory_requester
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
 from memory.media_store import MediaStore
@@ -46,25 +46,27 @@ LINK_SECRET = "test-link-secret-" + "x" * 32
 _postgres_unreachable: list[str] = []
 
 
-@dataclass(frozen=True)
-class Who:
-    """What the data layer asks for: the requester's identifier and user id."""
-
-    identifier: str | None = None
-    user_id: str | None = None
+Who = memory_requester.Requester  # what the data layer asks for
 
 
 class Requester:
-    """Stands in for Chainlit's session user: tests switch who is asking."""
+    """Stands in for Chainlit's session user: tests switch who is asking.
+
+    `act_as(None)` names nobody (as an HTTP route or socket handler without a login
+    would), which the data layer refuses; `as_system()` is the server's own work.
+    """
 
     def __init__(self) -> None:
-        self.current = Who()
+        self.current: Who | None = None
 
-    def __call__(self) -> Who:
+    def __call__(self) -> Who | None:
         return self.current
 
     def act_as(self, account: Account | None) -> None:
-        self.current = Who(account.identifier, account.id) if account else Who()
+        self.current = Who.user(account.identifier, account.id) if account else None
+
+    def as_system(self) -> None:
+        self.current = Who(None, None, is_system=True, reason="test")
 
 
 def step_dict(thread_id: str, **overrides: Any) -> dict[str, Any]:

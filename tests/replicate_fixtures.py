@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipelines.fetch_policy import FetchPolicy
 from tests.fakes.replicate_server import FakeReplicate
+
+
+def fetch_policy_for(fake: FakeReplicate, **limits: float) -> FetchPolicy:
+    """The downloader's policy with this fake (on 127.0.0.1) on the allow-list, and nothing
+    else private: every test that downloads the fake's outputs goes through the real guard."""
+    return FetchPolicy.from_setting(fake.fetch_allow, **limits)
 
 
 @pytest.fixture(scope="session")

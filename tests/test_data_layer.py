@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from memory import signed_links
 from memory.data_layer import AtelierDataLayer
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound, PersistenceError
+from memory.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from memory.media_store import MediaStore
 from memory.models import Element, MediaRef, Step, Thread
 from memory.users import Account, UserStore
@@ -269,8 +269,12 @@ async def test_users_cannot_reach_each_others_threads(data_layer, users, request
     assert await list_all(data_layer, alice) == [alices_thread]
     assert await list_all(data_layer, alice, search="bob") == []
 
-    # Even a direct call with no session user cannot move a thread to another owner.
+    # A call that names nobody is refused outright; even the server cannot move a
+    # thread to another owner.
     requester.act_as(None)
+    with pytest.raises(AccessDenied):
+        await data_layer.update_thread(bobs_thread, user_id=alice.id)
+    requester.as_system()
     with pytest.raises(NotFound):
         await data_layer.update_thread(bobs_thread, user_id=alice.id)
 
@@ -481,6 +485,9 @@ async def test_no_thread_can_be_created_for_someone_else(data_layer, users, requ
     requester.act_as(alice)
     with pytest.raises(NotFound):
         await data_layer.update_thread(str(uuid.uuid4()), name="planted", user_id=bob.id)
+    with pytest.raises(NotFound):  # nor can alice list bob's conversations
+        await list_all(data_layer, bob)
+    requester.act_as(bob)
     assert await list_all(data_layer, bob) == []
 
 

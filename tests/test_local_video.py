@@ -63,7 +63,13 @@ def decoded(data: bytes, tmp_path: Path) -> tuple[dict, list[bytes]]:
 
 @pytest.fixture
 def backend(tiny_svd_dir: Path) -> Iterator[LocalStableVideo]:
-    local = LocalStableVideo(model=str(tiny_svd_dir), device="cpu", decode_chunk_size=2)
+    # pytest's base folder is the operator's models folder: the test models are inside it.
+    local = LocalStableVideo(
+        model=str(tiny_svd_dir),
+        device="cpu",
+        decode_chunk_size=2,
+        models_dir=tiny_svd_dir.parent.parent,
+    )
     yield local
     local.runner.shutdown()  # type: ignore[attr-defined]
 

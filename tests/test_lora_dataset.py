@@ -227,7 +227,7 @@ def test_lora_name_must_be_valid_and_free(tmp_path: Path) -> None:
     (lora_dir / "Pixel-Art.safetensors").write_bytes(b"")
     (lora_dir / "half-done").mkdir()  # an unfinished training's folder
     for taken in ("pixel-art", "Pixel-Art", "half-done"):
-        with pytest.raises(InvalidInput, match=f"already a LoRA .* named '{taken}'"):
+        with pytest.raises(InvalidInput, match=f"already a LoRA.* named '{taken}'"):
             check_lora_name(taken, lora_dir)
     assert check_lora_name("pixel", lora_dir).weights == lora_dir / "pixel.safetensors"
 

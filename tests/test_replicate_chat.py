@@ -26,6 +26,7 @@ async def test_switch_to_replicate_draw_and_edit(make_app, fake_replicate):
     app = make_app(
         REPLICATE_API_TOKEN=fake_replicate.api_token,
         REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
         ATELIER_REPLICATE_POLL_INTERVAL="0.05",
     )
     chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))

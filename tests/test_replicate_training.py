@@ -29,6 +29,7 @@ from pipelines.replicate_training import (
 )
 from tests.fakes.replicate_server import FakeReplicate
 from tests.lora_fixtures import prepare
+from tests.replicate_fixtures import fetch_policy_for
 
 DESTINATION = "me/my-style"
 TRAINER = "ostris/flux-dev-lora-trainer"
@@ -122,7 +123,10 @@ async def test_trains_reports_progress_and_the_new_version_runs(
     assert progress.losses == result.losses
 
     images = ReplicateImages(
-        fake_replicate.api_token, base_url=fake_replicate.base_url, poll_interval_s=0.01
+        fake_replicate.api_token,
+        base_url=fake_replicate.base_url,
+        poll_interval_s=0.01,
+        fetch_policy=fetch_policy_for(fake_replicate),
     )
     made = await images.generate(ImageRequest("TOK, a cat", model=result.version))
     await images.aclose()

@@ -20,10 +20,12 @@ from PIL import Image
 from memory.errors import BackendFailed, InvalidInput
 from memory.logging_setup import configure_logging
 from pipelines.base import InputImage
+from pipelines.guarded_fetch import DOWNLOAD_FAILED
 from pipelines.progress import Progress
 from pipelines.replicate_video import ReplicateVideo
 from pipelines.video_base import VideoRequest
 from tests.fakes.replicate_server import FakeReplicate
+from tests.replicate_fixtures import fetch_policy_for
 
 MINIMAX = "minimax/video-01"
 KLING = "kwaivgi/kling-v2.1"
@@ -43,6 +45,7 @@ async def videos(fake_replicate: FakeReplicate) -> AsyncIterator[ReplicateVideo]
         poll_interval_s=0.01,
         timeout_s=10.0,
         retry_backoff_s=0.01,
+        fetch_policy=fetch_policy_for(fake_replicate, timeout_s=10.0),
     )
     yield backend
     await backend.aclose()
@@ -195,7 +198,13 @@ async def test_what_a_model_cannot_do_is_refused_before_any_request(
 
 
 async def test_a_file_that_is_not_a_video_is_not_kept(videos, fake_replicate) -> None:
-    # An image model asked through the video backend returns a PNG.
+    # An image model asked through the video backend returns a PNG link: what answered at
+    # a link is not the user's to learn, so it reads as any failed download.
+    with pytest.raises(BackendFailed) as caught:
+        await videos.generate(VideoRequest(prompt="a fox", model="black-forest-labs/flux-schnell"))
+    assert caught.value.message == DOWNLOAD_FAILED
+    # As a data: URI nothing was fetched, so the reason is given.
+    fake_replicate.configure(output_mode="data")
     with pytest.raises(BackendFailed, match="not a usable video: .*single picture"):
         await videos.generate(VideoRequest(prompt="a fox", model="black-forest-labs/flux-schnell"))
 

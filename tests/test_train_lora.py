@@ -267,7 +267,8 @@ async def test_bad_inputs_are_refused_with_a_reason(world, engine):  # noqa: F81
     other_user = await UserStore(session_factory(engine)).add("sam", "password-456")
     other_ctx = ToolContext(**{**ctx.__dict__, "user_id": other_user.id})
     with pytest.raises(NotFound):
-        await train_lora(other_ctx, "theirs", images=[one, one[:-1] + "0"], steps=8)
+        other_id = one[:-1] + ("1" if one.endswith("0") else "0")  # never the same id
+        await train_lora(other_ctx, "theirs", images=[one, other_id], steps=8)
     # Names already used: in the registry, or on disk.
     await jobs.loras.create(ctx.user_id, NewLora("Taken", "local", "m", "TOK", 8, {}, {}))
     with pytest.raises(InvalidInput, match="already have a LoRA"):

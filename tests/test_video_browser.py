@@ -95,6 +95,7 @@ def test_animate_the_fox_plays_live_and_after_a_reload(
     app = make_app(
         REPLICATE_API_TOKEN=fake_replicate.api_token,
         REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
         ATELIER_REPLICATE_POLL_INTERVAL="0.05",
         ATELIER_LOCAL_ENABLED="0",
     )

@@ -54,6 +54,7 @@ async def test_animate_the_fox_and_play_it_again_after_a_restart(
     app = make_app(
         REPLICATE_API_TOKEN=fake_replicate.api_token,
         REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
         ATELIER_REPLICATE_POLL_INTERVAL="0.05",
         ATELIER_LOCAL_ENABLED="0",
     )
@@ -114,6 +115,7 @@ async def test_video_commands_refuse_clearly(make_app, fake_replicate) -> None:
     app = make_app(
         REPLICATE_API_TOKEN=fake_replicate.api_token,
         REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
         ATELIER_REPLICATE_POLL_INTERVAL="0.05",
         ATELIER_LOCAL_ENABLED="0",
     )
@@ -143,6 +145,7 @@ async def test_text_to_video_on_local_svd_shows_the_keyframe_first(
     app = make_app(
         REPLICATE_API_TOKEN=fake_replicate.api_token,
         REPLICATE_BASE_URL=fake_replicate.base_url,
+        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
         ATELIER_REPLICATE_POLL_INTERVAL="0.05",
         ATELIER_LOCAL_VIDEO_MODEL=str(tiny_svd_dir),
         ATELIER_LOCAL_DEVICE="cpu",

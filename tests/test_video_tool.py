@@ -36,6 +36,7 @@ from pipelines.replicate_video import ReplicateVideo
 from pipelines.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
+from tests.replicate_fixtures import fetch_policy_for
 from tools.context import GenerationDefaults, ToolArtifact, ToolContext
 from tools.generate_image import generate_image
 from tools.generate_video import generate_video
@@ -75,7 +76,12 @@ async def world(
     users = UserStore(session_factory(engine))
     eve = await users.add("eve", "password-123")
     media = MediaStore(tmp_path / "media")
-    hosted = {"base_url": fake_replicate.base_url, "poll_interval_s": 0.01, "timeout_s": 10.0}
+    hosted = {
+        "base_url": fake_replicate.base_url,
+        "poll_interval_s": 0.01,
+        "timeout_s": 10.0,
+        "fetch_policy": fetch_policy_for(fake_replicate),
+    }
     token = fake_replicate.api_token or ""
     images = ReplicateImages(token, **hosted)
     clips = ReplicateVideo(token, **hosted)

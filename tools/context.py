@@ -19,6 +19,7 @@ from tools.styles import StyleLibrary
 
 if TYPE_CHECKING:
     from tools.training_jobs import TrainingJobs
+    from tools.turn_guard import TurnGuard
 
 # (instructions, prompt) -> rewritten prompt; None when no chat model is configured.
 PromptRewriter = Callable[[str, str], Awaitable[str]]
@@ -84,6 +85,8 @@ class ToolContext:
     attached_images: tuple[str, ...] = ()
     attached_zips: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes)
     trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
+    # The message's tool-call count and running spend; None: each paid action alone.
+    turn: TurnGuard | None = None
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:

@@ -79,6 +79,7 @@ async def _generate(
             )
             made.extend(artifact.images)
 
+    first = await image_jobs.authorised(ctx, first)
     priced = image_jobs.estimate(ctx, image_jobs.checked(first), n=n)
     if priced is None:
         await draw(None)
@@ -90,6 +91,7 @@ async def _generate(
         what="curation",
         estimate=priced,
         label=f"{n} candidates with {first.label}",
+        units=n,
     ) as charge:
         await draw(charge)
     return made

@@ -117,8 +117,21 @@ async def estimate_cost(
     if ctx.prices is None:
         raise InvalidInput("Prices are not loaded in this app, so nothing can be estimated.")
     estimate, label = _price(ctx, n, quality, size, seconds, backend)
+    if estimate.unpriced:
+        # What a real request would do: refused, or counted at the operator's ceiling.
+        try:
+            estimate = spending.for_budget(
+                estimate, ctx.operator_limits, backend="", model=label, units=n
+            )
+        except InvalidInput:
+            text = (
+                f"**Cost of {n} × {label}: unknown.** It has no price here, and models "
+                "without a price are not run on this server; the operator can price it in "
+                "the file named by ATELIER_PRICES_FILE.\n\n_Nothing was made or spent._"
+            )
+            return text, ToolArtifact(text=text)
     text = spending.describe(estimate, f"{n} × {label}")
-    if not estimate.unpriced:
+    if estimate.usd > 0 or not estimate.unpriced:
         text += "\n\n" + "\n".join(await _budget_lines(ctx, estimate.usd))
     text = text.strip() + "\n\n_Nothing was made or spent._"
     return text, ToolArtifact(text=text)

@@ -33,7 +33,7 @@ from pipelines.video_base import (
     check_video_request,
 )
 from pipelines.video_registry import VideoBackendRegistry
-from tools import image_jobs, spending
+from tools import image_jobs, lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 
 LATEST = "latest"
@@ -112,6 +112,8 @@ async def generate_video(
 ) -> tuple[str, ToolArtifact]:
     store, registry = _stores(ctx)
     video_backend, model = choose_backend(ctx, registry, backend)
+    # Another user's Replicate-trained LoRA model is theirs alone (tools/lora_access.py).
+    await lora_access.authorise(ctx, video_backend.id, model, ())
     notes: list[str] = []
     status = ctx.backends.check_model(video_backend.id, model, "video model")
     warning = status.warning() if status is not None else None

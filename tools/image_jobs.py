@@ -25,7 +25,7 @@ from pipelines.base import (
     check_request,
 )
 from pipelines.pricing import Estimate
-from tools import spending
+from tools import lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 
 # Keys of ImageRequest that are stored with every image, so a fork can replay it.
@@ -173,6 +173,19 @@ def checked(planned: Plan) -> Plan:
     return replace(planned, request=check_request(planned.backend, planned.request))
 
 
+async def authorised(ctx: ToolContext, planned: Plan) -> Plan:
+    """The plan once its LoRAs and model are the user's to use (tools/lora_access.py).
+
+    LoRAs come back under their stored names; another user's LoRA or Replicate-trained
+    model is refused like one that does not exist, before anything is priced or sent.
+    """
+    request = planned.request
+    loras = await lora_access.authorise(ctx, planned.backend.id, request.model, request.loras)
+    if loras == request.loras:
+        return planned
+    return replace(planned, request=replace(request, loras=loras))
+
+
 def estimate(ctx: ToolContext, planned: Plan, n: int | None = None) -> Estimate | None:
     """The table's price for a planned request (`n` overrides its count, for batches)."""
     if ctx.prices is None:
@@ -214,6 +227,7 @@ async def run(
     A paid request goes through `spending.paid_action` (estimate shown, confirmation,
     budget reservation); a batch passes the `charge` it opened for all of its parts.
     """
+    planned = await authorised(ctx, planned)
     priced = estimate(ctx, checked(planned))
     if charge is not None or priced is None:
         return await _generate(
@@ -226,6 +240,7 @@ async def run(
         what=_what(planned),
         estimate=priced,
         label=describe_request(planned),
+        units=planned.request.n,
     ) as opened:
         return await _generate(
             ctx, planned, prompt_typed, parent_id, lineage, seed_requested, opened
@@ -318,7 +333,7 @@ async def _generate(
         )
         artifact.images.append((record, stored))
     if charge is not None and cost is not None:
-        charge.record(cost, image_id=artifact.images[0][0].id)
+        charge.record(cost, image_id=artifact.images[0][0].id, units=len(result.images))
     return artifact
 
 

@@ -8,19 +8,31 @@ failed, was stopped or was declined, so nothing is spent for work that was not k
 
 A batch (a curation's candidates) opens one paid action for the whole batch and records
 each part's cost on the same charge: one question, one reservation.
+
+The threshold applies to what one user message spends in total, not to each call alone
+(tools/turn_guard.py): the decision and the reservation are made under the message's
+lock, so its concurrent tool calls cannot each slip under it.
+
+A model with no price in the table never runs at $0 against a budget. The operator
+chooses (`ATELIER_UNPRICED_POLICY`): `refuse` it before anything runs, or `reserve` a
+ceiling per output (`ATELIER_UNPRICED_RESERVE_USD`) that is confirmed, budgeted and
+finally recorded like any price, with the source "ceiling" (a part the provider did
+price, through reported usage, is recorded at that figure instead).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from memory.errors import AtelierError
+from memory.errors import AtelierError, InvalidInput
+from memory.ledger import OperatorLimits
 from memory.logging_setup import get_logger
 from pipelines.pricing import Cost, Estimate
+from tools.turn_guard import TurnGuard
 
 if TYPE_CHECKING:
     from memory.ledger import Ledger, Reservation
@@ -28,7 +40,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-_SOURCE_ORDER = ("reported", "table", "estimate")
+_SOURCE_ORDER = ("reported", "table", "estimate", "ceiling")
 
 
 class Declined(AtelierError):
@@ -37,35 +49,64 @@ class Declined(AtelierError):
 
 @dataclass
 class Charge:
-    """The money side of one paid action while it runs."""
+    """The money side of one paid action while it runs.
+
+    `unpriced_each` is the operator's ceiling per output when the model has no price:
+    a part recorded without a price is charged that, never $0.
+    """
 
     estimate: Estimate
     reservation: Reservation | None = None
     costs: list[Cost] = field(default_factory=list)
     image_id: str | None = None  # the first thing it made, for the ledger's link
+    unpriced_each: Decimal | None = None
+    sources: list[str] = field(default_factory=list)  # per recorded part
 
-    def record(self, cost: Cost, image_id: str | None = None) -> None:
-        """Add what one part of the action cost (a batch records each part)."""
+    def record(self, cost: Cost, image_id: str | None = None, units: int = 1) -> None:
+        """Add what one part of the action cost (a batch records each part).
+
+        `units` is how many outputs the part made: an unpriced part is charged the
+        ceiling for each.
+        """
+        source: str = cost.source
+        if cost.unpriced and self.unpriced_each is not None:
+            ceiling = self.unpriced_each * max(1, units)
+            cost = replace(
+                cost,
+                usd=ceiling,
+                lines=[
+                    *cost.lines,
+                    f"charged the operator's ceiling for unpriced models: "
+                    f"{max(1, units)} × ${self.unpriced_each} = ${ceiling}",
+                ],
+            )
+            source = "ceiling"
         self.costs.append(cost)
+        self.sources.append(source)
         if self.image_id is None:
             self.image_id = image_id
 
-    async def settle(self, cost: Cost, image_id: str | None = None) -> None:
+    async def settle(self, cost: Cost, image_id: str | None = None, units: int = 1) -> None:
         """Record the action's actual cost; the ledger is written when the action ends."""
-        self.record(cost, image_id)
+        self.record(cost, image_id, units)
 
     def actual(self) -> tuple[Decimal | None, str]:
-        """(dollars, source); dollars None when some part has no known price.
+        """(dollars, source); dollars None only for a part with no price and no ceiling.
 
         Nothing recorded (the body made nothing chargeable) falls back to the estimate,
-        marked as such, because the provider may still have billed for the attempt.
+        marked as such, because the provider may still have billed for the attempt; an
+        unpriced estimate is then the whole ceiling that was reserved.
         """
         if not self.costs:
-            return (None if self.estimate.unpriced else self.estimate.usd), "estimate"
-        if any(cost.unpriced for cost in self.costs):
+            if self.estimate.unpriced:
+                if self.unpriced_each is None:
+                    return None, "estimate"
+                return self.estimate.usd, "ceiling"
+            return self.estimate.usd, "estimate"
+        if any(cost.unpriced for cost in self.costs) and self.unpriced_each is None:
             return None, "estimate"
         total = sum((cost.usd for cost in self.costs), Decimal(0))
-        source = max((cost.source for cost in self.costs), key=_SOURCE_ORDER.index)
+        source = max(self.sources, key=_SOURCE_ORDER.index)
         return total, source
 
 
@@ -73,12 +114,42 @@ def describe(estimate: Estimate, label: str) -> str:
     """The estimate as the chat shows it: the total, then how it was reached."""
     if estimate.unpriced:
         why = "; ".join(estimate.lines) or "this model is not in the price table"
+        if estimate.usd > 0:
+            return (
+                f"**Cost of {label}: unknown, up to ${estimate.usd:.4f} reserved** ({why}). "
+                "It counts against your budgets at that amount and is recorded as spent."
+            )
         return (
             f"**Cost of {label}: unknown** ({why}). It will run and be recorded as "
             "unpriced; budgets cannot count it."
         )
     head = f"**Estimated cost of {label}: ${estimate.usd:.4f}**"
     return head + "".join(f"\n- {line}" for line in estimate.lines)
+
+
+def for_budget(
+    estimate: Estimate, limits: OperatorLimits | None, *, backend: str, model: str, units: int
+) -> Estimate:
+    """The estimate a budget counts: an unpriced one becomes the operator's ceiling.
+
+    Raises InvalidInput when the operator refuses unpriced models, naming the model and
+    how the operator can price it.
+    """
+    if not estimate.unpriced or estimate.usd > 0:
+        return estimate  # priced, or already at the ceiling
+    limits = limits or OperatorLimits()
+    if limits.unpriced_policy == "refuse":
+        raise InvalidInput(
+            f"{backend}:{model} has no price in this server's price table, and models "
+            "without a price are not run here (ATELIER_UNPRICED_POLICY=refuse). Nothing "
+            "ran and nothing was spent. Choose a priced model, or ask the operator to add "
+            "a [[price]] row for it to the price file named by ATELIER_PRICES_FILE."
+        )
+    count = max(1, units)
+    each = limits.unpriced_reserve_usd
+    ceiling = (each * count).quantize(Decimal("0.000001"))
+    line = f"reserved at the operator's ceiling for unpriced models: {count} × ${each} = ${ceiling}"
+    return replace(estimate, usd=ceiling, lines=[*estimate.lines, line])
 
 
 def is_paid(estimate: Estimate) -> bool:
@@ -94,30 +165,42 @@ async def paid_action(
     what: str,
     estimate: Estimate,
     label: str | None = None,
+    units: int = 1,
 ) -> AsyncIterator[Charge]:
     """Show, confirm, reserve; then settle with the recorded cost or release on failure.
 
-    Raises Declined when the user cancels and memory.ledger.BudgetExceeded past a hard
-    limit, in both cases before the body runs.
+    `units` is how many outputs (or calls) the action makes: an unpriced model is
+    reserved at the operator's ceiling for each. Raises InvalidInput for an unpriced
+    model the operator refuses, Declined when the user cancels (now or earlier in the
+    same message) and memory.ledger.BudgetExceeded past a hard limit, all before the
+    body runs.
     """
+    estimate = for_budget(estimate, ctx.operator_limits, backend=backend, model=model, units=units)
     charge = Charge(estimate=estimate)
+    if estimate.unpriced:
+        charge.unpriced_each = (ctx.operator_limits or OperatorLimits()).unpriced_reserve_usd
     label = label or f"this {what}"
+    turn = ctx.turn if ctx.turn is not None else TurnGuard()
+    _refuse_if_declined(turn, label)
     if is_paid(estimate) and ctx.announce is not None:
         await ctx.announce(describe(estimate, label))
     ledger = ctx.ledger
-    if ledger is not None and not estimate.unpriced:
-        await _confirm_if_above_threshold(ctx, ledger, estimate, label, what)
     if ledger is not None:
-        charge.reservation = await ledger.reserve(
-            user_id=ctx.user_id,
-            thread_id=ctx.thread_id,
-            backend=backend,
-            model=model,
-            what=what,
-            estimate_usd=Decimal(0) if estimate.unpriced else estimate.usd,
-            operator_limits=ctx.operator_limits,
-            message_id=ctx.message_id,
-        )
+        # One decision at a time per message: its total and its reservations move together.
+        async with turn.lock:
+            _refuse_if_declined(turn, label)  # a call that waited here while the user said no
+            await _confirm_if_above_threshold(ctx, ledger, turn, estimate, label, what)
+            charge.reservation = await ledger.reserve(
+                user_id=ctx.user_id,
+                thread_id=ctx.thread_id,
+                backend=backend,
+                model=model,
+                what=what,
+                estimate_usd=estimate.usd,
+                operator_limits=ctx.operator_limits,
+                message_id=ctx.message_id,
+            )
+            turn.committed_usd += estimate.usd
     try:
         yield charge
     except BaseException:
@@ -126,41 +209,68 @@ async def paid_action(
         # stop arrives as CancelledError; this still runs, as a task is cancelled once.
         if ledger is not None and charge.reservation is not None:
             if charge.costs:
-                await _settle(ctx, charge)
+                await _settle(ctx, charge, turn)
             else:
                 await ledger.release(charge.reservation.id, user_id=ctx.user_id)
+                turn.committed_usd -= estimate.usd
         raise
     if ledger is not None and charge.reservation is not None:
-        await _settle(ctx, charge)
+        await _settle(ctx, charge, turn)
+
+
+def _refuse_if_declined(turn: TurnGuard, label: str) -> None:
+    if turn.declined:
+        raise Declined(
+            f"Cancelled: you declined further spending for this message, so {label} did "
+            "not run and nothing was spent. Send a new message to ask again."
+        )
 
 
 async def _confirm_if_above_threshold(
-    ctx: ToolContext, ledger: Ledger, estimate: Estimate, label: str, what: str
+    ctx: ToolContext,
+    ledger: Ledger,
+    turn: TurnGuard,
+    estimate: Estimate,
+    label: str,
+    what: str,
 ) -> None:
-    needed = await ledger.needs_confirmation(
-        user_id=ctx.user_id,
-        thread_id=ctx.thread_id,
-        estimate_usd=estimate.usd,
-        operator_limits=ctx.operator_limits,
+    """Ask when this action alone, or the message's total with it, passes the threshold."""
+    usages = await ledger.usage(
+        user_id=ctx.user_id, thread_id=ctx.thread_id, operator_limits=ctx.operator_limits
     )
-    if not needed:
+    thresholds = [u.confirm_above_usd for u in usages if u.confirm_above_usd is not None]
+    threshold = min(thresholds) if thresholds else None
+    if threshold is None or not turn.needs_question(estimate.usd, threshold):
         return
-    question = (
-        f"{label[:1].upper()}{label[1:]} is estimated at ${estimate.usd:.4f}, above your "
-        "confirmation threshold. Go ahead?"
-    )
+    head = f"{label[:1].upper()}{label[1:]}"
+    if turn.committed_usd > 0:
+        total = turn.committed_usd + estimate.usd
+        question = (
+            f"{head} is estimated at ${estimate.usd:.4f}. With what this message has already "
+            f"spent or reserved (${turn.committed_usd:.4f}) it comes to ${total:.4f}, above "
+            f"your confirmation threshold of ${threshold:.2f}. Go ahead?"
+        )
+    else:
+        question = (
+            f"{head} is estimated at ${estimate.usd:.4f}, above your confirmation "
+            "threshold. Go ahead?"
+        )
     # Without a way to ask (a caller with no chat), above the threshold means no.
     confirmed = await ctx.confirm(question) if ctx.confirm is not None else False
     if not confirmed:
+        turn.declined = True
         log.info("paid_action_declined", what=what, estimate_usd=str(estimate.usd))
         raise Declined(
             f"Cancelled: {label} (estimated ${estimate.usd:.4f}) did not run and nothing was spent."
         )
+    turn.confirmed(estimate.usd, threshold)
 
 
-async def _settle(ctx: ToolContext, charge: Charge) -> None:
+async def _settle(ctx: ToolContext, charge: Charge, turn: TurnGuard) -> None:
     assert ctx.ledger is not None and charge.reservation is not None
     usd, source = charge.actual()
+    if usd is not None:
+        turn.committed_usd += usd - charge.estimate.usd
     await ctx.ledger.settle(
         charge.reservation.id,
         user_id=ctx.user_id,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +38,7 @@ from pipelines.lora_dataset import (
     prepare_dataset,
 )
 from pipelines.lora_formats import LoraLayout, check_lora_name
-from tools import spending
+from tools import lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 from tools.training_estimate import (
     TrainingEstimate,
@@ -160,13 +160,24 @@ async def train_lora(
     if backend == "local":
         local = _local_backend(ctx)
         base = base_model or local.default_model
+        local.model_source(base)  # a hub id, the operator's model or its models folder
         params = _local_params(steps, rank, learning_rate)
         _check_local_params(params)
         trainer_name = base
     else:
         params = None
         base, trainer_name = _replicate_checks(jobs, base_model, destination, steps, rank)
+        assert destination is not None  # _replicate_checks refuses a missing one
+        await lora_access.check_destination(jobs.loras, ctx.user_id, destination)
         ctx.backends.check_model("replicate", trainer_name, "LoRA trainer")
+        # An unpriced trainer the operator refuses is refused before any work is done.
+        spending.for_budget(
+            replicate_estimate(ctx.prices, trainer=trainer_name, steps=steps).cost,
+            ctx.operator_limits,
+            backend="replicate",
+            model=trainer_name,
+            units=1,
+        )
     # 3. The images, then the dataset on disk (next to where the LoRA will be).
     items = await _dataset_images(ctx, images, licence, zips)
     limits = DatasetLimits()
@@ -184,6 +195,13 @@ async def train_lora(
             estimate = await _local_estimate(ctx, jobs, base, steps, resolution)
         else:
             estimate = replicate_estimate(ctx.prices, trainer=trainer_name, steps=steps)
+        # What the budgets will count: an unpriced run is the operator's ceiling.
+        estimate = replace(
+            estimate,
+            cost=spending.for_budget(
+                estimate.cost, ctx.operator_limits, backend=backend, model=base, units=1
+            ),
+        )
         question = _question(name, backend, base, dataset, steps, rank, learning_rate, estimate)
         confirmed = await ctx.confirm(question) if ctx.confirm is not None else False
         if not confirmed:
@@ -500,6 +518,7 @@ async def _local_estimate(
         steps=steps,
         resolution=resolution,
         previous=previous,
+        source=local.model_source(base),
     )
 
 

@@ -49,7 +49,11 @@ class TrainingEstimate:
         else:
             gb = self.memory_bytes / 2**30
             memory = f"~{gb:.1f} GB of memory" if gb >= 0.1 else f"~{gb * 1024:.0f} MB of memory"
-        cost = "unknown (no price for it)" if self.cost.unpriced else f"${self.cost.usd:.4f}"
+        if self.cost.unpriced:
+            reserved = f", up to ${self.cost.usd:.4f} reserved" if self.cost.usd > 0 else ""
+            cost = f"unknown (no price for it{reserved})"
+        else:
+            cost = f"${self.cost.usd:.4f}"
         return f"~{duration(self.seconds)}, {memory}, cost {cost} ({self.basis})"
 
 
@@ -64,7 +68,7 @@ def duration(seconds: float) -> str:
 def _unet_bytes(base_model: str) -> tuple[int, int, bool]:
     """(UNet bytes, all frozen bytes) as stored, and whether they were measured."""
     folder = Path(base_model)
-    if not folder.is_dir():
+    if not folder.is_absolute() or not folder.is_dir():
         return SD15_UNET_BYTES_FP32, SD15_FROZEN_BYTES_FP32, False
 
     def size(part: str) -> int:
@@ -90,9 +94,14 @@ def local_estimate(
     resolution: int,
     batch_size: int = 1,
     previous: LoraRecord | None = None,
+    source: str | None = None,
 ) -> TrainingEstimate:
-    """Time, memory and cost of a local training (blocking: reads the model folder)."""
-    unet, frozen, measured = _unet_bytes(base_model)
+    """Time, memory and cost of a local training (blocking: reads the model folder).
+
+    `source` is where the model loads from (LocalDiffusers.model_source): only an
+    absolute folder is measured, so a hub id never reads a folder of the same name.
+    """
+    unet, frozen, measured = _unet_bytes(source or base_model)
     area = (resolution / 512) ** 2
     kind = device.split(":")[0]
     per_step_then = (previous.metrics.get("seconds_per_step") if previous else None) or 0

@@ -307,7 +307,11 @@ class TrainingJobs:
         trainer = LocalLoraTrainer(backend.runner, backend.device, backend.lora_dir)
         assert spec.params is not None and job.progress is not None
         request = LocalTrainingRequest(
-            spec.name, spec.base_model, spec.dataset, spec.params, resume=spec.resume is not None
+            spec.name,
+            backend.model_source(spec.base_model),  # checked again: a resume reads the row
+            spec.dataset,
+            spec.params,
+            resume=spec.resume is not None,
         )
         result = await trainer.train(request, job.progress)
         seconds = job.elapsed()

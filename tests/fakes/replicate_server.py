@@ -188,7 +188,8 @@ class FakeReplicate(ThreadedServer):
     """Fake Replicate API served by uvicorn in a background thread on 127.0.0.1.
 
     Tests may change ``latency_s`` (delay before every API and file response),
-    ``starting_polls``, ``processing_polls``, ``output_mode`` ("url" or "data") and
+    ``starting_polls``, ``processing_polls``, ``output_mode`` ("url" or "data"),
+    ``output_links`` (links every prediction answers instead of its own files) and
     ``api_token`` (None accepts any bearer token) at any time.
     """
 
@@ -214,6 +215,9 @@ class FakeReplicate(ThreadedServer):
         self.starting_polls = starting_polls
         self.processing_polls = processing_polls
         self.output_mode = output_mode
+        # Links the next predictions answer instead of their own files (a hostile model's
+        # outputs, for the SSRF tests); None: the fake's own /files/ links.
+        self.output_links: list[str] | None = None
         self.versions: dict[str, str] = {_SDXL_VERSION: "stability-ai/sdxl"}
         self._init_server(port)
         self._lock = threading.Lock()
@@ -232,6 +236,12 @@ class FakeReplicate(ThreadedServer):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def fetch_allow(self) -> str:
+        """The ATELIER_FETCH_ALLOW_HOSTS entry that lets the app download this fake's files
+        (they are on 127.0.0.1, which the guarded downloader refuses otherwise)."""
+        return f"127.0.0.1:{self.port}"
 
     # -- what tests read and steer ---------------------------------------------------
 
@@ -273,6 +283,7 @@ class FakeReplicate(ThreadedServer):
         self.trainings.reset()
         for name, value in self._defaults.items():
             setattr(self, name, value)
+        self.output_links = None
         self.versions = {_SDXL_VERSION: "stability-ai/sdxl"}
 
     def configure(self, **settings: Any) -> None:
@@ -536,6 +547,9 @@ class FakeReplicate(ThreadedServer):
     def _render(self, prediction: _Prediction) -> Any:
         """The outputs: a list when the model takes num_outputs, else one link."""
         inputs = prediction.input
+        if self.output_links is not None:
+            links = list(self.output_links)
+            return links if "num_outputs" in inputs else links[0]
         if replicate_videos.is_video(prediction.model):  # one MP4
             data = replicate_videos.clip(prediction.model, inputs, prediction.seed)
             if self.output_mode == "data":
