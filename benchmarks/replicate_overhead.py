@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from memory.logging_setup import configure_logging  # noqa: E402
 from pipelines.base import ImageRequest  # noqa: E402
 from pipelines.fetch_policy import FetchPolicy  # noqa: E402
-from pipelines.replicate_images import FIRST_POLL_S, ReplicateImages  # noqa: E402
+from pipelines.replicate_client import FIRST_POLL_S  # noqa: E402
+from pipelines.replicate_images import ReplicateImages  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
 
 MODEL = "black-forest-labs/flux-schnell"

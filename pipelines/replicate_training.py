@@ -11,11 +11,12 @@ layout Replicate's LoRA trainers read captions from), never the user's raw uploa
 up to `data_uri_limit_bytes` (1 MB, Replicate's advice) goes inline as a data URI; a
 larger one is uploaded through the files API (up to 100 MB) and passed by its URL.
 
-Like predictions (see replicate_images), a training is created, then polled; progress
-comes from the trainer's tqdm log lines ("120/1000 [...] loss: 3.9e-01"), and the loss
-is recorded for the chart when a `TrainingProgress` is passed. A training nobody waits
-for keeps running and billing GPU time, so it is cancelled on Replicate whenever we stop
-waiting: on a user stop, an error, a timeout, or the awaiting task being cancelled.
+A training lives a prediction's life at the `/v1/trainings` endpoints, so the one
+Replicate client (`pipelines/replicate_client.py`, with `TRAININGS`) creates it with the
+project's retry policy (Retry-After included), polls it, and cancels it on Replicate
+whenever we stop waiting: a training nobody waits for keeps running and billing GPU time.
+Progress comes from the trainer's tqdm log lines ("120/1000 [...] loss: 3.9e-01"), and
+the loss is recorded for the chart when a `TrainingProgress` is passed.
 
 Trainers are data (`TRAINERS`): which model, which version (None: its latest, looked up
 when training starts) and what its inputs are called. A trainer not in the table is
@@ -25,11 +26,10 @@ refused before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,29 +38,27 @@ import replicate
 from replicate.exceptions import ReplicateError
 from replicate.training import Training
 
-from memory.errors import (
-    BackendError,
-    BackendFailed,
-    BackendNotConfigured,
-    BackendUnavailable,
-    InvalidInput,
-    QuotaExhausted,
-    RateLimited,
-)
+from memory.errors import BackendFailed, InvalidInput
 from memory.logging_setup import get_logger
 from pipelines.lora_dataset import PreparedDataset, dataset_zip
 from pipelines.progress import Progress
+from pipelines.replicate_client import (
+    TRAININGS,
+    ReplicateClient,
+    configured,
+    report,
+    stop_if_cancelled,
+)
+from pipelines.replicate_errors import api_error, check_finished, unreachable
+from pipelines.replicate_files import data_uri, redact
 from pipelines.replicate_models import parse_ref
 
 log = get_logger(__name__)
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 DATA_URI_LIMIT_BYTES = 1_000_000  # Replicate: data URIs only for files under ~1 MB
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # Replicate's files API limit
-CANCEL_TIMEOUT_S = 5.0
 _STEP = re.compile(r"(\d+)/(\d+) \[")
 _LOSS = re.compile(r"loss[:=]\s*([0-9.]+(?:e[-+]?\d+)?)", re.I)
-_TOKEN_HINT = "check REPLICATE_API_TOKEN; it may be wrong, expired or revoked"
 
 
 @dataclass(frozen=True)
@@ -127,16 +125,20 @@ class ReplicateLoraTrainer:
         max_wait_s: float = 4 * 3600.0,
         max_retries: int = 2,
         retry_backoff_s: float = 1.0,
+        max_retry_wait_s: float = 60.0,
         data_uri_limit_bytes: int = DATA_URI_LIMIT_BYTES,
         trainers: Mapping[str, Trainer] = TRAINERS,
     ) -> None:
+        self._client_options: dict[str, Any] = {
+            "base_url": base_url,
+            "poll_interval_s": poll_interval_s,
+            "timeout_s": timeout_s,
+            "max_wait_s": max_wait_s,
+            "max_retries": max_retries,
+            "retry_backoff_s": retry_backoff_s,
+            "max_retry_wait_s": max_retry_wait_s,
+        }
         self._token = api_token
-        self._base_url = base_url
-        self._poll_interval_s = poll_interval_s
-        self._timeout_s = timeout_s
-        self._max_wait_s = max_wait_s
-        self._max_retries = max_retries
-        self._retry_backoff_s = retry_backoff_s
         self._data_uri_limit = data_uri_limit_bytes
         self.trainers = dict(trainers)
 
@@ -152,36 +154,26 @@ class ReplicateLoraTrainer:
                 f"The training set zips to {len(archive) / 2**20:.1f} MB; Replicate takes up "
                 f"to {MAX_UPLOAD_BYTES // 2**20} MB. Use fewer images or a lower resolution."
             )
-        transport = httpx.AsyncHTTPTransport()
-        timeout = httpx.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
-        api = replicate.Client(
-            self._token, base_url=self._base_url, timeout=timeout, transport=transport
-        )
+        # A client of its own per training (closed after): trainings are rare and long.
+        client = ReplicateClient(self._token, **self._client_options)
+        label = f"Replicate {trainer.model}"
         try:
+            api = client.connect().api
             # 2. The dataset (inline or uploaded) and the trainer's version.
-            _report(progress, 0, "uploading the training images")
+            report(progress, 0, "uploading the training images")
             images = await self._dataset_input(api, archive, destination)
             version = trainer.version or await self._latest_version(api, trainer.model)
             inputs = _inputs(trainer, request, images)
             # 3. Create, poll until it ends (cancelling it on Replicate if we stop waiting).
-            _stop_if_cancelled(progress)
-            training = await self._create(api, trainer, version, inputs, destination, progress)
-            log.info("replicate_training_created", training=training.id, trainer=trainer.model)
+            stop_if_cancelled(TRAININGS, progress)
             losses: list[tuple[int, float]] = []
-            training = await self._wait(api, training, progress, losses)
+            training = await self._run(
+                client, trainer, version, inputs, destination, progress, losses
+            )
         finally:
-            await transport.aclose()
+            await client.aclose()
         # 4. The outcome.
-        if training.status == "failed":
-            error = str(training.error or "").strip()[:500] or "no reason given"
-            raise BackendFailed(
-                f"The LoRA training on Replicate failed (training {training.id}): {error}"
-            )
-        if training.status == "canceled":
-            raise BackendFailed(
-                f"The Replicate training {training.id} was canceled before it finished (from "
-                "Replicate's dashboard or another client); no LoRA was made."
-            )
+        check_finished(TRAININGS, training, label)
         output = training.output if isinstance(training.output, dict) else {}
         made = output.get("version")
         if not _is_version(made):
@@ -197,9 +189,39 @@ class ReplicateLoraTrainer:
             trigger_word=request.dataset.trigger_word,
             trainer=trainer.model,
             trainer_version=version,
-            input=_redact(inputs),
+            input=redact(inputs),
             losses=tuple(losses),
         )
+
+    async def _run(
+        self,
+        client: ReplicateClient,
+        trainer: Trainer,
+        version: str,
+        inputs: dict[str, Any],
+        destination: str,
+        progress: Progress | None,
+        losses: list[tuple[int, float]],
+    ) -> Training:
+        """Create the training and wait for it to end, filling `losses` from its logs."""
+        label = f"Replicate {trainer.model}"
+
+        def start(api: replicate.Client) -> Awaitable[Training]:
+            return api.trainings.async_create(
+                model=trainer.model, version=version, input=inputs, destination=destination
+            )
+
+        def refuse(exc: ReplicateError) -> InvalidInput | None:
+            return _not_found(exc, trainer, version, destination)
+
+        def on_status(current: Training) -> None:
+            _report_training(progress, current, losses)
+
+        training = await client.create(TRAININGS, start, label, progress, refuse)
+        log.info("replicate_training_created", training=training.id, trainer=trainer.model)
+        training = await client.wait(TRAININGS, training, label, progress, on_status)
+        on_status(training)  # the last log lines: the final steps' losses
+        return training
 
     # -- checks ---------------------------------------------------------------------
 
@@ -235,16 +257,16 @@ class ReplicateLoraTrainer:
 
     async def _dataset_input(self, api: replicate.Client, archive: bytes, name: str) -> str:
         if len(archive) <= self._data_uri_limit:
-            return "data:application/zip;base64," + base64.b64encode(archive).decode("ascii")
+            return data_uri(archive, "application/zip")
         filename = f"{name.replace('/', '-')}-dataset.zip"
         try:
             uploaded = await api.files.async_create(
                 io.BytesIO(archive), filename=filename, content_type="application/zip"
             )
         except ReplicateError as exc:
-            raise _api_error(exc, "upload the training images") from exc
+            raise api_error(exc, "upload the training images") from exc
         except httpx.HTTPError as exc:
-            raise _unreachable(exc, "uploading the training images") from exc
+            raise unreachable(exc, "uploading the training images") from exc
         return uploaded.urls["get"]
 
     async def _latest_version(self, api: replicate.Client, model: str) -> str:
@@ -256,100 +278,15 @@ class ReplicateLoraTrainer:
                     f"Replicate has no trainer model {model} (or it is private to another "
                     f"account). Check https://replicate.com/{model}."
                 ) from exc
-            raise _api_error(exc, f"look up the trainer {model}") from exc
+            raise api_error(exc, f"look up the trainer {model}") from exc
         except httpx.HTTPError as exc:
-            raise _unreachable(exc, f"looking up the trainer {model}") from exc
+            raise unreachable(exc, f"looking up the trainer {model}") from exc
         if found.latest_version is None:
             raise InvalidInput(f"The trainer {model} has no version to train with.")
         return found.latest_version.id
 
-    async def _create(
-        self,
-        api: replicate.Client,
-        trainer: Trainer,
-        version: str,
-        inputs: dict[str, Any],
-        destination: str,
-        progress: Progress | None,
-    ) -> Training:
-        """POST the training; on 429 and 5xx back off and try again (the client never does)."""
-        attempts = self._max_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return await _create_once(api, trainer.model, version, inputs, destination)
-            except ReplicateError as exc:
-                status = exc.status or 0
-                if (status != 429 and status < 500) or attempt == attempts:
-                    raise _create_error(exc, trainer, version, destination) from exc
-            except httpx.ConnectError as exc:
-                if attempt == attempts:
-                    raise _unreachable(exc, "starting the training") from exc
-            except httpx.HTTPError as exc:
-                # It may have arrived: trying again could start (and bill) a second one.
-                raise _unreachable(exc, "starting the training") from exc
-            delay = self._retry_backoff_s * 2 ** (attempt - 1)
-            _report(progress, 0, f"Replicate is busy; retrying in {delay:.2g} s")
-            await _sleep(delay, progress)
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    async def _wait(
-        self,
-        api: replicate.Client,
-        training: Training,
-        progress: Progress | None,
-        losses: list[tuple[int, float]],
-    ) -> Training:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_wait_s
-        current = training
-        try:
-            while current.status not in TERMINAL:
-                _report_training(progress, current, losses)
-                if loop.time() > deadline:
-                    raise BackendUnavailable(
-                        f"The Replicate training {current.id} did not finish within "
-                        f"{self._max_wait_s / 60:.0f} minutes; it was cancelled."
-                    )
-                await _sleep(self._poll_interval_s, progress)
-                current = await self._poll(api, current.id)
-        except (Exception, asyncio.CancelledError):
-            await _cancel_remote(api, training.id)
-            raise
-        _report_training(progress, current, losses)
-        return current
-
-    async def _poll(self, api: replicate.Client, training_id: str) -> Training:
-        try:
-            return await api.trainings.async_get(training_id)
-        except ReplicateError as exc:
-            raise _api_error(exc, f"follow training {training_id}") from exc
-        except httpx.HTTPError as exc:
-            raise _unreachable(exc, f"following training {training_id}") from exc
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def _create_once(
-    api: replicate.Client, model: str, version: str, inputs: dict[str, Any], destination: str
-) -> Training:
-    """One POST; if we are cancelled while it is in flight, cancel what it started."""
-    task = asyncio.ensure_future(
-        api.trainings.async_create(
-            model=model, version=version, input=inputs, destination=destination
-        )
-    )
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        # The training may already exist and would bill GPU time for hours: hear the
-        # answer (briefly) so that it can be cancelled too.
-        try:
-            created = await asyncio.wait_for(task, CANCEL_TIMEOUT_S)
-        except (Exception, asyncio.CancelledError):
-            raise asyncio.CancelledError() from None
-        await _cancel_remote(api, created.id)
-        raise
 
 
 def _is_version(value: object) -> bool:
@@ -386,26 +323,12 @@ def _inputs(trainer: Trainer, request: ReplicateTrainingRequest, images: str) ->
     return inputs
 
 
-def _redact(inputs: dict[str, Any]) -> dict[str, Any]:
-    def short(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("data:"):
-            return f"<zip {math.ceil(len(value.partition(',')[2]) * 3 / 4 / 1024)} KB>"
-        return value
-
-    return {key: short(value) for key, value in inputs.items()}
-
-
-def _report(progress: Progress | None, done: int, note: str, total: int = 100) -> None:
-    if progress is not None:
-        progress.report(done, total, note)
-
-
 def _report_training(
     progress: Progress | None, training: Training, losses: list[tuple[int, float]]
 ) -> None:
     """Progress from the trainer's log lines; each newly seen step's loss is recorded."""
     if training.status == "starting":
-        _report(progress, 0, "starting (waiting for a Replicate GPU)")
+        report(progress, 0, "starting (waiting for a Replicate GPU)")
         return
     logs = training.logs or ""
     seen = {step for step, _ in losses}
@@ -421,93 +344,34 @@ def _report_training(
     steps = _STEP.findall(logs)
     if steps:
         done, total = (int(n) for n in steps[-1])
-        _report(progress, done, f"training on Replicate: step {done}/{total}", total)
+        report(progress, done, f"training on Replicate: step {done}/{total}", total)
     elif training.status == "processing":
-        _report(progress, 0, "training on Replicate (preparing)")
+        report(progress, 0, "training on Replicate (preparing)")
 
 
-def _stop_if_cancelled(progress: Progress | None) -> None:
-    if progress is not None and progress.cancelled:
-        raise BackendFailed(
-            "Stopped at your request; the training on Replicate was cancelled (billing stops)."
-        )
-
-
-async def _sleep(seconds: float, progress: Progress | None) -> None:
-    """Sleep, waking every 0.1 s to notice a stop from any thread."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while (left := end - loop.time()) > 0:
-        _stop_if_cancelled(progress)
-        await asyncio.sleep(min(left, 0.1))
-    _stop_if_cancelled(progress)
-
-
-async def _cancel_remote(api: replicate.Client, training_id: str) -> None:
-    """Best effort and bounded: we are already unwinding with the error that matters."""
-    task = asyncio.ensure_future(api.trainings.async_cancel(training_id))
-    try:
-        await asyncio.wait_for(asyncio.shield(task), CANCEL_TIMEOUT_S)
-        log.info("replicate_training_cancelled", training=training_id)
-    except (Exception, asyncio.CancelledError) as exc:
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        log.warning(
-            "replicate_training_cancel_failed", training=training_id, error=type(exc).__name__
-        )
-
-
-def _detail(exc: ReplicateError) -> str:
-    return str(exc.detail or exc.title or "").strip()[:500]
-
-
-def _api_error(exc: ReplicateError, doing: str) -> BackendError:
-    status = exc.status or 0
-    if status in (401, 403):
-        return BackendNotConfigured(f"Replicate rejected the API token ({_TOKEN_HINT}).")
-    if status == 402:
-        return QuotaExhausted(
-            "Your Replicate account is out of credit (HTTP 402). Add credit at "
-            "replicate.com/account/billing; retrying will not help."
-        )
-    if status == 429:
-        return RateLimited(f"Replicate is rate-limiting requests; could not {doing}. Try later.")
-    return BackendUnavailable(
-        f"Replicate answered HTTP {status} when trying to {doing}"
-        f"{': ' + _detail(exc) if _detail(exc) else ''}. Try again in a moment."
-    )
-
-
-def _create_error(
+def _not_found(
     exc: ReplicateError, trainer: Trainer, version: str, destination: str
-) -> BackendError | InvalidInput:
-    status = exc.status or 0
-    if status == 404:
-        return InvalidInput(
-            f"Replicate cannot start the training: {_detail(exc) or 'not found'}. Check that "
-            f"the trainer {trainer.model} (version {version[:12]}…) exists and that the "
-            f"destination model {destination} exists and is yours (create it at "
-            "https://replicate.com/create)."
-        )
-    if status in (400, 422):
-        return InvalidInput(f"Replicate refused the training input: {_detail(exc)}")
-    return _api_error(exc, f"start the training with {trainer.model}")
-
-
-def _unreachable(exc: httpx.HTTPError, doing: str) -> BackendUnavailable:
-    return BackendUnavailable(
-        f"Could not reach Replicate while {doing} ({type(exc).__name__}). Check the "
-        "connection or REPLICATE_BASE_URL, then try again."
+) -> InvalidInput | None:
+    """What a 404 on starting a training means: the trainer or the destination is missing."""
+    if exc.status != 404:
+        return None
+    detail = str(exc.detail or exc.title or "").strip()[:500] or "not found"
+    return InvalidInput(
+        f"Replicate cannot start the training: {detail}. Check that the trainer "
+        f"{trainer.model} (version {version[:12]}…) exists and that the destination model "
+        f"{destination} exists and is yours (create it at https://replicate.com/create)."
     )
 
 
 def create_trainer(settings: Any) -> ReplicateLoraTrainer | None:
     """None without a Replicate token, as for the image backend."""
-    token = settings.replicate_api_token
-    if token is None or not token.get_secret_value().strip():
+    found = configured(settings)
+    if found is None:
         return None
+    token, options = found  # a training's own poll interval; it downloads nothing
     return ReplicateLoraTrainer(
-        token.get_secret_value().strip(),
-        base_url=settings.replicate_base_url,
-        timeout_s=settings.request_timeout_s,
-        max_retries=settings.max_retries,
+        token,
+        base_url=options.get("base_url"),
+        timeout_s=options.get("timeout_s", 120.0),
+        max_retries=options.get("max_retries", 2),
     )

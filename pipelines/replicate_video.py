@@ -1,11 +1,12 @@
 """Replicate video models, by model reference: create, poll, download, check the clip.
 
 A prediction's life on Replicate is the same whether it makes an image or a clip, so the
-image backend's machinery does it (`ReplicateImages`: create with the project's retry
-policy, poll with progress, cancel on Replicate whenever we stop waiting); this module
-adds what differs: the inputs of each video model (data, in
-`pipelines/replicate_video_models.py`), a download limit sized for video, and checking
-that what came back really is a video that browsers play (re-encoding it when not).
+one Replicate client does it (`pipelines/replicate_client.py`: create with the project's
+retry policy, Retry-After included, poll with progress, cancel on Replicate whenever we
+stop waiting, download through the guarded downloader); this module adds what differs:
+the inputs of each video model (data, in `pipelines/replicate_video_models.py`), a
+download limit sized for video, and checking that what came back really is a video
+that browsers play (re-encoding it when not).
 
 Video predictions take minutes, so `max_wait_s` is long; a user's stop cancels the
 prediction on Replicate, where it would otherwise keep running and billing.
@@ -16,25 +17,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import replace
-from typing import Any
+from typing import Any, Unpack
 
-from replicate.helpers import FileOutput, transform_output
+from replicate.helpers import transform_output
 
 from memory.errors import BackendFailed, InvalidInput
-from memory.logging_setup import get_logger
 from pipelines import replicate_models, replicate_video_models
-from pipelines.fetch_policy import FetchPolicy
-from pipelines.guarded_fetch import GuardedFetcher, refused
+from pipelines.guarded_fetch import refused
 from pipelines.progress import Progress
-from pipelines.replicate_images import (
-    ReplicateImages,
-    _check_json,
-    _data_uri,
-    _decode_data_uri,
-    _failure,
-    _redact,
-    _report,
-)
+from pipelines.replicate_client import ClientOptions, ReplicateClient, configured, report
+from pipelines.replicate_files import check_json, data_uri, output_link, record
 from pipelines.replicate_models import ModelRef
 from pipelines.replicate_video_models import ReplicateVideoModel
 from pipelines.video_base import (
@@ -46,8 +38,6 @@ from pipelines.video_base import (
 )
 from pipelines.video_encoding import web_playable
 
-log = get_logger(__name__)
-
 DEFAULT_MODEL = "minimax/video-01"
 MAX_VIDEO_BYTES = 256 * 1024 * 1024
 
@@ -57,28 +47,12 @@ class ReplicateVideo:
     label = "Replicate"
 
     def __init__(
-        self,
-        api_token: str,
-        model: str = DEFAULT_MODEL,
-        *,
-        base_url: str | None = None,
-        poll_interval_s: float = 2.0,
-        timeout_s: float = 120.0,
-        max_retries: int = 2,
-        retry_backoff_s: float = 0.5,
-        max_wait_s: float = 3600.0,
-        fetch_policy: FetchPolicy | None = None,
+        self, api_token: str, model: str = DEFAULT_MODEL, **options: Unpack[ClientOptions]
     ) -> None:
         self.default_model = model
-        self._predictions = ReplicateImages(
-            api_token,
-            base_url=base_url,
-            poll_interval_s=poll_interval_s,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            retry_backoff_s=retry_backoff_s,
-            max_wait_s=max_wait_s,
-            fetch_policy=fetch_policy,
+        # Clips take minutes: a slower poll and a longer wait than images, unless given.
+        self._client = ReplicateClient(
+            api_token, **ClientOptions(poll_interval_s=2.0, max_wait_s=3600.0) | options
         )
 
     # -- the VideoBackend interface ----------------------------------------------------
@@ -102,7 +76,7 @@ class ReplicateVideo:
         # 2. The model's input, as data says; the length only when the request set it.
         image_uri = None
         if checked.image is not None:
-            image_uri = await asyncio.to_thread(_data_uri, checked.image.data, checked.image.mime)
+            image_uri = await asyncio.to_thread(data_uri, checked.image.data, checked.image.mime)
         inputs = replicate_video_models.build_input(
             spec,
             checked,
@@ -110,28 +84,14 @@ class ReplicateVideo:
             image_uri=image_uri,
             length_given=request.seconds is not None or request.fps is not None,
         )
-        _check_json(inputs)
-        # 3. Create (retrying as Replicate asks) and poll until it ends.
-        predictions = self._predictions
-        conns = predictions._connect()
+        check_json(inputs)
+        # 3. Create (retrying as Replicate asks) and poll until it ends, or raise.
         pinned = ModelRef(ref.owner, ref.name, ref.version or spec.version)
-        _report(progress, 0, "sending to Replicate")
-        prediction = await predictions._create(
-            conns.api, pinned, replicate_models.GENERIC, inputs, label, progress
-        )
-        log.info("replicate_video_created", prediction=prediction.id, model=model)
-        prediction = await predictions._wait(conns.api, prediction, label, progress)
-        if prediction.status == "failed":
-            raise _failure(prediction, label)
-        if prediction.status == "canceled":
-            raise BackendFailed(
-                f"The Replicate prediction {prediction.id} was canceled before it finished "
-                "(from Replicate's dashboard or another client); nothing was made."
-            )
+        prediction = await self._client.predict(pinned, inputs, label, progress)
         # 4. Download the clip and make sure browsers can play it.
-        url = _output_url(transform_output(prediction.output, conns.api), label)
-        _report(progress, 100, "downloading the clip")
-        data = await _fetch(conns.files, url, label)
+        url = _output_url(transform_output(prediction.output, self._client.connect().api), label)
+        report(progress, 100, "downloading the clip")
+        data = await self._client.download(url, label, max_bytes=MAX_VIDEO_BYTES)
         video = await asyncio.to_thread(_checked_video, data, url, label)
         return VideoResult(
             video=video,
@@ -139,10 +99,7 @@ class ReplicateVideo:
             model=model,
             prompt_sent=checked.prompt,
             parameters={
-                "input": _redact(inputs),
-                "prediction_id": prediction.id,
-                "replicate_model": prediction.model,
-                "version": prediction.version,
+                **record(prediction, inputs),
                 "reencoded": video.data != data,
                 "model_row": "known" if spec.known else "generic",
             },
@@ -153,7 +110,7 @@ class ReplicateVideo:
 
     async def aclose(self) -> None:
         """Close this event loop's connections (tests and scripts)."""
-        await self._predictions.aclose()
+        await self._client.aclose()
 
 
 def _seed_to_send(spec: ReplicateVideoModel, seed: int | None, label: str) -> int | None:
@@ -174,20 +131,7 @@ def _output_url(output: Any, label: str) -> str:
             f"{label} finished with {len(items)} outputs; Atelier expects one video. "
             "If this model returns several files, it is not a text/image-to-video model."
         )
-    item = items[0]
-    url = item.url if isinstance(item, FileOutput) else item
-    if not isinstance(url, str):  # which links are fetched is the guarded downloader's call
-        raise BackendFailed(
-            f"{label} finished, but its output is not a video link ({type(item).__name__})."
-        )
-    return url
-
-
-async def _fetch(files: GuardedFetcher, url: str, label: str) -> bytes:
-    """A data: URI decoded in place; any other link through the guarded downloader."""
-    if url.startswith("data:"):
-        return _decode_data_uri(url, label)
-    return await files.fetch(url, max_bytes=MAX_VIDEO_BYTES)
+    return output_link(items[0], label, "a video")
 
 
 def _checked_video(data: bytes, url: str, label: str) -> EncodedVideo:
@@ -201,17 +145,7 @@ def _checked_video(data: bytes, url: str, label: str) -> EncodedVideo:
 
 
 def create_video_backend(settings: Any, images: Any = None) -> ReplicateVideo | None:
-    token = settings.replicate_api_token
-    if token is None or not token.get_secret_value().strip():
+    found = configured(settings)
+    if found is None:
         return None
-    return ReplicateVideo(
-        token.get_secret_value().strip(),
-        settings.replicate_video_model,
-        base_url=settings.replicate_base_url,
-        poll_interval_s=settings.replicate_poll_interval_s,
-        timeout_s=settings.request_timeout_s,
-        max_retries=settings.max_retries,
-        fetch_policy=FetchPolicy.from_setting(
-            settings.fetch_allow_hosts, timeout_s=settings.request_timeout_s
-        ),
-    )
+    return ReplicateVideo(found[0], settings.replicate_video_model, **found[1])

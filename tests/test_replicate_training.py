@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from memory.errors import BackendFailed, BackendNotConfigured, InvalidInput
+from memory.errors import BackendFailed, BackendNotConfigured, InvalidInput, RateLimited
 from memory.logging_setup import configure_logging
 from pipelines.base import ImageRequest
 from pipelines.lora_dataset import PreparedDataset, dataset_zip
 from pipelines.lora_training import TrainingProgress
+from pipelines.progress import Progress
 from pipelines.replicate_images import ReplicateImages
 from pipelines.replicate_training import (
     TRAINERS,
@@ -198,6 +199,30 @@ async def test_a_busy_replicate_is_retried(
     fake_replicate.trainings.fail_next("rate_limit")
     result = await trainer(fake_replicate).train(ask(dataset))
     assert len(training_creates(fake_replicate)) == 2 and result.version
+
+
+async def test_a_rate_limited_training_waits_as_replicate_asks(
+    fake_replicate: FakeReplicate, dataset: PreparedDataset
+) -> None:
+    # The backoff is 0.01 s here, so a second create a second later is the Retry-After.
+    fake_replicate.trainings.fail_next("rate_limit", retry_after=1)
+    progress = Progress()
+    result = await trainer(fake_replicate).train(ask(dataset), progress)
+    first, second = training_creates(fake_replicate)
+    assert second.at - first.at >= 0.95 and result.version
+    assert any("retrying in 1 s" in update.note for update in progress.history)
+
+
+async def test_a_training_asked_to_wait_too_long_gives_up_at_once(
+    fake_replicate: FakeReplicate, dataset: PreparedDataset
+) -> None:
+    fake_replicate.trainings.fail_next("rate_limit", retry_after=3600)
+    with pytest.raises(RateLimited) as caught:
+        await trainer(fake_replicate).train(ask(dataset))
+    assert caught.value.retry_after_s == 3600
+    assert "asks to wait 3600 s" in caught.value.message
+    assert len(training_creates(fake_replicate)) == 1
+    assert not fake_replicate.trainings.trainings
 
 
 # --------------------------------------------------------------------------- refusals

@@ -17,7 +17,7 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from memory.errors import BackendFailed, InvalidInput
+from memory.errors import BackendFailed, InvalidInput, RateLimited
 from memory.logging_setup import configure_logging
 from pipelines.base import InputImage
 from pipelines.guarded_fetch import DOWNLOAD_FAILED
@@ -226,3 +226,25 @@ async def test_a_stop_cancels_the_prediction_on_replicate(videos, fake_replicate
     (prediction,) = fake_replicate.predictions()
     assert prediction["status"] == "canceled"
     assert any(u.note.startswith("processing") for u in progress.history)
+
+
+# --- Retries --------------------------------------------------------------------------------
+
+
+async def test_a_rate_limited_video_waits_as_replicate_asks(videos, fake_replicate) -> None:
+    # The backoff is 0.01 s here, so a second create a second later is the Retry-After.
+    fake_replicate.fail_next("rate_limit", retry_after=1)
+    progress = Progress()
+    result = await videos.generate(VideoRequest(prompt="a fox"), progress)
+    first, second = fake_replicate.creates()
+    assert second.at - first.at >= 0.95 and result.video.data
+    assert any("retrying in 1 s" in update.note for update in progress.history)
+
+
+async def test_a_video_asked_to_wait_too_long_gives_up_at_once(videos, fake_replicate) -> None:
+    fake_replicate.fail_next("rate_limit", retry_after=3600)
+    with pytest.raises(RateLimited) as caught:
+        await videos.generate(VideoRequest(prompt="a fox"))
+    assert caught.value.retry_after_s == 3600
+    assert "asks to wait 3600 s" in caught.value.message
+    assert len(fake_replicate.creates()) == 1 and not fake_replicate.predictions()

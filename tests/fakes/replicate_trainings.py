@@ -59,9 +59,12 @@ Handler = Callable[[Request, Any], Awaitable[Response]]
 class _Refusal(Exception):
     """Answered as RFC 7807 problem details, as Replicate does."""
 
-    def __init__(self, status: int, detail: str, title: str = "Error") -> None:
+    def __init__(
+        self, status: int, detail: str, title: str = "Error", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.title = status, detail, title
+        self.headers = headers or {}
 
 
 def _now() -> str:
@@ -93,7 +96,7 @@ class FakeTrainings:
         self._lock = threading.Lock()
         self.trainings: dict[str, _Training] = {}
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id → (name, type, bytes)
-        self._failures: list[tuple[str, str | None]] = []
+        self._failures: list[tuple[str, str | None, str | None]] = []
 
     def reset(self) -> None:
         with self._lock:
@@ -101,13 +104,17 @@ class FakeTrainings:
             self.files.clear()
             self._failures.clear()
 
-    def fail_next(self, kind: str, message: str | None = None) -> None:
-        """The next training create answers 429/500 (rate_limit, server_error), or the
-        next training is created and ends `failed` or `canceled` instead of succeeding."""
+    def fail_next(
+        self, kind: str, message: str | None = None, *, retry_after: float | str | None = None
+    ) -> None:
+        """The next training create answers 429/500 (rate_limit, server_error; with a
+        `Retry-After` header when `retry_after` is given), or the next training is
+        created and ends `failed` or `canceled` instead of succeeding."""
         if kind not in TRAINING_FAILURES:
             raise ValueError(f"unknown failure {kind!r}; known: {', '.join(TRAINING_FAILURES)}")
+        header = None if retry_after is None else str(retry_after)
         with self._lock:
-            self._failures.append((kind, message))
+            self._failures.append((kind, message, header))
 
     def training(self, training_id: str) -> dict[str, Any]:
         with self._lock:
@@ -128,6 +135,7 @@ class FakeTrainings:
                             "status": refusal.status,
                         },
                         status_code=refusal.status,
+                        headers=refusal.headers,
                         media_type="application/problem+json",
                     )
 
@@ -218,9 +226,10 @@ class FakeTrainings:
         version = request.path_params["version"]
         failure = self._take({"rate_limit", "server_error"})
         if failure is not None:
-            kind, message = failure
+            kind, message, retry_after = failure
             status = 429 if kind == "rate_limit" else 500
-            raise _Refusal(status, message or _DEFAULT_ERRORS[kind])
+            headers = {"retry-after": retry_after} if retry_after else None
+            raise _Refusal(status, message or _DEFAULT_ERRORS[kind], headers=headers)
         if "does-not-exist" in f"{owner}/{name}" or version != _version_for(f"{owner}/{name}"):
             raise _Refusal(404, "The requested resource could not be found.", "Not found")
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
@@ -241,7 +250,7 @@ class FakeTrainings:
             destination=destination,
             input=inputs,
             created_at=_now(),
-            fate=self._take({"failed", "canceled"}),
+            fate=self._fate(),
         )
         with self._lock:
             self.trainings[training.id] = training
@@ -315,13 +324,17 @@ class FakeTrainings:
 
     # -- a training's life ------------------------------------------------------------
 
-    def _take(self, kinds: set[str]) -> tuple[str, str | None] | None:
+    def _take(self, kinds: set[str]) -> tuple[str, str | None, str | None] | None:
         with self._lock:
-            for index, (kind, message) in enumerate(self._failures):
-                if kind in kinds:
+            for index, failure in enumerate(self._failures):
+                if failure[0] in kinds:
                     del self._failures[index]
-                    return kind, message
+                    return failure
         return None
+
+    def _fate(self) -> tuple[str, str | None] | None:
+        taken = self._take({"failed", "canceled"})
+        return None if taken is None else (taken[0], taken[1])
 
     def _advance(self, training: _Training) -> None:
         starting, processing = self._fake.starting_polls, self._fake.processing_polls
