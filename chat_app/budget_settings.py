@@ -13,6 +13,7 @@ from typing import Any
 
 from chainlit.input_widget import TextInput
 
+from memory import money
 from memory.errors import InvalidInput
 from memory.ledger import Ledger, OperatorLimits
 
@@ -44,7 +45,7 @@ def _text(value: Decimal | None) -> str:
 
 def widgets(values: BudgetValues, operator: OperatorLimits) -> list[Any]:
     def by_operator(value: Decimal | None, what: str) -> str:
-        return f" The operator's {what}: ${value:.2f}." if value is not None else ""
+        return f" The operator's {what}: {money.usd(value, 2)}." if value is not None else ""
 
     return [
         TextInput(
@@ -68,7 +69,7 @@ def widgets(values: BudgetValues, operator: OperatorLimits) -> list[Any]:
             initial=_text(values.confirm_above_usd),
             placeholder="default"
             + (
-                f" ${operator.confirm_above_usd:.2f}"
+                f" {money.usd(operator.confirm_above_usd, 2)}"
                 if operator.confirm_above_usd is not None
                 else ": never ask"
             ),
@@ -86,7 +87,10 @@ def _dollars(raw: Any, label: str) -> Decimal | None:
     except InvalidOperation:
         raise InvalidInput(f"{label} must be an amount in dollars, like 5 or 0.50.") from None
     if not value.is_finite() or value < 0 or value > MAX_USD:
-        raise InvalidInput(f"{label} must be from $0 to ${MAX_USD:,}; {text} was given.")
+        raise InvalidInput(
+            f"{label} must be from {money.usd(0, 0)} to "
+            f"{money.usd(MAX_USD, 0, grouped=True)}; {text} was given."
+        )
     if value != value.quantize(Decimal("0.000001")):
         raise InvalidInput(f"{label} takes at most six decimal places; {text} was given.")
     return value
@@ -114,9 +118,9 @@ async def save(ledger: Ledger, user_id: str, thread_id: str, values: BudgetValue
 def describe(values: BudgetValues) -> str:
     parts = []
     if values.thread_usd is not None:
-        parts.append(f"${values.thread_usd:.2f} for this conversation")
+        parts.append(f"{money.usd(values.thread_usd, 2)} for this conversation")
     if values.day_usd is not None:
-        parts.append(f"${values.day_usd:.2f} a day")
+        parts.append(f"{money.usd(values.day_usd, 2)} a day")
     if values.confirm_above_usd is not None:
-        parts.append(f"ask above ${values.confirm_above_usd:.2f}")
+        parts.append(f"ask above {money.usd(values.confirm_above_usd, 2)}")
     return "Budgets: " + (", ".join(parts) if parts else "none of your own") + "."

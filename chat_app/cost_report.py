@@ -15,6 +15,7 @@ from typing import Any
 import chainlit as cl
 
 from chat_app import rendering
+from memory import money
 from memory.errors import InvalidInput
 from memory.ledger import CostRow, Ledger, OperatorLimits, ScopeUsage
 
@@ -50,7 +51,7 @@ def _by_model(rows: list[CostRow]) -> str:
         ceiling = sum(r.at_ceiling for r in group)
         if ceiling:
             unknown += f" ({ceiling} unpriced, at the ceiling)"
-        lines.append(f"| {backend} | `{model}` | {count} | ${usd:.4f}{unknown} |")
+        lines.append(f"| {backend} | `{model}` | {count} | {money.usd(usd, 4)}{unknown} |")
     return "\n".join(lines)
 
 
@@ -61,7 +62,7 @@ def _by_day(rows: list[CostRow]) -> str:
     lines = ["| day (UTC) | actions | spent |", "|---|---|---|"]
     for day in sorted(grouped, reverse=True):
         usd, count, _ = _total(grouped[day])
-        lines.append(f"| {day.isoformat()} | {count} | ${usd:.4f} |")
+        lines.append(f"| {day.isoformat()} | {count} | {money.usd(usd, 4)} |")
     return "\n".join(lines)
 
 
@@ -69,7 +70,7 @@ def _section(title: str, rows: list[CostRow], with_days: bool) -> str:
     if not rows:
         return f"**{title}:** nothing spent."
     usd, count, unpriced = _total(rows)
-    head = f"**{title}: ${usd:.4f}** over {count} paid action{'s' if count != 1 else ''}"
+    head = f"**{title}: {money.usd(usd, 4)}** over {count} paid action{'s' if count != 1 else ''}"
     if unpriced:
         head += f"; {unpriced} with no known price are not in that sum"
     ceiling = sum(r.at_ceiling for r in rows)
@@ -86,14 +87,17 @@ def _section(title: str, rows: list[CostRow], with_days: bool) -> str:
 
 def _usage_line(usage: ScopeUsage) -> str:
     where = "This conversation" if usage.scope == "thread" else "Today (UTC)"
-    text = f"{where}: spent ${usage.spent_usd:.4f}"
+    text = f"{where}: spent {money.usd(usage.spent_usd, 4)}"
     if usage.reserved_usd:
-        text += f", ${usage.reserved_usd:.4f} held for requests still running"
+        text += f", {money.usd(usage.reserved_usd, 4)} held for requests still running"
     if usage.limit_usd is not None:
         left = max(usage.limit_usd - usage.spent_usd - usage.reserved_usd, Decimal(0))
-        text += f"; budget ${usage.limit_usd:.2f} (set by {usage.limit_set_by}), ${left:.4f} left"
+        text += (
+            f"; budget {money.usd(usage.limit_usd, 2)} (set by {usage.limit_set_by}), "
+            f"{money.usd(left, 4)} left"
+        )
     if usage.confirm_above_usd is not None:
-        text += f"; asks above ${usage.confirm_above_usd:.2f}"
+        text += f"; asks above {money.usd(usage.confirm_above_usd, 2)}"
     return "- " + text + "."
 
 

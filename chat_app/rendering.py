@@ -10,6 +10,7 @@ from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
 from chat_app import model_status
+from memory import money
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
 
@@ -120,7 +121,7 @@ def caption(artifact: ToolArtifact) -> str:
     cost = first.parameters.get("cost") or {}
     price = ""
     if cost and not cost.get("unpriced"):
-        price = f" · ${float(cost['usd']):.4f} ({cost['source']})"
+        price = f" · {money.usd(cost['usd'], 4)} ({cost['source']})"
     elif cost:
         price = " · cost unknown (no price for this model)"
     lines = [
@@ -182,7 +183,7 @@ def video_caption(artifact: ToolArtifact) -> str:
     cost = record.parameters.get("cost") or {}
     price = ""
     if cost and not cost.get("unpriced"):
-        price = f" · ${float(cost['usd']):.4f} ({cost['source']})"
+        price = f" · {money.usd(cost['usd'], 4)} ({cost['source']})"
     elif cost:
         price = " · cost unknown (no price for this model)"
     seed = f"seed {record.seed}" if record.seed is not None else f"no seed ({record.backend})"

@@ -50,11 +50,33 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration; safe to run on every start."""
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (the newest by default); safe to run on every start.
+
+    On SQLite, foreign keys are off while migrations run: a migration that rebuilds a
+    table (batch mode: copy, drop, rename) would otherwise have the drop cascade into
+    every table that references it. The references are checked before the commit
+    instead, and a violation stops the upgrade.
+    """
 
     def upgrade(connection: Connection) -> None:
-        command.upgrade(_alembic_config(connection), "head")
+        command.upgrade(_alembic_config(connection), revision)
 
-    async with engine.begin() as connection:
-        await connection.run_sync(upgrade)
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade)
+        return
+    async with engine.connect() as connection:
+        # Outside any transaction, or SQLite ignores the pragma.
+        await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await connection.commit()
+        try:
+            await connection.run_sync(upgrade)
+            broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                raise RuntimeError(f"Migration left rows with broken references: {broken[:5]}")
+            await connection.commit()
+        finally:
+            await connection.rollback()
+            await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -37,7 +38,7 @@ class ImageRecord:
     seed: int | None
     width: int
     height: int
-    cost_usd: float | None
+    cost_usd: Decimal | None  # this image's share of its request, exact
     duration_ms: int | None
     created_at: datetime
 
@@ -77,7 +78,7 @@ class NewImage:
     seed: int | None = None
     parent_id: str | None = None
     message_id: str | None = None
-    cost_usd: float | None = None
+    cost_usd: Decimal | None = None
     duration_ms: int | None = None
 
 
@@ -114,6 +115,8 @@ class ImageStore:
                     "width": new.width,
                     "height": new.height,
                     "parent_id": new.parent_id,
+                    # A decimal string, as in the JSON parameters: a float cannot hold it.
+                    "cost_usd": None if new.cost_usd is None else str(new.cost_usd),
                     "created_at": created.isoformat(),
                 },
             )

@@ -32,7 +32,7 @@ from sqlalchemy import case, delete, func, insert, literal_column, or_, select, 
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory import csv_cells, media_claims
+from memory import csv_cells, media_claims, money
 from memory.errors import AtelierError, InvalidInput, NotFound
 from memory.ids import require_uuid
 from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
@@ -61,9 +61,9 @@ class BudgetExceeded(AtelierError):
         who = "you" if usage.limit_set_by == "user" else "the operator"
         super().__init__(
             f"This would go over the budget for {_SCOPE_WORDS[usage.scope]}: "
-            f"spent {_usd(usage.spent_usd)}, reserved {_usd(usage.reserved_usd)} for "
-            f"requests still running, this request {_usd(estimate_usd)}, "
-            f"limit {_usd(usage.limit_usd)} (set by {who})."
+            f"spent {money.usd(usage.spent_usd)}, reserved {money.usd(usage.reserved_usd)} for "
+            f"requests still running, this request {money.usd(estimate_usd)}, "
+            f"limit {money.usd(usage.limit_usd)} (set by {who})."
         )
         self.usage = usage
         self.estimate_usd = estimate_usd
@@ -615,7 +615,10 @@ def _money(value: Decimal, name: str) -> Decimal:
     if not isinstance(value, Decimal):
         raise TypeError(f"{name} must be a Decimal, not {type(value).__name__}.")
     if not value.is_finite() or value < 0 or value >= _MAX_USD:
-        raise InvalidInput(f"Invalid {name} {value}: expected $0 up to $999999.999999.")
+        raise InvalidInput(
+            f"Invalid {name} {value}: expected {money.usd(0, places=0)} up to "
+            f"{money.usd(_MAX_USD - _MICRO)}."
+        )
     if value != value.quantize(_MICRO):
         raise InvalidInput(f"Invalid {name} {value}: at most six decimal places.")
     return value.quantize(_MICRO)
@@ -647,9 +650,3 @@ def _utc(now: datetime | None) -> datetime:
 
 def _day_start(when: datetime) -> datetime:
     return datetime(when.year, when.month, when.day, tzinfo=UTC)
-
-
-def _usd(value: Decimal) -> str:
-    """Dollars with at least two decimals and no trailing zeros beyond: $1.20, $0.003."""
-    whole, _, fraction = format(value.quantize(_MICRO), "f").partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"

@@ -160,6 +160,12 @@ class MediaRef(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+# Exact money: twelve digits, six after the point (a millionth of a dollar is finer than
+# any provider's price). SQLite stores it as REAL; SQLAlchemy rounds reads back to six
+# places, which is exact for any sum this project can reach.
+MONEY = Numeric(12, 6)
+
+
 class Image(Base):
     """Lineage of one generated (or uploaded) image."""
 
@@ -183,7 +189,7 @@ class Image(Base):
     seed: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    cost_usd: Mapped[float | None] = mapped_column(Float)
+    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)  # this image's share
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -241,12 +247,6 @@ class ImageScore(Base):
     passed: Mapped[bool | None] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-# Exact money: twelve digits, six after the point (a millionth of a dollar is finer than
-# any provider's price). SQLite stores it as REAL; SQLAlchemy rounds reads back to six
-# places, which is exact for any sum this project can reach.
-MONEY = Numeric(12, 6)
 
 
 class LedgerEntry(Base):

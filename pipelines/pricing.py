@@ -20,11 +20,12 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+from memory import money
 from memory.errors import ConfigError, InvalidInput
 from pipelines import toml_rows
 
@@ -293,14 +294,15 @@ class PriceTable:
         each = self.rate(row)
         usd = _money(each * count)
         per = {"run": " per run", "video": " per video"}.get(row.unit, "")
-        lines = [f"{count} × {label}{shown} at {_usd(each)}{per} = {_usd(usd)}", *notes]
+        lines = [f"{count} × {label}{shown} at {money.usd(each)}{per} = {money.usd(usd)}", *notes]
         return _Priced(Estimate(usd, lines, rows=(row,)), assumed=bool(notes))
 
     def _time_estimate(self, row: PriceRow, label: str, n: int, seconds: Decimal | None) -> _Priced:
         rate = self.rate(row)
         on = f" on {row.hardware}" if row.hardware else ""
         if seconds is None and rate == 0:
-            line = f"{label}: GPU time{on} at {_usd(rate)}/s (rate 0 → free) = $0.00"
+            free = f"(rate 0 → free) = {money.usd(ZERO)}"
+            line = f"{label}: GPU time{on} at {money.usd(rate)}/s {free}"
             return _Priced(Estimate(_money(ZERO), [line], rows=(row,)))
         typical = ""
         if seconds is None:
@@ -313,8 +315,8 @@ class PriceTable:
         usd = _money(seconds * rate)
         free = " (rate 0 → free)" if rate == 0 else ""
         line = (
-            f"{label}: {_num(seconds)} s of GPU time{on}{typical} at {_usd(rate)}/s{free} "
-            f"= {_usd(usd)}"
+            f"{label}: {_num(seconds)} s of GPU time{on}{typical} at {money.usd(rate)}/s{free} "
+            f"= {money.usd(usd)}"
         )
         return _Priced(Estimate(usd, [line], rows=(row,)), assumed=bool(typical))
 
@@ -354,7 +356,7 @@ class PriceTable:
                 free = " (rate 0 → free)" if rate == 0 else ""
                 line = (
                     f"{_name(model)}: {_num(measured)} s of GPU time{on} ({how}) at "
-                    f"{_usd(rate)}/s{free} = {_usd(usd)}"
+                    f"{money.usd(rate)}/s{free} = {money.usd(usd)}"
                 )
                 return Cost(usd, "reported", [*notes, line], rows=(row,))
             if metrics or gpu_seconds is not None:
@@ -401,9 +403,9 @@ class PriceTable:
             used.append(row)
             why = f" ({assumed})" if assumed else ""
             lines.append(
-                f"{count:,} {kind.replace('_', '-')} tokens at {_rate(row)}{why} = {_usd(usd)}"
+                f"{count:,} {kind.replace('_', '-')} tokens at {_rate(row)}{why} = {money.usd(usd)}"
             )
-        lines.append(f"{_name(model)}: {_usd(total)} for the tokens {backend} reported")
+        lines.append(f"{_name(model)}: {money.usd(total)} for the tokens {backend} reported")
         return Cost(total, "reported", [*notes, *lines], rows=tuple(dict.fromkeys(used)))
 
     # ------------------------------------------------------------------------ lookup
@@ -625,21 +627,15 @@ def _specificity(row: PriceRow, quality: str | None, size: str | None) -> int:
 
 
 def _money(value: Decimal) -> Decimal:
-    return value.quantize(MICRO, rounding=ROUND_HALF_UP)
+    return money.to_micro(value)
 
 
 def _num(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _usd(value: Decimal) -> str:
-    """Dollars with every significant digit and at least cents: $0.133, $0.50, $0.000975."""
-    whole, _, cents = _num(value).partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
-
-
 def _rate(row: PriceRow) -> str:
-    amount = _usd(row.amount_usd if row.amount_usd is not None else ZERO)
+    amount = money.usd(row.amount_usd if row.amount_usd is not None else ZERO)
     if row.per == 1:
         return amount
     if row.per == 1_000_000:

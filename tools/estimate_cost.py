@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
+from memory import money
 from memory.errors import AtelierError, InvalidInput
 from pipelines.pricing import Estimate
 from tools import image_jobs, spending
@@ -90,16 +91,17 @@ async def _budget_lines(ctx: ToolContext, usd: Decimal) -> list[str]:
         where = "this conversation" if usage.scope == "thread" else "today (UTC)"
         used = usage.spent_usd + usage.reserved_usd
         if usage.limit_usd is None:
-            lines.append(f"Spent {where}: ${used:.4f}; no budget set.")
+            lines.append(f"Spent {where}: {money.usd(used, 4)}; no budget set.")
             continue
         left = max(usage.limit_usd - used, Decimal(0))
         verdict = "fits" if usd <= left else "**does not fit**"
         lines.append(
-            f"Budget for {where}: ${usage.limit_usd:.2f}, ${left:.4f} left — this {verdict}."
+            f"Budget for {where}: {money.usd(usage.limit_usd, 2)}, {money.usd(left, 4)} left "
+            f"— this {verdict}."
         )
         if usage.confirm_above_usd is not None and usd > usage.confirm_above_usd:
             lines.append(
-                f"Above the ${usage.confirm_above_usd:.2f} threshold: you would be asked "
+                f"Above the {money.usd(usage.confirm_above_usd, 2)} threshold: you would be asked "
                 "to confirm first."
             )
     return list(dict.fromkeys(lines))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
+from memory import money
 from memory.errors import InvalidInput, ModelUnavailable
 from memory.images import ImageRecord, NewImage
 from memory.png_metadata import open_image
@@ -284,7 +286,7 @@ async def _generate(
         "seed_honoured": result.seed_honoured,
         **({"lineage": lineage} if lineage else {}),
     }
-    cost_each = None
+    costs_each: list[Decimal | None] = [None] * len(result.images)
     cost = None
     if ctx.prices is not None and result.images:
         cost = ctx.prices.actual(
@@ -303,14 +305,16 @@ async def _generate(
             "unpriced": cost.unpriced,
             "lines": cost.lines,
         }
-        cost_each = None if cost.unpriced else float(cost.usd) / len(result.images)
+        if not cost.unpriced:
+            # Shares to the micro-dollar that add up to exactly what the ledger settles.
+            costs_each = list(money.split(cost.usd, len(result.images)))
     if request.images:
         # Which stored images went in, so variations and forks can replay the edit.
         parameters["inputs"] = {
             "images": [image.image_id for image in request.images],
             "mask": request.mask.image_id if request.mask else None,
         }
-    for image in result.images:
+    for image, cost_each in zip(result.images, costs_each, strict=True):
         record, stored = await ctx.images.record(
             ctx.thread_id,
             ctx.user_id,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from memory import money
 from memory.errors import AtelierError, InvalidInput
 from memory.ledger import OperatorLimits
 from memory.logging_setup import get_logger
@@ -77,7 +78,7 @@ class Charge:
                 lines=[
                     *cost.lines,
                     f"charged the operator's ceiling for unpriced models: "
-                    f"{max(1, units)} × ${self.unpriced_each} = ${ceiling}",
+                    f"{max(1, units)} × {money.usd(self.unpriced_each)} = {money.usd(ceiling)}",
                 ],
             )
             source = "ceiling"
@@ -116,14 +117,15 @@ def describe(estimate: Estimate, label: str) -> str:
         why = "; ".join(estimate.lines) or "this model is not in the price table"
         if estimate.usd > 0:
             return (
-                f"**Cost of {label}: unknown, up to ${estimate.usd:.4f} reserved** ({why}). "
+                f"**Cost of {label}: unknown, up to {money.usd(estimate.usd, 4)} reserved** "
+                f"({why}). "
                 "It counts against your budgets at that amount and is recorded as spent."
             )
         return (
             f"**Cost of {label}: unknown** ({why}). It will run and be recorded as "
             "unpriced; budgets cannot count it."
         )
-    head = f"**Estimated cost of {label}: ${estimate.usd:.4f}**"
+    head = f"**Estimated cost of {label}: {money.usd(estimate.usd, 4)}**"
     return head + "".join(f"\n- {line}" for line in estimate.lines)
 
 
@@ -148,7 +150,10 @@ def for_budget(
     count = max(1, units)
     each = limits.unpriced_reserve_usd
     ceiling = (each * count).quantize(Decimal("0.000001"))
-    line = f"reserved at the operator's ceiling for unpriced models: {count} × ${each} = ${ceiling}"
+    line = (
+        "reserved at the operator's ceiling for unpriced models: "
+        f"{count} × {money.usd(each)} = {money.usd(ceiling)}"
+    )
     return replace(estimate, usd=ceiling, lines=[*estimate.lines, line])
 
 
@@ -246,13 +251,14 @@ async def _confirm_if_above_threshold(
     if turn.committed_usd > 0:
         total = turn.committed_usd + estimate.usd
         question = (
-            f"{head} is estimated at ${estimate.usd:.4f}. With what this message has already "
-            f"spent or reserved (${turn.committed_usd:.4f}) it comes to ${total:.4f}, above "
-            f"your confirmation threshold of ${threshold:.2f}. Go ahead?"
+            f"{head} is estimated at {money.usd(estimate.usd, 4)}. With what this message has "
+            f"already spent or reserved ({money.usd(turn.committed_usd, 4)}) it comes to "
+            f"{money.usd(total, 4)}, above your confirmation threshold of "
+            f"{money.usd(threshold, 2)}. Go ahead?"
         )
     else:
         question = (
-            f"{head} is estimated at ${estimate.usd:.4f}, above your confirmation "
+            f"{head} is estimated at {money.usd(estimate.usd, 4)}, above your confirmation "
             "threshold. Go ahead?"
         )
     # Without a way to ask (a caller with no chat), above the threshold means no.
@@ -261,7 +267,8 @@ async def _confirm_if_above_threshold(
         turn.declined = True
         log.info("paid_action_declined", what=what, estimate_usd=str(estimate.usd))
         raise Declined(
-            f"Cancelled: {label} (estimated ${estimate.usd:.4f}) did not run and nothing was spent."
+            f"Cancelled: {label} (estimated {money.usd(estimate.usd, 4)}) did not run and "
+            "nothing was spent."
         )
     turn.confirmed(estimate.usd, threshold)
 

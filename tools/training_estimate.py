@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from memory import money
 from memory.loras import LoraRecord
 from pipelines.pricing import Estimate, PriceTable
 
@@ -28,8 +29,8 @@ SD15_FROZEN_BYTES_FP32 = 4_270_000_000  # UNet + VAE + CLIP text encoder
 ACTIVATIONS_512_BYTES = 3_000_000_000  # SD 1.5 at 512, batch 1, no gradient checkpointing
 MIN_SECONDS_PER_STEP = 0.01
 # ostris/flux-dev-lora-trainer on Replicate's H100: about 20 minutes for 1000 steps at
-# 1024 (the trainer's page; not in hosted-apis.md, hence low confidence). The price row
-# in prices.toml gives the per-second rate.
+# 1024 (the trainer's page on replicate.com, not checked against a bill: low confidence).
+# The price row in prices.toml gives the per-second rate.
 REPLICATE_SECONDS_PER_STEP = {"ostris/flux-dev-lora-trainer": 1.2}
 REPLICATE_SETUP_SECONDS = 120
 
@@ -50,10 +51,12 @@ class TrainingEstimate:
             gb = self.memory_bytes / 2**30
             memory = f"~{gb:.1f} GB of memory" if gb >= 0.1 else f"~{gb * 1024:.0f} MB of memory"
         if self.cost.unpriced:
-            reserved = f", up to ${self.cost.usd:.4f} reserved" if self.cost.usd > 0 else ""
+            reserved = (
+                f", up to {money.usd(self.cost.usd, 4)} reserved" if self.cost.usd > 0 else ""
+            )
             cost = f"unknown (no price for it{reserved})"
         else:
-            cost = f"${self.cost.usd:.4f}"
+            cost = money.usd(self.cost.usd, 4)
         return f"~{duration(self.seconds)}, {memory}, cost {cost} ({self.basis})"
 
 
