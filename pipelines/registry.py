@@ -11,10 +11,9 @@ A *spec* names a backend and optionally a model: "replicate:black-forest-labs/fl
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from memory.errors import BackendNotConfigured, InvalidInput
+from pipelines.backend_table import BackendTable, build
 from pipelines.base import ImageBackend
 from pipelines.model_catalogue import ModelCatalogue, ModelStatus
 
@@ -32,28 +31,26 @@ HOW_TO_ENABLE: dict[str, str] = {
 }
 
 
-class BackendRegistry:
-    """The configured backends, and the model catalogue that says which models still work.
-
-    Without a catalogue (some tests) no model is refused for its age.
+class BackendRegistry(BackendTable[ImageBackend]):
+    """The configured image backends, and the model catalogue that says which models
+    still work. Without a catalogue (some tests) no model is refused for its age.
     """
+
+    kind = "image"
+    modules = BACKEND_MODULES
+    how_to_enable = HOW_TO_ENABLE
 
     def __init__(
         self, backends: dict[str, ImageBackend], catalogue: ModelCatalogue | None = None
     ) -> None:
-        self._backends = backends
+        super().__init__(backends)
         self.catalogue = catalogue
 
     @classmethod
     def from_settings(
         cls, settings: Any, catalogue: ModelCatalogue | None = None
     ) -> BackendRegistry:
-        backends: dict[str, ImageBackend] = {}
-        for backend_id, module_name in BACKEND_MODULES.items():
-            backend = importlib.import_module(module_name).create_backend(settings)
-            if backend is not None:
-                backends[backend_id] = backend
-        return cls(backends, catalogue)
+        return cls(build(BACKEND_MODULES, "create_backend", settings), catalogue)
 
     def check_model(self, backend_id: str, model: str, kind: str = "model") -> ModelStatus | None:
         """The model's lifecycle; raises ModelRetired past its shutdown, before anything runs.
@@ -72,26 +69,6 @@ class BackendRegistry:
             return names
         names += [m for m in self.catalogue.live(backend.id, kind) if m not in names]
         return [m for m in names if self.catalogue.status(backend.id, m).usable]
-
-    def get(self, backend_id: str) -> ImageBackend:
-        if backend_id in self._backends:
-            return self._backends[backend_id]
-        if backend_id in BACKEND_MODULES:
-            raise BackendNotConfigured(
-                f"The {backend_id} image backend is not configured: "
-                f"{HOW_TO_ENABLE.get(backend_id, 'see the README')}."
-            )
-        known = ", ".join(sorted(BACKEND_MODULES)) or "none"
-        raise InvalidInput(f"Unknown image backend {backend_id!r}. Known backends: {known}.")
-
-    def resolve(self, spec: str) -> tuple[ImageBackend, str]:
-        """"backend[:model]" → (backend, model); the model defaults to the backend's."""
-        backend_id, _, model = (spec or "").strip().partition(":")
-        backend = self.get(backend_id.strip().lower())
-        return backend, model.strip() or backend.default_model
-
-    def available(self) -> list[ImageBackend]:
-        return list(self._backends.values())
 
     def default_id(self) -> str:
         return next(iter(self._backends), next(iter(BACKEND_MODULES)))

@@ -12,10 +12,10 @@ A spec names a backend and optionally a model: "replicate:minimax/video-01", "lo
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from memory.errors import BackendNotConfigured, InvalidInput
+from memory.errors import BackendNotConfigured
+from pipelines.backend_table import BackendTable, build
 from pipelines.registry import BACKEND_MODULES, BackendRegistry
 from pipelines.video_base import VideoBackend
 
@@ -32,45 +32,24 @@ HOW_TO_ENABLE: dict[str, str] = {
 }
 
 
-class VideoBackendRegistry:
-    def __init__(self, backends: dict[str, VideoBackend]) -> None:
-        self._backends = backends
+class VideoBackendRegistry(BackendTable[VideoBackend]):
+    kind = "video"
+    modules = VIDEO_BACKEND_MODULES
+    how_to_enable = HOW_TO_ENABLE
 
     @classmethod
     def from_settings(
         cls, settings: Any, images: BackendRegistry | None = None
     ) -> VideoBackendRegistry:
-        backends: dict[str, VideoBackend] = {}
-        for backend_id, module_name in VIDEO_BACKEND_MODULES.items():
-            module = importlib.import_module(module_name)
-            backend = module.create_video_backend(settings, images)
-            if backend is not None:
-                backends[backend_id] = backend
-        return cls(backends)
+        return cls(build(VIDEO_BACKEND_MODULES, "create_video_backend", settings, images))
 
-    def get(self, backend_id: str) -> VideoBackend:
-        if backend_id in self._backends:
-            return self._backends[backend_id]
+    def unknown(self, backend_id: str) -> str:
         known = ", ".join(sorted(VIDEO_BACKEND_MODULES))
-        if backend_id in VIDEO_BACKEND_MODULES:
-            raise BackendNotConfigured(
-                f"The {backend_id} video backend is not configured: "
-                f"{HOW_TO_ENABLE.get(backend_id, 'see the README')}."
-            )
         if backend_id in BACKEND_MODULES:
-            raise InvalidInput(
+            return (
                 f"The {backend_id} backend makes images only, not video. Video backends: {known}."
             )
-        raise InvalidInput(f"Unknown video backend {backend_id!r}. Video backends: {known}.")
-
-    def resolve(self, spec: str) -> tuple[VideoBackend, str]:
-        """A spec "backend[:model]" → (backend, model); the model defaults to the backend's."""
-        backend_id, _, model = (spec or "").strip().partition(":")
-        backend = self.get(backend_id.strip().lower())
-        return backend, model.strip() or backend.default_model
-
-    def available(self) -> list[VideoBackend]:
-        return list(self._backends.values())
+        return f"Unknown video backend {backend_id!r}. Video backends: {known}."
 
     def default_for(self, image_backend_id: str | None) -> VideoBackend:
         """The conversation's image backend when it also makes video, else the first."""
