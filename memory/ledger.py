@@ -361,22 +361,19 @@ class Ledger:
             await _check_thread_owner(conn, thread_id, user_id)
             return await _usage(conn, user_id, thread_id, _utc(now), operator_limits)
 
-    async def needs_confirmation(
+    async def confirmation_threshold(
         self,
         *,
         user_id: str,
         thread_id: str,
-        estimate_usd: Decimal,
         operator_limits: OperatorLimits | None = None,
-    ) -> bool:
-        """Whether the estimate is above the smallest confirmation threshold that applies."""
-        estimate = _money(estimate_usd, "estimate_usd")
+    ) -> Decimal | None:
+        """The smallest "ask before spending more than" that applies here, if any."""
         usages = await self.usage(
             user_id=user_id, thread_id=thread_id, operator_limits=operator_limits
         )
-        return any(
-            u.confirm_above_usd is not None and estimate > u.confirm_above_usd for u in usages
-        )
+        thresholds = [u.confirm_above_usd for u in usages if u.confirm_above_usd is not None]
+        return min(thresholds) if thresholds else None
 
     async def set_budget(
         self,

@@ -155,6 +155,3 @@ class VideoStore:
     def read(self, record: VideoRecord) -> bytes:
         """The stored MP4 of a clip the caller already fetched (and so may see)."""
         return self._media.get(record.media_key)
-
-    def read_poster(self, record: VideoRecord) -> bytes:
-        return self._media.get(record.poster_key)

@@ -170,9 +170,6 @@ class ModelCatalogue:
         _check_replacements(entries)
         return cls(entries, clock)
 
-    def with_clock(self, clock: Clock) -> ModelCatalogue:
-        return ModelCatalogue(list(self.entries), clock)
-
     def find(self, backend: str, model: str) -> ModelEntry | None:
         """The entry for a model id, alias or snapshot (`owner/name:version` → owner/name)."""
         name = (model or "").strip()

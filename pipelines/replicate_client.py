@@ -2,8 +2,8 @@
 
 Why not `replicate.run()`: it hides the prediction, so it can neither report progress nor
 cancel a run the user stopped (which would keep running, and billing), and it takes any
-status but "starting" as final (see hosted-apis.md). Predictions (images, video) and
-trainings (LoRAs) live the same life on Replicate at different endpoints
+status but "starting" as final (it sends `Prefer: wait`). Predictions (images, video)
+and trainings (LoRAs) live the same life on Replicate at different endpoints
 (`/v1/predictions`, `/v1/trainings`); `Resource` names which, and `ReplicateClient` does
 the rest once:
 

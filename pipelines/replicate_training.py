@@ -79,7 +79,7 @@ class Trainer:
     rank_range: tuple[int, int] = (1, 128)
 
 
-# ostris/flux-dev-lora-trainer's inputs, per its schema (hosted-apis.md).
+# ostris/flux-dev-lora-trainer's inputs, per its schema on replicate.com.
 TRAINERS: dict[str, Trainer] = {
     "ostris/flux-dev-lora-trainer": Trainer("ostris/flux-dev-lora-trainer"),
 }

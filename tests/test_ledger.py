@@ -202,20 +202,17 @@ async def test_confirmation_threshold(world):
     await ledger.set_budget(
         "thread", world.thread, None, confirm_above_usd=D("0.50"), user_id=world.user
     )
-    ask = ledger.needs_confirmation
+    threshold = ledger.confirmation_threshold
     kwargs = {"user_id": world.user, "thread_id": world.thread}
-    assert not await ask(estimate_usd=D("0.50"), **kwargs)
-    assert await ask(estimate_usd=D("0.51"), **kwargs)
+    assert await threshold(**kwargs) == D("0.50")
     # The operator's threshold is only a default: the user's own choice replaces it.
     operator = OperatorLimits(confirm_above_usd=D("0.20"))
-    assert not await ask(estimate_usd=D("0.30"), operator_limits=operator, **kwargs)
+    assert await threshold(operator_limits=operator, **kwargs) == D("0.50")
     other_thread = await world.new_thread()
-    assert await ask(
-        estimate_usd=D("0.30"),
-        operator_limits=operator,
-        user_id=world.user,
-        thread_id=other_thread,
-    )
+    assert await threshold(
+        operator_limits=operator, user_id=world.user, thread_id=other_thread
+    ) == D("0.20")
+    assert await threshold(user_id=world.user, thread_id=other_thread) is None
     # A threshold alone is no limit.
     await world.reserve("3.00")
 

@@ -87,10 +87,6 @@ TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
 ]
 
 
-def tool_names() -> list[str]:
-    return [name for name, *_ in TOOLS]
-
-
 def build_tools(ctx: ToolContext) -> list[BaseTool]:
     """Tools whose results are (text for the model, artifact for the chat)."""
     tools: list[BaseTool] = []

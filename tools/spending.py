@@ -240,11 +240,9 @@ async def _confirm_if_above_threshold(
     what: str,
 ) -> None:
     """Ask when this action alone, or the message's total with it, passes the threshold."""
-    usages = await ledger.usage(
+    threshold = await ledger.confirmation_threshold(
         user_id=ctx.user_id, thread_id=ctx.thread_id, operator_limits=ctx.operator_limits
     )
-    thresholds = [u.confirm_above_usd for u in usages if u.confirm_above_usd is not None]
-    threshold = min(thresholds) if thresholds else None
     if threshold is None or not turn.needs_question(estimate.usd, threshold):
         return
     head = f"{label[:1].upper()}{label[1:]}"

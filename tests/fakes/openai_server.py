@@ -1,8 +1,9 @@
 """A fake OpenAI HTTP server on 127.0.0.1 for offline tests.
 
 Why: mocking the ``openai`` client hides protocol mistakes (multipart field names, SSE
-tool-call fragments, error shapes, retries). This server speaks the wire format described
-in /work/shared/notes/hosted-apis.md so the REAL ``openai`` client and langchain-openai's
+tool-call fragments, error shapes, retries). This server speaks OpenAI's wire format (the
+API reference at platform.openai.com/docs/api-reference, as the ``openai`` package sends
+and parses it) so the REAL ``openai`` client and langchain-openai's
 ``ChatOpenAI`` can be pointed at it with ``base_url=fake.base_url``.
 
 In-process::
@@ -329,7 +330,8 @@ _QUALITIES = ("low", "medium", "high", "auto")
 _FORMATS = ("png", "jpeg", "webp")
 _BACKGROUNDS = ("transparent", "opaque", "auto")
 _IMAGE_MIMETYPES = ("image/png", "image/jpeg", "image/webp")
-# Output tokens per image for the gpt-image-1 family (hosted-apis.md), by size and quality.
+# Output tokens per image for the gpt-image-1 family, by size and quality (OpenAI's image
+# generation guide, "Cost and latency"; also quoted on the OpenAI community forum).
 _OUTPUT_TOKENS = {
     (1024, 1024): {"low": 272, "medium": 1056, "high": 4160},
     (1024, 1536): {"low": 408, "medium": 1584, "high": 6240},

@@ -2,7 +2,7 @@
 
 Why: a mocked client would hide what the real ``replicate`` client sends and how it reads
 answers (paths, the version-vs-model endpoints, RFC 7807 errors, prediction fields it
-insists on). This server speaks the wire format in /work/shared/notes/hosted-apis.md, so
+insists on). This server speaks Replicate's HTTP API wire format (replicate.com/docs), so
 the REAL client can be pointed at it with ``base_url=fake.base_url`` (no ``/v1``: the
 client's paths include it).
 
