@@ -35,7 +35,7 @@ lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 
 test: $(VENV)/.dev-installed chromium lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/sidebar_listing.py

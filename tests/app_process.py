@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -93,3 +94,22 @@ class AppProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def add_user(app: AppProcess, name: str, password: str) -> None:
+    """Create an account with the CLI, as an operator would."""
+    subprocess.run(
+        [sys.executable, "-m", "chat_app.cli", "users", "--data-dir", str(app.data_dir)]
+        + ["add", name, "--password-stdin"],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def app_rows(app: AppProcess, sql: str) -> list[sqlite3.Row]:
+    """Rows from the app's own SQLite database, read back as a user's data would be."""
+    with sqlite3.connect(app.data_dir / "atelier.db") as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql).fetchall()

@@ -1,37 +1,14 @@
-"""Shared by the tests/test_attack_*.py modules: a second account, the app's memory,
-a recording server on another loopback address.
+"""Shared by the tests/test_attack_*.py modules: the app's memory, a recording server on
+another loopback address. (A second account: tests.app_process.add_user.)
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.app_process import AppProcess
-
-
-def add_user(app: AppProcess, name: str, password: str) -> None:
-    """Create an account with the CLI, as an operator would."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chat_app.cli",
-            "users",
-            "--data-dir",
-            str(app.data_dir),
-            "add",
-            name,
-            "--password-stdin",
-        ],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
 
 
 def _status(pid: int) -> dict[str, int]:

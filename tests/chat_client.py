@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import socketio
 
+from tests.waiting import wait_until
+
 
 def login_cookie(base_url: str, username: str, password: str) -> str:
     response = httpx.post(
@@ -101,10 +103,8 @@ class ChatSession:
             await asyncio.wait_for(self._resumed.wait(), 20)
         else:
             await asyncio.wait_for(self._task_end.wait(), 20)
-            for _ in range(200):  # the welcome message comes from on_chat_start's task
-                if self.order:
-                    break
-                await asyncio.sleep(0.05)
+            # The welcome message comes from on_chat_start's task.
+            await wait_until(lambda: self.order, 10, "the welcome message")
 
     def upload(self, filename: str, data: bytes, mime: str) -> dict[str, Any]:
         """POST a file the way the browser's attach button does; returns a file reference."""
@@ -144,13 +144,15 @@ class ChatSession:
 
     async def change_settings(self, values: dict[str, Any], timeout: float = 20) -> list[dict]:
         """Submit the settings panel as the browser does; returns the app's messages."""
-        before = len(self.order)
+        before, seen = len(self.order), len(self.events)
         await self.sio.emit("chat_settings_change", values)
-        for _ in range(int(timeout / 0.05)):
-            if len(self.order) > before:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        # Chainlit runs the handler as a task: its task_end comes after the reply, and
+        # must arrive before the next send() starts waiting for that turn's own.
+        await wait_until(
+            lambda: any(event == "task_end" for event, _ in self.events[seen:]),
+            timeout,
+            "the settings update to finish",
+        )
         return [self.messages[i] for i in self.order[before:]]
 
     def panel(self) -> list[dict[str, Any]]:

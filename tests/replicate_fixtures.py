@@ -16,6 +16,18 @@ def fetch_policy_for(fake: FakeReplicate, **limits: float) -> FetchPolicy:
     return FetchPolicy.from_setting(fake.fetch_allow, **limits)
 
 
+def replicate_app_env(fake: FakeReplicate, **more: str) -> dict[str, str]:
+    """Settings for an app subprocess (`make_app(**...)`) that uses this fake: its token and
+    URL, its host on the download allow-list, and quick polling; `more` adds or overrides."""
+    return {
+        "REPLICATE_API_TOKEN": fake.api_token or "",
+        "REPLICATE_BASE_URL": fake.base_url,
+        "ATELIER_FETCH_ALLOW_HOSTS": fake.fetch_allow,
+        "ATELIER_REPLICATE_POLL_INTERVAL": "0.05",
+        **more,
+    }
+
+
 @pytest.fixture(scope="session")
 def _replicate_server() -> Iterator[FakeReplicate]:
     # One server for the session: starting and stopping uvicorn costs ~0.2 s a test.

@@ -16,17 +16,15 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, Route, expect, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, expect
 
 from tests.attack_helpers import Recorder
+from tests.browser_support import chromium, only_hosts
 from tests.fakes.openai_server import Reply, default_brain
 from tests.test_browser import (
-    CHROMIUM,
     CONTENT_IMAGES,
-    LAUNCH_ARGS,
     WAIT_MS,
     _app_errors,
     _log_in,
@@ -52,20 +50,10 @@ def recorder() -> Iterator[Recorder]:
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[tuple[Page, list[str], list[str]]]:
     """A page that may reach loopback only, with its CSP refusals and JS errors."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-        )
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         context.set_default_timeout(WAIT_MS)
-
-        def loopback_only(route: Route) -> None:
-            if urlsplit(route.request.url).hostname in LOOPBACK_HOSTS:
-                route.continue_()
-            else:
-                route.abort()
-
-        context.route("**/*", loopback_only)
+        context.route("**/*", only_hosts(*LOOPBACK_HOSTS))
         page = context.new_page()
         refusals: list[str] = []
         errors: list[str] = []
@@ -80,7 +68,6 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[Page, list[str], list[str]]]:
             yield page, refusals, errors
         finally:
             context.close()
-            browser.close()
 
 
 def _leaking_brain(url: str) -> Any:

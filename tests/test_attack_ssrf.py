@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -30,11 +27,12 @@ from pipelines.base import ImageRequest
 from pipelines.fetch_policy import FetchPolicy, is_public, parse_allow_list
 from pipelines.guarded_fetch import DOWNLOAD_FAILED, GuardedFetcher
 from pipelines.replicate_images import ReplicateImages
-from tests.app_process import free_port
+from tests.app_process import add_user, app_rows, free_port
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.fakes.file_host import FileHost, png_bytes
 from tests.fakes.openai_server import Reply, ToolCall
 from tests.fakes.replicate_server import FakeReplicate
+from tests.replicate_fixtures import replicate_app_env
 
 MB = 1024 * 1024
 # The model the attacker names. A priced one, so the ledger shows a reservation that must
@@ -300,23 +298,6 @@ async def test_a_hostile_models_outputs_are_not_fetched_by_the_backend(
 # --------------------------------------------------------------------------- through the app
 
 
-def _rows(app, query: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(query).fetchall()
-
-
-def _add_user(app, name: str, password: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "chat_app.cli", "users", "--data-dir", str(app.data_dir)]
-        + ["add", name, "--password-stdin"],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-
-
 def _hostile_brain(messages, tools) -> Reply:
     """A chat model scripted to draw with a model its owner controls, whatever is asked."""
     if messages and messages[-1].get("role") == "tool":
@@ -331,13 +312,13 @@ async def test_an_ordinary_user_cannot_make_the_app_fetch_an_internal_url(
 ) -> None:
     allow = f"{fake_replicate.fetch_allow},127.0.0.1:{cdn.port}"
     app = make_app(
-        REPLICATE_API_TOKEN=fake_replicate.api_token,
-        REPLICATE_BASE_URL=fake_replicate.base_url,
-        ATELIER_FETCH_ALLOW_HOSTS=allow,
-        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
-        ATELIER_LOCAL_ENABLED="0",
+        **replicate_app_env(
+            fake_replicate,
+            ATELIER_FETCH_ALLOW_HOSTS=allow,
+            ATELIER_LOCAL_ENABLED="0",
+        )
     )
-    _add_user(app, "mallory", "mallorys-password")
+    add_user(app, "mallory", "mallorys-password")
     chat = ChatSession(app.base_url, login_cookie(app.base_url, "mallory", "mallorys-password"))
     await chat.connect()
 
@@ -357,7 +338,7 @@ async def test_an_ordinary_user_cannot_make_the_app_fetch_an_internal_url(
         assert not any(str(internal.port) in text for text in reply), reply
     assert internal.requests == []  # never reached, not even once
     assert [r.path for r in cdn.requests] == ["/hop.png"]
-    assert _rows(app, "SELECT * FROM images") == []  # nothing stored
-    entries = _rows(app, "SELECT status, actual_usd FROM ledger_entries")
+    assert app_rows(app, "SELECT * FROM images") == []  # nothing stored
+    entries = app_rows(app, "SELECT status, actual_usd FROM ledger_entries")
     assert entries and {e["status"] for e in entries} == {"released"}  # nothing spent
     assert "provider_download_refused" in app.log()  # the operator's side of the story

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from chat_app.settings import Settings
 from memory.db import session_factory
 from memory.images import ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.media_store import MediaStore
-from memory.models import LedgerEntry
 from memory.users import UserStore
 from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
@@ -39,6 +37,7 @@ from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall
 from tests.test_tools import SeededBackend
+from tests.tool_helpers import SEEDED_PRICE_FILE, ledger_entries
 from tools.context import GenerationDefaults, ToolContext
 from tools.generate_image import generate_image
 from tools.spending import Declined
@@ -46,15 +45,6 @@ from tools.turn_guard import TurnGuard
 
 THREAD = "3f6c2b1a-7e4d-4c9b-8a1f-0d2e3c4b5a69"
 D = Decimal
-PRICE_FILE = """
-[[price]]
-backend = "seeded"
-model = "toy-v1"
-unit = "image"
-amount_usd = 0.10
-source = "test"
-date = "2026-11-22"
-"""
 
 
 class SlowChat:
@@ -79,7 +69,7 @@ class SlowChat:
 async def world(tmp_path: Path, engine: Any):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("mallory", "password-123")
     prices = tmp_path / "prices.toml"
-    prices.write_text(PRICE_FILE)
+    prices.write_text(SEEDED_PRICE_FILE)  # $0.10 an image
     ctx = ToolContext(
         thread_id=THREAD,
         user_id=account.id,
@@ -92,11 +82,6 @@ async def world(tmp_path: Path, engine: Any):  # noqa: F811
         turn=TurnGuard(max_tool_calls=12),
     )
     yield ctx, engine
-
-
-async def _entries(db: Any) -> list[Any]:
-    async with db.connect() as conn:
-        return (await conn.execute(select(LedgerEntry))).all()
 
 
 async def _ten_at_once(ctx: ToolContext) -> list[Any]:
@@ -118,7 +103,7 @@ async def test_concurrent_calls_of_one_message_ask_once_and_cancel_stops_them_al
     assert "this message has already spent or reserved ($0.2000)" in chat.asked[0]
     assert "comes to $0.3000" in chat.asked[0]
     assert sum("declined further spending for this message" in r.message for r in refused) == 7
-    entries = await _entries(db)
+    entries = await ledger_entries(db)
     assert [e.status for e in entries] == ["settled", "settled"]
     assert sum(D(str(e.actual_usd)) for e in entries) == D("0.20")
 
@@ -131,7 +116,7 @@ async def test_confirming_allows_one_more_threshold_before_asking_again(world):
     assert not [r for r in results if isinstance(r, BaseException)], results
     # Asked at $0.30 (allowed to $0.55), at $0.60 (to $0.85), at $0.90: three questions.
     assert len(chat.asked) == 3 and chat.most_in_flight == 1
-    assert len(await _entries(db)) == 10
+    assert len(await ledger_entries(db)) == 10
     # A new message starts a new total.
     ctx.turn = TurnGuard()
     chat.asked.clear()

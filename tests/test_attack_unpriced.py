@@ -27,7 +27,7 @@ from memory.images import ImageStore, NewImage
 from memory.ledger import BudgetExceeded, Ledger, OperatorLimits
 from memory.loras import LoraStore
 from memory.media_store import MediaStore
-from memory.models import Image, LedgerEntry
+from memory.models import Image
 from memory.users import UserStore
 from memory.videos import VideoStore
 from pipelines.openai_images import OpenAIImages
@@ -42,6 +42,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.replicate_server import FakeReplicate
 from tests.lora_fixtures import picture
 from tests.replicate_fixtures import fetch_policy_for
+from tests.tool_helpers import ChatRecorder, ledger_entries
 from tools.context import GenerationDefaults, ToolContext
 from tools.curate_images import curate_images
 from tools.estimate_cost import estimate_cost
@@ -55,22 +56,6 @@ THREAD = "7d2a8c41-3b6e-4f0a-9c55-1e2f3a4b5c61"
 D = Decimal
 UNPRICED_MODEL = "mallory/unpriced-model"
 CEILING = D("0.50")
-
-
-class Chat:
-    """The chat's side: what was announced and asked, and the answer to give."""
-
-    def __init__(self) -> None:
-        self.announced: list[str] = []
-        self.asked: list[str] = []
-        self.answer = True
-
-    async def announce(self, text: str) -> None:
-        self.announced.append(text)
-
-    async def confirm(self, question: str) -> bool:
-        self.asked.append(question)
-        return self.answer
 
 
 @pytest.fixture
@@ -90,7 +75,7 @@ async def world(
     }
     token = fake_replicate.api_token or ""
     media = MediaStore(tmp_path / "media")
-    chat = Chat()
+    chat = ChatRecorder()
     jobs = TrainingJobs(
         LoraStore(engine),
         tmp_path / "loras",
@@ -127,11 +112,6 @@ async def world(
 def _policy(ctx: ToolContext, policy: str, **more: Any) -> None:
     limits = ctx.operator_limits or OperatorLimits()
     ctx.operator_limits = OperatorLimits(**{**limits.__dict__, "unpriced_policy": policy, **more})
-
-
-async def _entries(db: Any) -> list[Any]:
-    async with db.connect() as conn:
-        return (await conn.execute(select(LedgerEntry).order_by(LedgerEntry.created_at))).all()
 
 
 async def _image_count(db: Any) -> int:
@@ -175,7 +155,7 @@ async def test_a_user_at_the_day_budget_cannot_run_an_unpriced_replicate_model(
         await generate_image(ctx, "a fox", backend=f"replicate:{UNPRICED_MODEL}")
     assert "this request $0.50" in info.value.message
     assert fake_replicate.requests == []  # nothing was sent to the provider
-    assert [e.status for e in await _entries(db)] == ["settled"]  # only the earlier spend
+    assert [e.status for e in await ledger_entries(db)] == ["settled"]  # only the earlier spend
     assert await _image_count(db) == 0
     # The announcement said what it would cost against the budget, not "free".
     assert "up to $0.5000 reserved" in chat.announced[-1]
@@ -194,14 +174,14 @@ async def test_an_unknown_openai_model_name_counts_too(world, fake_openai):
         await generate_image(ctx, "a fox", backend="openai:dall-e-9-test")
     assert "estimated at $0.5000" in chat.asked[-1]
     assert fake_openai.requests_to("/images/generations") == []
-    assert len(await _entries(db)) == 1
+    assert len(await ledger_entries(db)) == 1
 
 
 async def test_reserve_charges_the_ceiling_per_output_never_zero(world, fake_replicate):
     ctx, chat, db = world
     _, artifact = await generate_image(ctx, "a fox", backend=f"replicate:{UNPRICED_MODEL}", n=2)
     assert len(artifact.images) == 2
-    [entry] = await _entries(db)
+    [entry] = await ledger_entries(db)
     assert (entry.status, entry.source, entry.model) == ("settled", "ceiling", UNPRICED_MODEL)
     assert D(str(entry.estimate_usd)) == D(str(entry.actual_usd)) == 2 * CEILING
     # The day's usage counts it: one more output would pass the $1.00 limit.
@@ -236,7 +216,7 @@ async def test_every_paid_path_is_counted_at_the_ceiling(world, fake_replicate):
     assert jobs is not None
     [record] = jobs.running(ctx.user_id)
     await asyncio.wait_for(jobs.wait(record.id), 60)
-    entries = {e.what: e for e in await _entries(db)}
+    entries = {e.what: e for e in await ledger_entries(db)}
     assert set(entries) == {"curation", "video", "training"}
     expected = {"curation": D("0.75"), "video": D("0.25"), "training": D("0.25")}
     for what, usd in expected.items():
@@ -272,8 +252,8 @@ async def test_refuse_policy_runs_nothing_on_any_path(world, fake_replicate, fak
             images=await _uploads(ctx, 2),
         )
     assert fake_replicate.requests == [] and fake_openai.requests_to("/images") == []
-    assert await _entries(db) == [] and chat.asked == []
+    assert await ledger_entries(db) == [] and chat.asked == []
     assert await _image_count(db) == 3  # only the uploads
     # Asking what it would cost says so, and spends nothing.
     text, _ = await estimate_cost(ctx, n=2, backend=f"replicate:{UNPRICED_MODEL}")
-    assert "not run on this server" in text and await _entries(db) == []
+    assert "not run on this server" in text and await ledger_entries(db) == []

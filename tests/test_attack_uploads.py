@@ -24,8 +24,8 @@ import pytest
 
 from memory.errors import InvalidInput
 from pipelines.lora_dataset import DatasetLimits, images_from_zip
-from tests.app_process import ADMIN_PASSWORD, AppProcess
-from tests.attack_helpers import PeakMemory, add_user
+from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user
+from tests.attack_helpers import PeakMemory
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 MB = 1024 * 1024

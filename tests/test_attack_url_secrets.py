@@ -18,7 +18,7 @@ import pytest
 from memory.errors import BackendUnavailable
 from memory.logging_setup import configure_logging, get_logger
 from memory.redact import redact_urls
-from tests.app_process import free_port
+from tests.app_process import add_user, free_port
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 SECRET = "s3cr3t-Pa55"
@@ -114,17 +114,6 @@ def test_doctor_prints_no_url_password(tmp_path, fake_openai) -> None:
     assert f"postgresql+asyncpg://postgres:***@127.0.0.1:{closed}/x" in result.stdout, shown
 
 
-def _add_user(app, name: str, password: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "chat_app.cli", "users", "--data-dir", str(app.data_dir)]
-        + ["add", name, "--password-stdin"],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.mark.slow
 async def test_users_and_the_log_never_see_a_base_url_password(make_app) -> None:
     llm_port, replicate_port = free_port(), free_port()  # nothing listens: both fail
@@ -136,7 +125,7 @@ async def test_users_and_the_log_never_see_a_base_url_password(make_app) -> None
         ATELIER_LOG_LEVEL="debug",
         ATELIER_LOCAL_ENABLED="0",
     )
-    _add_user(app, "bob", "bobs-password")
+    add_user(app, "bob", "bobs-password")
     chat = ChatSession(app.base_url, login_cookie(app.base_url, "bob", "bobs-password"))
     await chat.connect()
     agent = outputs(await chat.send("hello there"))

@@ -24,37 +24,18 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.app_process import ADMIN_PASSWORD, AppProcess
+from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing (Debian's chromium package; `make chromium` installs it)",
-        allow_module_level=True,
-    )
+    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
 
-from playwright.sync_api import (  # noqa: E402
-    Browser,
-    Locator,
-    Page,
-    Route,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)  # `expect` has its own 5 s default
 PROMPT = "draw a red fox in the snow"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Images in the conversation, not the authors' avatars.
 CONTENT_IMAGES = "[data-step-type] img:not([alt^='Avatar for'])"
 TOOL_STEP = "[data-step-type='tool']"
@@ -67,14 +48,8 @@ MEDIA_URL = r"/media/[0-9a-f]+\?"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
@@ -82,7 +57,7 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(WAIT_MS)
     context.set_default_navigation_timeout(WAIT_MS)
-    context.route("**/*", _localhost_only)
+    context.route("**/*", localhost_only)
     try:
         yield context.new_page()
     finally:
@@ -95,13 +70,6 @@ def page_errors(page: Page) -> list[str]:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return errors
-
-
-def _localhost_only(route: Route) -> None:
-    if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
-        route.continue_()
-    else:
-        route.abort()
 
 
 # ------------------------------------------------------------------------------- helpers

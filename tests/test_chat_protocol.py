@@ -4,21 +4,14 @@ client inside it talking to the fake OpenAI server, and rows read back from the 
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-
 import httpx
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, sql: str) -> list[tuple]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        return db.execute(sql).fetchall()
 
 
 async def test_agent_generates_image_persists_and_remembers_after_restart(make_app, fake_openai):
@@ -33,7 +26,7 @@ async def test_agent_generates_image_persists_and_remembers_after_restart(make_a
     assert chat.elements and chat.elements[0]["type"] == "image"
     await chat.close()
 
-    images = _rows(app, "select id, prompt_sent, width, height, backend, media_key from images")
+    images = app_rows(app, "select id, prompt_sent, width, height, backend, media_key from images")
     assert len(images) == 1 and images[0][1:5] == (
         "draw a red fox in the snow",
         1024,
@@ -72,7 +65,7 @@ async def test_agent_generates_image_persists_and_remembers_after_restart(make_a
     generation = fake_openai.requests_to("/images/generations")[0].json
     assert generation["size"] == "1536x1024"
     await resumed.close()
-    assert len(_rows(app, "select id from images")) == 2
+    assert len(app_rows(app, "select id from images")) == 2
 
 
 async def test_bad_inputs_get_clear_messages_and_nothing_is_lost(make_app):
@@ -99,11 +92,14 @@ async def test_bad_inputs_get_clear_messages_and_nothing_is_lost(make_app):
     assert any("in multiples of 16" in o for o in bad_size)
     await chat.close()
 
-    await asyncio.sleep(0.5)
-    user_messages = _rows(app, "select output from steps where type='user_message'")
+    user_messages_sql = "select output from steps where type='user_message'"
+    await wait_until(  # Chainlit writes steps from a background queue
+        lambda: len(app_rows(app, user_messages_sql)) >= 8, 10, "the 8 user messages saved"
+    )
+    user_messages = app_rows(app, user_messages_sql)
     assert len(user_messages) == 8
     assert any(len(o) == 20_000 for (o,) in user_messages)
-    assert len(_rows(app, "select id from images")) == 1
+    assert len(app_rows(app, "select id from images")) == 1
 
 
 async def test_command_mode_without_llm(make_app, fake_openai):

@@ -6,21 +6,13 @@ image API; the test client answers Chainlit's `ask` the way the browser does.
 
 from __future__ import annotations
 
-import sqlite3
-
 import httpx
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql).fetchall()
 
 
 async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
@@ -41,15 +33,15 @@ async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
     assert any(text.startswith("**Estimated cost of 1 image with OpenAI") for text in reply)
     assert any("Cancelled" in text and "nothing was spent" in text for text in reply), reply
     assert fake_openai.requests_to("/images/generations") == []
-    assert _rows(app, "SELECT * FROM images") == []
-    assert _rows(app, "SELECT * FROM ledger_entries") == []
+    assert app_rows(app, "SELECT * FROM images") == []
+    assert app_rows(app, "SELECT * FROM ledger_entries") == []
 
     # Confirm: it runs, and the cost the fake reported is settled in the ledger.
     chat.ask_answer = "confirm_spend"
     await chat.send("/image a fox in the snow")
     assert len(chat.asks) == 2 and len(fake_openai.requests_to("/images/generations")) == 1
-    [image] = _rows(app, "SELECT * FROM images")
-    [entry] = _rows(app, "SELECT * FROM ledger_entries")
+    [image] = app_rows(app, "SELECT * FROM images")
+    [entry] = app_rows(app, "SELECT * FROM ledger_entries")
     assert (entry["status"], entry["source"], entry["image_id"]) == (
         "settled",
         "reported",
@@ -70,7 +62,7 @@ async def test_confirm_cancel_limit_and_report(make_app, fake_openai):
     # A bad amount is refused naming the field; the budget stays.
     reply = outputs(await chat.change_settings({"budget_thread_usd": "lots"}))
     assert any("Budget for this conversation must be an amount" in t for t in reply), reply
-    [row] = _rows(app, "SELECT * FROM budgets WHERE scope = 'thread'")
+    [row] = app_rows(app, "SELECT * FROM budgets WHERE scope = 'thread'")
     assert float(row["limit_usd"]) == pytest.approx(0.05)
 
     # The agent answers "what would it cost" with the table's arithmetic, spending nothing.

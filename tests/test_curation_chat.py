@@ -6,20 +6,12 @@ from disk; the fake OpenAI server draws DISC_TEST candidates with known answers.
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql).fetchall()
 
 
 async def test_curate_overrule_and_resume(make_app, tiny_clip_dir):
@@ -32,7 +24,7 @@ async def test_curate_overrule_and_resume(make_app, tiny_clip_dir):
     images = [e for e in chat.elements if e.get("type") == "image"]
     assert len(images) == 4 and {e["size"] for e in images} == {"small"}
 
-    candidates = _rows(
+    candidates = app_rows(
         app,
         "SELECT c.image_id, c.rank, c.verdict, c.decided_by, i.created_at FROM "
         "curation_candidates c JOIN images i ON i.id = c.image_id ORDER BY c.rank",
@@ -41,14 +33,14 @@ async def test_curate_overrule_and_resume(make_app, tiny_clip_dir):
     kept = [row for row in candidates if row["verdict"] == "kept"]
     assert [row["image_id"] for row in kept] == [made[1]["image_id"]]  # the centred disc
     assert f"kept `{kept[0]['image_id'][:8]}`" in grid  # the chat and the database agree
-    scores = _rows(app, "SELECT criterion, count(*) AS n FROM image_scores GROUP BY criterion")
+    scores = app_rows(app, "SELECT criterion, count(*) AS n FROM image_scores GROUP BY criterion")
     assert {row["criterion"]: row["n"] for row in scores}["clip"] == 4
 
     await chat.send("keep the third one instead")
     third = candidates[2]["image_id"]
     verdicts = {
         row["image_id"]: (row["verdict"], row["decided_by"])
-        for row in _rows(app, "SELECT image_id, verdict, decided_by FROM curation_candidates")
+        for row in app_rows(app, "SELECT image_id, verdict, decided_by FROM curation_candidates")
     }
     assert verdicts[third] == ("kept", "user")
     assert verdicts[kept[0]["image_id"]] == ("rejected", "user")

@@ -6,7 +6,6 @@ seed giving the same pixels, img2img on an earlier image, and stop cancelling th
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sqlite3
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,25 +85,23 @@ async def test_stop_cancels_a_running_local_job(local_app):
         },
     )
     await message
-    for _ in range(400):  # wait until the job is running (a progress bar appears)
-        if any("⏳" in (d.get("output") or "") for e, d in chat.events if isinstance(d, dict)):
-            break
-        await asyncio.sleep(0.05)
+
+    def texts() -> list[str]:
+        return [d.get("output") or "" for e, d in chat.events if isinstance(d, dict)]
+
+    await wait_until(lambda: any("⏳" in text for text in texts()), 20, "the job's progress bar")
     stopped_at = len(chat.events)
     await chat.sio.emit("stop")
-    for _ in range(200):
-        if any(e == "task_end" for e, _ in chat.events[stopped_at:]):
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.0)
+    await wait_until(
+        lambda: any(e == "task_end" for e, _ in chat.events[stopped_at:]), 10, "the turn to end"
+    )
+    await wait_until(
+        lambda: any("Stopped by the user" in text for text in texts()), 10, "the stop notice"
+    )
     assert _images(app) == []
-    texts = [d.get("output") or "" for e, d in chat.events if isinstance(d, dict)]
-    assert any("Stopped by the user" in text for text in texts), texts[-5:]
-    # The device is free again: the next job runs (the stopped one did not block it).
+    # The device is free again: the next job runs (the stopped one did not block it), and
+    # the stopped one never saved an image, before or after it.
     await chat.send("/image a quick one --size 64x64 --steps 2")
-    for _ in range(200):
-        if _images(app):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _images(app), 20, "the next image saved")
     assert len(_images(app)) == 1
     await chat.close()

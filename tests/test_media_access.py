@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import httpx
 import pytest
 import socketio
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, add_user
 from tests.chat_client import ChatSession, login_cookie
 
 pytestmark = pytest.mark.slow
@@ -28,23 +26,7 @@ async def test_other_users_cannot_read_threads_or_media(make_app):
     url = next(e["url"] for e in thread["elements"] if e["type"] == "image")
     key = re.match(r"/media/([0-9a-f]{64})\?", url).group(1)
 
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chat_app.cli",
-            "users",
-            "--data-dir",
-            str(app.data_dir),
-            "add",
-            "bob",
-            "--password-stdin",
-        ],
-        input="bobs-password\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    add_user(app, "bob", "bobs-password")
     bob = login_cookie(app.base_url, "bob", "bobs-password")
     get = lambda path, cookie=None: httpx.get(  # noqa: E731
         app.base_url + path, headers={"Cookie": cookie} if cookie else {}

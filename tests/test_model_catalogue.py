@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
 
 from chat_app import settings_panel
 from chat_app.model_status import require_chat_model, statuses
@@ -24,13 +23,13 @@ from memory.errors import ConfigError, ModelRetired, ModelUnavailable
 from memory.images import ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.media_store import MediaStore
-from memory.models import LedgerEntry
 from memory.users import UserStore
 from pipelines.model_catalogue import BUILTIN_FILE, ModelCatalogue, fixed_clock
 from pipelines.openai_images import OpenAIImages
 from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
+from tests.tool_helpers import ChatRecorder, ledger_entries
 from tools.context import GenerationDefaults, ToolContext
 from tools.estimate_cost import estimate_cost
 from tools.generate_image import generate_image
@@ -146,21 +145,10 @@ def test_an_operator_row_replaces_a_builtin_one(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------- through the tools
-class Chat:
-    def __init__(self) -> None:
-        self.announced: list[str] = []
-
-    async def announce(self, text: str) -> None:
-        self.announced.append(text)
-
-    async def confirm(self, question: str) -> bool:
-        return True
-
-
 @pytest.fixture
 async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("kim", "password-123")
-    chat = Chat()
+    chat = ChatRecorder()
 
     def context(day: dt.date, model: str = "gpt-image-2") -> ToolContext:
         registry = BackendRegistry(
@@ -183,11 +171,6 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
     yield context, chat, engine
 
 
-async def _ledger(db) -> list:
-    async with db.connect() as conn:
-        return (await conn.execute(select(LedgerEntry))).all()
-
-
 async def test_a_retiring_model_works_with_a_warning_then_is_refused(world, fake_openai):
     context, chat, db = world
     eve = context(EVE, model="gpt-image-1.5")
@@ -195,7 +178,7 @@ async def test_a_retiring_model_works_with_a_warning_then_is_refused(world, fake
     assert "shuts down on 2026-12-01 (tomorrow)" in text
     assert any("`/backend openai:gpt-image-2`" in note for note in artifact.notes)
     assert fake_openai.requests_to("/images/generations")[0].json["model"] == "gpt-image-1.5"
-    assert len(await _ledger(db)) == 1
+    assert len(await ledger_entries(db)) == 1
 
     day = context(SHUTDOWN, model="gpt-image-1.5")
     announced = len(chat.announced)
@@ -210,7 +193,7 @@ async def test_a_retiring_model_works_with_a_warning_then_is_refused(world, fake
         assert "`/backend openai:gpt-image-2`" in caught.value.message
     # Nothing was priced, announced, reserved or sent.
     assert len(fake_openai.requests_to("/images/generations")) == 1
-    assert len(await _ledger(db)) == 1 and len(chat.announced) == announced
+    assert len(await ledger_entries(db)) == 1 and len(chat.announced) == announced
 
 
 async def test_the_default_reaches_the_provider_as_gpt_image_2_priced_by_its_tokens(
@@ -228,7 +211,7 @@ async def test_the_default_reaches_the_provider_as_gpt_image_2_priced_by_its_tok
         + Decimal(usage["input_tokens_details"]["image_tokens"]) * Decimal("8") / 10**6
         + Decimal(usage["output_tokens"]) * Decimal("30") / 10**6
     ).quantize(Decimal("0.000001"))
-    [entry] = await _ledger(db)
+    [entry] = await ledger_entries(db)
     assert (entry.status, entry.source) == ("settled", "reported")
     assert Decimal(entry.actual_usd) == expected
 
@@ -242,7 +225,7 @@ async def test_a_provider_model_not_found_names_the_catalogues_replacement(world
     message = caught.value.message
     assert "does not offer the image model gpt-image-1.5" in message
     assert "catalogue suggests gpt-image-2: switch with `/backend openai:gpt-image-2`" in message
-    [entry] = await _ledger(db)
+    [entry] = await ledger_entries(db)
     assert entry.status == "released"
 
 

@@ -7,21 +7,13 @@ The app runs as a subprocess against the fake OpenAI server (chat model and imag
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.test_settings_and_cli import atelier
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql).fetchall()
 
 
 def _welcome(chat: ChatSession) -> str:
@@ -43,7 +35,7 @@ async def test_a_fresh_install_draws_with_gpt_image_2(make_app, fake_openai):
     assert sent == ["gpt-image-2", "gpt-image-2"]
     chat_models = {r.json["model"] for r in fake_openai.requests_to("/chat/completions")}
     assert chat_models == {"gpt-6.1-terra"}
-    entries = _rows(app, "SELECT model, status, source FROM ledger_entries")
+    entries = app_rows(app, "SELECT model, status, source FROM ledger_entries")
     assert [tuple(e) for e in entries] == [("gpt-image-2", "settled", "reported")] * 2
     await chat.close()
 
@@ -59,7 +51,7 @@ async def test_a_retired_default_is_refused_before_anything_is_sent(make_app, fa
     assert "gpt-image-1.5 was shut down by its provider on 2026-12-01" in reply
     assert "`/backend openai:gpt-image-2`" in reply
     assert fake_openai.requests_to("/images/generations") == []
-    assert _rows(app, "SELECT * FROM ledger_entries") == []
+    assert app_rows(app, "SELECT * FROM ledger_entries") == []
 
     # The way out the message names works at once.
     reply = " ".join(outputs(await chat.send("/backend openai:gpt-image-2")))

@@ -6,7 +6,6 @@ panel through its real `chat_settings_change` event, as the browser sends them.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import sqlite3
@@ -16,6 +15,7 @@ from PIL import Image
 
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +81,11 @@ async def test_bad_uploads_are_refused_and_the_message_kept(make_app, filename, 
     reply = outputs(await chat.send("edit this", files=[chat.upload(filename, data, "image/png")]))
     assert any(filename in text and words in text for text in reply), reply
     assert _images(app) == []
-    for _ in range(100):  # Chainlit writes steps from a background queue
-        if ("user_message", "edit this") in _steps(app, chat.thread_id):
-            break
-        await asyncio.sleep(0.05)
-    assert ("user_message", "edit this") in _steps(app, chat.thread_id)
+    await wait_until(  # Chainlit writes steps from a background queue
+        lambda: ("user_message", "edit this") in _steps(app, chat.thread_id),
+        5,
+        "the user's message saved as a step",
+    )
     await chat.close()
 
 

@@ -21,13 +21,14 @@ from memory.errors import InvalidInput
 from memory.images import ImageStore
 from memory.ledger import BudgetExceeded, Ledger, OperatorLimits
 from memory.media_store import MediaStore
-from memory.models import Image, LedgerEntry
+from memory.models import Image
 from memory.users import UserStore
 from pipelines.openai_images import OpenAIImages
 from pipelines.pricing import PriceTable
 from pipelines.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.test_tools import SeededBackend
+from tests.tool_helpers import SEEDED_PRICE_FILE, ChatRecorder, ledger_entries
 from tools.context import GenerationDefaults, ToolContext
 from tools.curate_images import curate_images
 from tools.estimate_cost import estimate_cost
@@ -37,41 +38,14 @@ from tools.spending import Declined
 THREAD = "5c1e2f3a-98f4-4b3c-9d55-2e0f0c7c1a11"
 D = Decimal
 
-# The seeded test backend priced like a per-image hosted model, through a user file.
-PRICE_FILE = """
-[[price]]
-backend = "seeded"
-model = "toy-v1"
-unit = "image"
-amount_usd = 0.10
-source = "test"
-date = "2026-11-22"
-"""
-
-
-class Recorder:
-    """The chat's side: what was announced, what was asked, and the answer to give."""
-
-    def __init__(self) -> None:
-        self.announced: list[str] = []
-        self.asked: list[str] = []
-        self.answer = True
-
-    async def announce(self, text: str) -> None:
-        self.announced.append(text)
-
-    async def confirm(self, question: str) -> bool:
-        self.asked.append(question)
-        return self.answer
-
 
 @pytest.fixture
 async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("pat", "password-123")
     prices_file = tmp_path / "prices.toml"
-    prices_file.write_text(PRICE_FILE)
+    prices_file.write_text(SEEDED_PRICE_FILE)  # $0.10 an image
     seeded = SeededBackend()
-    chat = Recorder()
+    chat = ChatRecorder()
     ctx = ToolContext(
         thread_id=THREAD,
         user_id=account.id,
@@ -93,11 +67,6 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
     yield ctx, chat, seeded, engine
 
 
-async def _entries(db) -> list:
-    async with db.connect() as conn:
-        return (await conn.execute(select(LedgerEntry).order_by(LedgerEntry.created_at))).all()
-
-
 async def _image_count(db) -> int:
     async with db.connect() as conn:
         return await conn.scalar(select(func.count()).select_from(Image))
@@ -109,7 +78,7 @@ async def test_estimate_is_shown_then_the_reported_cost_is_settled(world, fake_o
     [announced] = chat.announced
     assert announced.startswith("**Estimated cost of 1 image with OpenAI gpt-image-1.5: $")
     assert chat.asked == []  # under the $1.00 threshold
-    [entry] = await _entries(db)
+    [entry] = await ledger_entries(db)
     record = artifact.images[0][0]
     assert (entry.status, entry.source, entry.what) == ("settled", "reported", "image")
     assert entry.image_id == record.id and entry.backend == "openai"
@@ -127,12 +96,12 @@ async def test_cancel_at_the_confirmation_runs_nothing_and_spends_nothing(world)
         await generate_image(ctx, "a lantern", n=2)  # 2 × $0.10 > $0.15
     assert chat.asked and "$0.2000" in chat.asked[0]
     assert seeded.requests == [] and await _image_count(db) == 0
-    assert await _entries(db) == []
+    assert await ledger_entries(db) == []
     # Confirm: it runs and the table price is settled.
     chat.answer = True
     _, artifact = await generate_image(ctx, "a lantern", n=2)
     assert len(artifact.images) == 2 and len(chat.asked) == 2
-    [entry] = await _entries(db)
+    [entry] = await ledger_entries(db)
     assert (entry.status, D(str(entry.actual_usd)), entry.source) == ("settled", D("0.2"), "table")
     # Under the threshold nothing is asked.
     await generate_image(ctx, "a lantern")
@@ -157,7 +126,7 @@ async def test_a_failed_action_gives_its_reservation_back(world, fake_openai):
     fake_openai.fail_next("/images/generations", status=500, times=5)
     with pytest.raises(Exception):  # noqa: B017 - the backend's own error class
         await generate_image(ctx, "a lantern", backend="openai")
-    [entry] = await _entries(db)
+    [entry] = await ledger_entries(db)
     assert entry.status == "released" and entry.actual_usd is None
 
 
@@ -170,7 +139,7 @@ async def test_a_curation_is_one_question_and_one_reservation(world):
     await curate_images(ctx, "a red apple", n=6, keep=1)  # 2 batches of the 4-image limit
     assert len(seeded.requests) == 2 and len(chat.asked) == 1 and len(chat.announced) == 1
     assert "6 candidates" in chat.announced[0] and "$0.6000" in chat.announced[0]
-    [entry] = await _entries(db)
+    [entry] = await ledger_entries(db)
     assert (entry.what, entry.status, D(str(entry.actual_usd))) == (
         "curation",
         "settled",
@@ -187,7 +156,7 @@ async def test_twenty_concurrent_requests_against_a_budget_for_ten(world):
     refused = [r for r in results if isinstance(r, BudgetExceeded)]
     assert len(refused) == 10 and len(results) - len(refused) == 10, results
     assert len(seeded.requests) == 10 and await _image_count(db) == 10
-    spent = sum(D(str(e.actual_usd)) for e in await _entries(db) if e.status == "settled")
+    spent = sum(D(str(e.actual_usd)) for e in await ledger_entries(db) if e.status == "settled")
     assert spent == D("1.00")
 
 
@@ -209,4 +178,4 @@ async def test_estimate_cost_equals_the_table_and_spends_nothing(world):
     assert "unknown" in text
     with pytest.raises(InvalidInput, match="n must be from 1 to 1000"):
         await estimate_cost(ctx, n=0)
-    assert seeded.requests == [] and await _entries(db) == []
+    assert seeded.requests == [] and await ledger_entries(db) == []

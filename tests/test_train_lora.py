@@ -222,6 +222,8 @@ async def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(world):
         if row.step >= 2:
             break
         await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("gave up after 30 s waiting for training to reach step 2")
     text, _ = await stop_training(ctx, "long")
     assert "checkpoint is kept" in text
     await asyncio.wait_for(jobs.wait(record.id), 60)

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import pytest
 
 from chat_app.spending_prompts import CONFIRM
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, query: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(query).fetchall()
 
 
 async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
@@ -33,7 +26,7 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
     await chat.send("/backend local")
     for seed in (1, 2):
         await chat.send(f"/image a small red house --size 64x64 --steps 2 --seed {seed}")
-    ids = [row["id"][:8] for row in _rows(app, "SELECT id FROM images ORDER BY created_at")]
+    ids = [row["id"][:8] for row in app_rows(app, "SELECT id FROM images ORDER BY created_at")]
     assert len(ids) == 2
     chat.ask_answer = CONFIRM
     reply = outputs(
@@ -54,7 +47,7 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
             break
         await asyncio.sleep(0.5)
     assert "| mystyle | TOK | local | succeeded | 6/6 |" in status, status
-    [lora] = _rows(app, "SELECT * FROM loras")
+    [lora] = app_rows(app, "SELECT * FROM loras")
     assert json.loads(lora["files"])["diffusers"] == "mystyle.safetensors"
     live = [
         data["output"]
@@ -66,7 +59,7 @@ async def test_train_then_use_then_reload(make_app, tiny_sd_dir, tmp_path):
     # Usable at once, by name and by trigger word.
     await chat.send("/image TOK on a beach --lora mystyle --size 64x64 --steps 2")
     await chat.send("/image TOK on a beach --size 64x64 --steps 2")
-    named, triggered = _rows(app, "SELECT parameters FROM images ORDER BY created_at")[-2:]
+    named, triggered = app_rows(app, "SELECT parameters FROM images ORDER BY created_at")[-2:]
     for row in (named, triggered):
         assert json.loads(row["parameters"])["loras"] == [{"name": "mystyle", "weight": 1.0}]
     await chat.close()
@@ -122,14 +115,14 @@ async def test_a_zip_attached_to_train_is_the_training_set(make_app, tiny_sd_dir
         )
     )
     assert any("Training 'zipdog' started" in text for text in reply), reply
-    assert _rows(app, "SELECT * FROM images") == []  # a training set, not chat images
+    assert app_rows(app, "SELECT * FROM images") == []  # a training set, not chat images
     for _ in range(240):
         status = "\n".join(outputs(await chat.send("/train status")))
         if "succeeded" in status or "failed" in status:
             break
         await asyncio.sleep(0.5)
     assert "| zipdog | DOG | local | succeeded |" in status, status
-    [lora] = _rows(app, "SELECT dataset FROM loras WHERE name = 'zipdog'")
+    [lora] = app_rows(app, "SELECT dataset FROM loras WHERE name = 'zipdog'")
     dataset = json.loads(lora["dataset"])
     images = dataset["images"] if isinstance(dataset, dict) else dataset
     assert {(i["origin"], i["licence"]) for i in images} == {("uploaded", "CC-BY-4.0")}

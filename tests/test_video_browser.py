@@ -11,17 +11,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.app_process import ADMIN_PASSWORD
+from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
+from tests.replicate_fixtures import replicate_app_env
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package)", allow_module_level=True)
+    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,34 +32,19 @@ THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 1400})
     context.set_default_timeout(WAIT_MS)
-    context.route("**/*", _localhost_only)
+    context.route("**/*", localhost_only)
     try:
         yield context.new_page()
     finally:
         context.close()
-
-
-def _localhost_only(route: Route) -> None:
-    if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
-        route.continue_()
-    else:
-        route.abort()
 
 
 def _send(page: Page, text: str) -> None:
@@ -92,13 +77,7 @@ def _expect_playable_clip(page: Page, src_pattern: str) -> None:
 def test_animate_the_fox_plays_live_and_after_a_reload(
     make_app, fake_replicate, page: Page, tmp_path: Path
 ) -> None:
-    app = make_app(
-        REPLICATE_API_TOKEN=fake_replicate.api_token,
-        REPLICATE_BASE_URL=fake_replicate.base_url,
-        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
-        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
-        ATELIER_LOCAL_ENABLED="0",
-    )
+    app = make_app(**replicate_app_env(fake_replicate, ATELIER_LOCAL_ENABLED="0"))
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(app.base_url, wait_until="domcontentloaded")

@@ -8,25 +8,17 @@ files the app serves back over HTTP, decoded with imageio-ffmpeg.
 
 from __future__ import annotations
 
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
+from tests.app_process import ADMIN_PASSWORD, add_user, app_rows
 from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.replicate_fixtures import replicate_app_env
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(app, sql: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.data_dir / "atelier.db") as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(sql).fetchall()
 
 
 def _frames(data: bytes, tmp_path: Path) -> tuple[tuple[int, int], int]:
@@ -37,27 +29,10 @@ def _frames(data: bytes, tmp_path: Path) -> tuple[tuple[int, int], int]:
     return tuple(meta["size"]), sum(1 for _ in reader)
 
 
-def _add_user(app, name: str, password: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "chat_app.cli", "users", "--data-dir", str(app.data_dir)]
-        + ["add", name, "--password-stdin"],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-
-
 async def test_animate_the_fox_and_play_it_again_after_a_restart(
     make_app, fake_replicate, tmp_path
 ) -> None:
-    app = make_app(
-        REPLICATE_API_TOKEN=fake_replicate.api_token,
-        REPLICATE_BASE_URL=fake_replicate.base_url,
-        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
-        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
-        ATELIER_LOCAL_ENABLED="0",
-    )
+    app = make_app(**replicate_app_env(fake_replicate, ATELIER_LOCAL_ENABLED="0"))
     cookie = login_cookie(app.base_url, "admin", ADMIN_PASSWORD)
     chat = ChatSession(app.base_url, cookie)
     await chat.connect()
@@ -70,13 +45,13 @@ async def test_animate_the_fox_and_play_it_again_after_a_restart(
     assert create.path == "/v1/models/minimax/video-01/predictions"
     assert create.json["input"]["prompt"] == "animate the fox"
     assert create.json["input"]["first_frame_image"].startswith("data:image/png;base64,")
-    [fox] = _rows(app, "select * from images")
-    [video] = _rows(app, "select * from videos")
+    [fox] = app_rows(app, "select * from images")
+    [video] = app_rows(app, "select * from videos")
     assert video["source_image_id"] == fox["id"] and video["thread_id"] == chat.thread_id
     assert (video["backend"], video["model"]) == ("replicate", "minimax/video-01")
     assert (video["frames"], video["fps"], video["seconds"]) == (150, 25.0, 6.0)
     assert float(video["cost_usd"]) == pytest.approx(0.5)
-    [entry] = _rows(app, "select * from ledger_entries where what = 'video'")
+    [entry] = app_rows(app, "select * from ledger_entries where what = 'video'")
     assert entry["status"] == "settled"
     assert any("Estimated cost of a clip" in text for text in reply), reply
     assert any("6 s · 150 frames at 25 fps" in text for text in reply), reply
@@ -103,7 +78,7 @@ async def test_animate_the_fox_and_play_it_again_after_a_restart(
 
     # Nobody else gets the clip or its poster: not logged in, or another user.
     assert httpx.get(app.base_url + poster_url, timeout=30).status_code == 401
-    _add_user(app, "bob", "bobs-password")
+    add_user(app, "bob", "bobs-password")
     bob = login_cookie(app.base_url, "bob", "bobs-password")
     for path in (poster_url, f"/media/{video['media_key']}"):
         assert (
@@ -112,13 +87,7 @@ async def test_animate_the_fox_and_play_it_again_after_a_restart(
 
 
 async def test_video_commands_refuse_clearly(make_app, fake_replicate) -> None:
-    app = make_app(
-        REPLICATE_API_TOKEN=fake_replicate.api_token,
-        REPLICATE_BASE_URL=fake_replicate.base_url,
-        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
-        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
-        ATELIER_LOCAL_ENABLED="0",
-    )
+    app = make_app(**replicate_app_env(fake_replicate, ATELIER_LOCAL_ENABLED="0"))
     chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
     await chat.connect()
     nothing = outputs(await chat.send("/animate the fox runs"))
@@ -134,7 +103,7 @@ async def test_video_commands_refuse_clearly(make_app, fake_replicate) -> None:
     assert any("--fps takes a whole number" in text for text in bad_option)
     made = outputs(await chat.send("/video waves at dusk --backend replicate", timeout=120))
     assert any("Clip for *waves at dusk*" in text for text in made), made
-    assert len(_rows(app, "select id from videos")) == 1
+    assert len(app_rows(app, "select id from videos")) == 1
     await chat.close()
 
 
@@ -143,12 +112,11 @@ async def test_text_to_video_on_local_svd_shows_the_keyframe_first(
 ) -> None:
     """The local backend animates images only: a keyframe is drawn, shown, then animated."""
     app = make_app(
-        REPLICATE_API_TOKEN=fake_replicate.api_token,
-        REPLICATE_BASE_URL=fake_replicate.base_url,
-        ATELIER_FETCH_ALLOW_HOSTS=fake_replicate.fetch_allow,
-        ATELIER_REPLICATE_POLL_INTERVAL="0.05",
-        ATELIER_LOCAL_VIDEO_MODEL=str(tiny_svd_dir),
-        ATELIER_LOCAL_DEVICE="cpu",
+        **replicate_app_env(
+            fake_replicate,
+            ATELIER_LOCAL_VIDEO_MODEL=str(tiny_svd_dir),
+            ATELIER_LOCAL_DEVICE="cpu",
+        )
     )
     chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
     await chat.connect()
@@ -165,8 +133,8 @@ async def test_text_to_video_on_local_svd_shows_the_keyframe_first(
     # Beside the tool's step (its sibling), not folded into it.
     step = next(m for m in reply if m.get("type") == "tool" and m.get("name") == "generate_video")
     assert reply[keyframe].get("parentId") == step.get("parentId") != step["id"]
-    [image] = _rows(app, "select * from images")
-    [video] = _rows(app, "select * from videos")
+    [image] = app_rows(app, "select * from images")
+    [video] = app_rows(app, "select * from videos")
     assert image["model"] == "black-forest-labs/flux-schnell"
     assert video["source_image_id"] == image["id"]
     assert (video["backend"], video["frames"], video["width"], video["height"]) == (

@@ -9,8 +9,7 @@ media claims, ledger entries, and the stored MP4 decoded with imageio-ffmpeg.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from pipelines.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for
+from tests.waiting import wait_until
 from tools.context import GenerationDefaults, ToolArtifact, ToolContext
 from tools.generate_image import generate_image
 from tools.generate_video import generate_video
@@ -110,13 +110,6 @@ async def world(
     local.runner.shutdown()  # type: ignore[attr-defined]
     await images.aclose()
     await clips.aclose()
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def frames_of(data: bytes, tmp_path: Path) -> tuple[tuple[int, int], int]:
@@ -334,7 +327,9 @@ async def test_no_video_backend_configured(world) -> None:
 async def test_a_stopped_clip_spends_nothing_and_keeps_nothing(world, fake_replicate) -> None:
     fake_replicate.configure(processing_polls=100_000)
     task = asyncio.create_task(generate_video(world.ctx, prompt="slow waves"))
-    await wait_for(lambda: len(fake_replicate.requests_to(r"^/v1/predictions/\w+$")) >= 2)
+    await wait_until(
+        lambda: len(fake_replicate.requests_to(r"^/v1/predictions/\w+$")) >= 2, 10, "two polls"
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
