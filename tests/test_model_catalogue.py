@@ -266,3 +266,22 @@ def test_a_retired_chat_model_is_refused_and_doctor_lines_say_why() -> None:
         "chat model": "retiring on 2026-12-11 → gpt-6.1-terra",
         "image model": "live",
     }
+
+
+async def test_an_estimate_for_a_named_model_follows_the_catalogue_without_credentials(
+    world, fake_openai
+):
+    """/estimate prices a model even where its backend has no key; not a retired one."""
+    context, _, _ = world
+    for day in (EVE, SHUTDOWN):
+        ctx = context(day)
+        ctx.backends = BackendRegistry({}, catalogue_on(day))  # no OpenAI key here
+        call = estimate_cost(ctx, n=4, quality="low", backend="openai:gpt-image-1.5")
+        if day == EVE:
+            text, _ = await call
+            assert "Estimated cost of 4 × openai gpt-image-1.5" in text
+            assert "shuts down on 2026-12-01 (tomorrow)" in text
+        else:
+            with pytest.raises(ModelRetired, match="`/backend openai:gpt-image-2`"):
+                await call
+    assert fake_openai.requests_to("/images/generations") == []

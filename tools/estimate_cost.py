@@ -12,7 +12,7 @@ from decimal import Decimal
 from pydantic import BaseModel, Field
 
 from memory import money
-from memory.errors import AtelierError, InvalidInput
+from memory.errors import AtelierError, InvalidInput, ModelRetired
 from pipelines.pricing import Estimate
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
@@ -57,8 +57,11 @@ def _price(
     size: str | None,
     seconds: float | None,
     backend: str | None,
-) -> tuple[Estimate, str]:
-    """(estimate, what it priced), planned the way a real request would be."""
+) -> tuple[Estimate, str, list[str]]:
+    """(estimate, what it priced, notes), planned the way a real request would be.
+
+    A retired model is refused here as a real request would be (model catalogue).
+    """
     assert ctx.prices is not None
     try:
         planned = image_jobs.checked(
@@ -67,6 +70,8 @@ def _price(
         backend_id, model = planned.backend.id, planned.request.model
         quality, size = planned.request.quality, planned.request.size
         label = planned.label
+    except ModelRetired:
+        raise
     except AtelierError:
         # Pricing needs no credentials: "replicate:owner/name" is priced even when the
         # backend is not configured here; without a model there is nothing to look up.
@@ -75,10 +80,12 @@ def _price(
             raise
         backend_id, model = backend_id.strip().lower(), model.strip()
         label = f"{backend_id} {model}"
+    status = ctx.backends.check_model(backend_id, model, "image model")
+    warning = status.warning() if status is not None else None
     estimate = ctx.prices.estimate(
         backend_id, model, n=n, quality=quality, size=size, seconds=seconds
     )
-    return estimate, label
+    return estimate, label, [warning] if warning else []
 
 
 async def _budget_lines(ctx: ToolContext, usd: Decimal) -> list[str]:
@@ -118,7 +125,7 @@ async def estimate_cost(
     _check(n, seconds)
     if ctx.prices is None:
         raise InvalidInput("Prices are not loaded in this app, so nothing can be estimated.")
-    estimate, label = _price(ctx, n, quality, size, seconds, backend)
+    estimate, label, notes = _price(ctx, n, quality, size, seconds, backend)
     if estimate.unpriced:
         # What a real request would do: refused, or counted at the operator's ceiling.
         try:
@@ -135,5 +142,6 @@ async def estimate_cost(
     text = spending.describe(estimate, f"{n} × {label}")
     if estimate.usd > 0 or not estimate.unpriced:
         text += "\n\n" + "\n".join(await _budget_lines(ctx, estimate.usd))
+    text += "".join(f"\n\n_{note}_" for note in notes)
     text = text.strip() + "\n\n_Nothing was made or spent._"
     return text, ToolArtifact(text=text)
