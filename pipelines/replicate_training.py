@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 import replicate
@@ -44,6 +44,7 @@ from pipelines.lora_dataset import PreparedDataset, dataset_zip
 from pipelines.progress import Progress
 from pipelines.replicate_client import (
     TRAININGS,
+    ClientOptions,
     ReplicateClient,
     configured,
     report,
@@ -114,30 +115,23 @@ class ReplicateTrainingResult:
     losses: tuple[tuple[int, float], ...] = ()  # parsed from the trainer's logs
 
 
+# A training's own client defaults: runs take 20 minutes or more, so a slow poll, a long
+# wait and a gentler backoff than images, unless given.
+TRAINING_CLIENT_OPTIONS = ClientOptions(
+    poll_interval_s=5.0, max_wait_s=4 * 3600.0, retry_backoff_s=1.0
+)
+
+
 class ReplicateLoraTrainer:
     def __init__(
         self,
         api_token: str,
         *,
-        base_url: str | None = None,
-        poll_interval_s: float = 5.0,
-        timeout_s: float = 120.0,
-        max_wait_s: float = 4 * 3600.0,
-        max_retries: int = 2,
-        retry_backoff_s: float = 1.0,
-        max_retry_wait_s: float = 60.0,
         data_uri_limit_bytes: int = DATA_URI_LIMIT_BYTES,
         trainers: Mapping[str, Trainer] = TRAINERS,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self._client_options: dict[str, Any] = {
-            "base_url": base_url,
-            "poll_interval_s": poll_interval_s,
-            "timeout_s": timeout_s,
-            "max_wait_s": max_wait_s,
-            "max_retries": max_retries,
-            "retry_backoff_s": retry_backoff_s,
-            "max_retry_wait_s": max_retry_wait_s,
-        }
+        self._client_options = TRAINING_CLIENT_OPTIONS | options
         self._token = api_token
         self._data_uri_limit = data_uri_limit_bytes
         self.trainers = dict(trainers)
