@@ -102,9 +102,19 @@ class ChatSession:
         if resume_thread:
             await asyncio.wait_for(self._resumed.wait(), 20)
         else:
-            await asyncio.wait_for(self._task_end.wait(), 20)
-            # The welcome message comes from on_chat_start's task.
-            await wait_until(lambda: self.order, 10, "the welcome message")
+            # on_chat_start's task ends after it sends the welcome message. Other tasks may
+            # end first (connection handling), and a task_end that came in after send()
+            # cleared the flag would end that turn with nothing: wait for this one.
+            await wait_until(self._chat_started, 20, "the welcome message and its task_end")
+
+    def _chat_started(self) -> bool:
+        welcomed = False
+        for event, data in self.events:
+            if event == "new_message" and "Welcome to Atelier" in (data or {}).get("output", ""):
+                welcomed = True
+            elif event == "task_end" and welcomed:
+                return True
+        return False
 
     def upload(self, filename: str, data: bytes, mime: str) -> dict[str, Any]:
         """POST a file the way the browser's attach button does; returns a file reference."""
