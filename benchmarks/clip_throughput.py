@@ -2,7 +2,7 @@
 
 Curation scores every candidate against the prompt; this measures what batching the
 vision tower buys. Both paths run in the same process on the same images (noise, 512x512,
-as generated candidates are), through `pipelines.clip_scoring` loaded from disk with
+as generated candidates are), through `pipelines.scoring.clip_scoring` loaded from disk with
 `from_pretrained` as in real use; the prompt is encoded once per call in both, so the
 only difference is the batching. Each path is warmed up once, then timed `--repeats`
 times, interleaved; the best run of each is reported as images/s.
@@ -112,7 +112,7 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from pipelines.clip_scoring import get_scorer
+    from pipelines.scoring.clip_scoring import get_scorer
 
     if args.threads:
         torch.set_num_threads(args.threads)

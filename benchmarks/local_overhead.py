@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipelines.base import ImageRequest  # noqa: E402
+from pipelines.images.base import ImageRequest  # noqa: E402
+from pipelines.images.local_diffusers import LocalDiffusers  # noqa: E402
+from pipelines.images.pipeline_cache import PipelineCache  # noqa: E402
 from pipelines.job_queue import JobQueue  # noqa: E402
-from pipelines.local_diffusers import LocalDiffusers  # noqa: E402
-from pipelines.pipeline_cache import PipelineCache  # noqa: E402
 from pipelines.progress import Progress  # noqa: E402
 
 TARGET_OVERHEAD = 1.05

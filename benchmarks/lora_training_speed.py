@@ -43,14 +43,14 @@ if str(REPO) not in sys.path:
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.job_queue import JobQueue  # noqa: E402
-from pipelines.lora_dataset import DatasetImage, PreparedDataset, prepare_dataset  # noqa: E402
-from pipelines.lora_formats import LoraLayout  # noqa: E402
-from pipelines.lora_training import (  # noqa: E402
+from pipelines.progress import Progress  # noqa: E402
+from pipelines.training.lora_dataset import DatasetImage, PreparedDataset, prepare_dataset  # noqa: E402
+from pipelines.training.lora_formats import LoraLayout  # noqa: E402
+from pipelines.training.lora_training import (  # noqa: E402
     LocalLoraTrainer,
     LocalTrainingRequest,
     TrainingParams,
 )
-from pipelines.progress import Progress  # noqa: E402
 
 TARGET_RATIO = 1.0
 

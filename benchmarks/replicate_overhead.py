@@ -38,11 +38,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memory.logging_setup import configure_logging  # noqa: E402
-from pipelines.base import ImageRequest  # noqa: E402
-from pipelines.fetch_policy import FetchPolicy  # noqa: E402
-from pipelines.replicate_client import FIRST_POLL_S  # noqa: E402
-from pipelines.replicate_images import ReplicateImages  # noqa: E402
+from core.logging_setup import configure_logging  # noqa: E402
+from pipelines.downloads.fetch_policy import FetchPolicy  # noqa: E402
+from pipelines.images.base import ImageRequest  # noqa: E402
+from pipelines.images.replicate_images import ReplicateImages  # noqa: E402
+from pipelines.replicate_api.replicate_client import FIRST_POLL_S  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
 
 MODEL = "black-forest-labs/flux-schnell"

@@ -28,9 +28,9 @@ from langchain_openai import ChatOpenAI
 from chat_app import rendering
 from chat_app.settings import Settings
 from chat_app.tool_runner import run_tool_call
-from memory.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
-from memory.logging_setup import get_logger
-from memory.redact import redact_urls
+from core.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
+from core.logging_setup import get_logger
+from core.redact import redact_urls
 from tools.context import PromptRewriter, ToolContext
 from tools.registry import build_tools
 from tools.turn_guard import TurnGuard

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from chat_app.settings import Settings
-from memory.errors import ConfigError
+from core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECRET_FILE = "auth_secret"

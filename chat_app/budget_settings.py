@@ -13,8 +13,8 @@ from typing import Any
 
 from chainlit.input_widget import TextInput
 
-from memory import money
-from memory.errors import InvalidInput
+from core import money
+from core.errors import InvalidInput
 from memory.ledger import Ledger, OperatorLimits
 
 MAX_USD = Decimal("100000")

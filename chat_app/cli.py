@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from chat_app.settings import Settings, load_settings
-from memory.errors import AtelierError
+from core.errors import AtelierError
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -14,7 +14,7 @@ from typing import Any
 from chat_app import cost_report, rendering, settings_panel
 from chat_app.runtime import Runtime
 from chat_app.tool_runner import run_tool_call
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 from tools import train_lora
 from tools.context import ToolContext
 from tools.registry import build_tools

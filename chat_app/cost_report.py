@@ -15,8 +15,8 @@ from typing import Any
 import chainlit as cl
 
 from chat_app import rendering
-from memory import money
-from memory.errors import InvalidInput
+from core import money
+from core.errors import InvalidInput
 from memory.ledger import CostRow, Ledger, OperatorLimits, ScopeUsage
 
 DEFAULT_DAYS = 30

@@ -11,9 +11,9 @@ from sqlalchemy import text
 
 from chat_app.bootstrap import SECRET_FILE, ensure_data_dir
 from chat_app.settings import Settings
+from core.errors import ConfigError
+from core.redact import redact_urls
 from memory.db import create_engine
-from memory.errors import ConfigError
-from memory.redact import redact_urls
 
 
 @dataclass

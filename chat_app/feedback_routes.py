@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from chat_app.runtime import get_runtime
 from chat_app.session_access import own_session
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 from memory.requester import acting_as
 
 log = get_logger(__name__)

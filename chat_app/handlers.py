@@ -9,8 +9,8 @@ from chat_app import commands, rendering, settings_panel
 from chat_app.runtime import get_runtime
 from chat_app.session_guard import SESSION_CLAIM
 from chat_app.turn import current_user_id, handle_message
-from memory.errors import AtelierError, NotFound
-from memory.logging_setup import get_logger
+from core.errors import AtelierError, NotFound
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -3,7 +3,7 @@
 Chainlit's routes let the data layer's errors escape as HTTP 500 with a traceback in
 the log: a crafted element id (`InvalidInput`), someone else's thread (`NotFound`), a
 call with no login (`AccessDenied`). They are the client's doing, so they answer 4xx with
-the error's own message, which is written to be shown (memory/errors.py).
+the error's own message, which is written to be shown (core/errors.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from memory.errors import AccessDenied, AtelierError, InvalidInput, NotFound
-from memory.logging_setup import get_logger
+from core.errors import AccessDenied, AtelierError, InvalidInput, NotFound
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

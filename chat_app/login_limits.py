@@ -25,8 +25,8 @@ from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 
 from chat_app.settings import Settings
-from memory.errors import ConfigError
-from memory.logging_setup import get_logger
+from core.errors import ConfigError
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -12,8 +12,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from chat_app.runtime import get_runtime
+from core.errors import NotFound
 from memory import signed_links
-from memory.errors import NotFound
 from memory.ids import require_media_key
 
 router = APIRouter()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chat_app.settings import Settings
-from memory.errors import ModelRetired
-from pipelines.model_catalogue import ModelCatalogue, ModelStatus, fixed_clock, utc_today
+from core.errors import ModelRetired
+from pipelines.catalogue.model_catalogue import ModelCatalogue, ModelStatus, fixed_clock, utc_today
 
 
 def load_catalogue(settings: Settings) -> ModelCatalogue:

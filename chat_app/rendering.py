@@ -10,7 +10,7 @@ from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
 from chat_app import model_status
-from memory import money
+from core import money
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
 

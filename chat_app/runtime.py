@@ -16,21 +16,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chat_app import training_display
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
+from core.logging_setup import get_logger
 from memory.auth_sessions import AuthSessionStore
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
 from memory.images import ImageStore
 from memory.ledger import Ledger
-from memory.logging_setup import get_logger
 from memory.loras import LoraStore
 from memory.media_store import MediaStore
 from memory.users import UserStore
 from memory.videos import VideoStore
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_training import create_trainer
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.registry import BackendRegistry
+from pipelines.training.replicate_training import create_trainer
+from pipelines.video.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 from tools.training_jobs import TrainingJobs
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from chat_app.bootstrap import prepare_environment
 from chat_app.runtime import Runtime, build_runtime, install
 from chat_app.settings import Settings
-from memory.logging_setup import configure_logging
+from core.logging_setup import configure_logging
 
 if TYPE_CHECKING:
     from chat_app.socket_guard import SocketGuard

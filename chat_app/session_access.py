@@ -13,8 +13,8 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from core.logging_setup import get_logger
 from memory.ids import is_uuid
-from memory.logging_setup import get_logger
 
 log = get_logger(__name__)
 

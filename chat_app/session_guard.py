@@ -25,8 +25,8 @@ import jwt
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import cookie_parser
 
+from core.logging_setup import get_logger
 from memory.auth_sessions import AuthSessionStore
-from memory.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chat_app.session_guard import SessionGuard, claims_of, token_from_cookie_header
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from memory.errors import ConfigError
+from core.errors import ConfigError
 from memory.ledger import OperatorLimits
-from pipelines.fetch_policy import parse_allow_list
+from pipelines.downloads.fetch_policy import parse_allow_list
 
 # An amount the cost ledger stores exactly: six decimal places, under a million.
 Dollars = Annotated[Decimal, Field(ge=0, lt=1_000_000, decimal_places=6)]
@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), validation_alias=_env("ATELIER_DATA_DIR"))
     database_url: str | None = Field(None, validation_alias=_env("ATELIER_DATABASE_URL"))
 
-    # Defaults are live models in pipelines/models.toml (gpt-5-mini shuts down 2026-12-11).
+    # Defaults are live models in pipelines/catalogue/models.toml
+    # (gpt-5-mini shuts down 2026-12-11).
     llm_model: str = Field("gpt-6.1-terra", validation_alias=_env("ATELIER_LLM_MODEL"))
     llm_base_url: str | None = Field(None, validation_alias=_env("ATELIER_LLM_BASE_URL"))
     llm_api_key: SecretStr | None = Field(None, validation_alias=_env("ATELIER_LLM_API_KEY"))
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
     )
     clip_enabled: bool = Field(True, validation_alias=_env("ATELIER_CLIP_ENABLED"))
     prices_file: Path | None = Field(None, validation_alias=_env("ATELIER_PRICES_FILE"))
-    # The model catalogue (pipelines/models.toml) extended by the operator's own file, and
+    # The model catalogue (pipelines/catalogue/models.toml) extended by the operator's own file, and
     # the day its shutdown dates are compared with (unset: today, UTC) to preview one.
     models_file: Path | None = Field(None, validation_alias=_env("ATELIER_MODELS_FILE"))
     models_date: date | None = Field(None, validation_alias=_env("ATELIER_MODELS_DATE"))

@@ -16,7 +16,7 @@ from chainlit.input_widget import Select, TextInput
 from chat_app import budget_settings
 from chat_app.budget_settings import BudgetValues
 from chat_app.runtime import Runtime
-from memory.errors import AtelierError, InvalidInput
+from core.errors import AtelierError, InvalidInput
 from tools.context import GenerationDefaults
 
 SESSION_KEY = "generation_defaults"

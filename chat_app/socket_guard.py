@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from chat_app.session_guard import Claims, SessionGuard, claims_of, token_from_cookie_header
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -24,9 +24,9 @@ from socketio.exceptions import ConnectionRefusedError  # its reason reaches the
 
 from chat_app.request_user import stored_user, token_from_environ
 from chat_app.runtime import get_runtime
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
+from core.logging_setup import get_logger
 from memory.ids import require_uuid
-from memory.logging_setup import get_logger
 from memory.requester import acting_as
 
 log = get_logger(__name__)

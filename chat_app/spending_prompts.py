@@ -11,7 +11,7 @@ from __future__ import annotations
 import chainlit as cl
 
 from chat_app.rendering import beside_current_step
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

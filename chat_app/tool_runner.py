@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from chat_app import rendering
 from chat_app.progress_display import ProgressDisplays
-from memory.errors import AtelierError
-from memory.logging_setup import get_logger
+from core.errors import AtelierError
+from core.logging_setup import get_logger
 from tools.context import ToolArtifact, ToolContext
 
 log = get_logger(__name__)

@@ -29,7 +29,7 @@ from chainlit.data import get_data_layer
 from chainlit.session import ws_sessions_id
 
 from chat_app import progress_display, rendering
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 from memory.loras import LoraRecord
 from pipelines.progress import ProgressUpdate
 from tools.training_estimate import duration

@@ -13,8 +13,8 @@ from chat_app import agent, commands, model_status, rendering, settings_panel, s
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
-from memory.errors import AtelierError, InvalidInput
-from memory.logging_setup import get_logger
+from core.errors import AtelierError, InvalidInput
+from core.logging_setup import get_logger
 from tools.context import ToolContext
 from tools.turn_guard import TurnGuard
 

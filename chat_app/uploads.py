@@ -15,9 +15,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 from memory.images import ImageRecord, NewImage
-from pipelines.lora_dataset import DatasetLimits
+from pipelines.training.lora_dataset import DatasetLimits
 from tools import image_jobs
 from tools.context import ToolContext
 

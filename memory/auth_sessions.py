@@ -22,7 +22,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from memory.errors import NotFound
+from core.errors import NotFound
 from memory.ids import is_uuid
 from memory.models import AuthSession, User, utcnow
 

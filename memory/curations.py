@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from core.errors import InvalidInput, NotFound
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.ids import require_uuid
 from memory.models import Curation, CurationCandidate, Image, ImageScore, new_id, utcnow
 

@@ -38,11 +38,11 @@ from sqlalchemy import delete, exists, or_, select, tuple_
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from core.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
+from core.logging_setup import get_logger
 from memory import media_claims, signed_links
 from memory.db import session_factory
-from memory.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from memory.ids import is_uuid, require_uuid
-from memory.logging_setup import get_logger
 from memory.media_store import MediaStore
 from memory.models import Element, Step, Thread, User, utcnow
 from memory.models import Feedback as FeedbackRow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from memory.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 _MEDIA_KEY = re.compile(r"^[0-9a-f]{64}$")
 

@@ -32,8 +32,9 @@ from sqlalchemy import case, delete, func, insert, literal_column, or_, select, 
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from memory import csv_cells, media_claims, money
-from memory.errors import AtelierError, InvalidInput, NotFound
+from core import money
+from core.errors import AtelierError, InvalidInput, NotFound
+from memory import csv_cells, media_claims
 from memory.ids import require_uuid
 from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
 

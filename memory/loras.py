@@ -16,8 +16,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.errors import InvalidInput, NotFound
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.ids import require_uuid
 from memory.models import LoraModel, new_id, utcnow
 

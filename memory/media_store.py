@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from memory.errors import NotFound, PersistenceError
+from core.errors import NotFound, PersistenceError
 from memory.ids import require_media_key
 
 

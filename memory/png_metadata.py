@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 
 # 64 megapixels: above any model's output, far below a decompression bomb.
 MAX_PIXELS = 64_000_000

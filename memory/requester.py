@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.errors import NotFound
 from memory import media_claims
-from memory.errors import NotFound
 from memory.ids import require_uuid
 from memory.models import Image, Thread, Video
 

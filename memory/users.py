@@ -27,8 +27,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from core.errors import InvalidInput, NotFound
 from memory.auth_sessions import revoke_all
-from memory.errors import InvalidInput, NotFound
 from memory.models import AuthSession, User
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from memory.errors import BackendNotConfigured, InvalidInput
+from core.errors import BackendNotConfigured, InvalidInput
 
 
 class _Backend(Protocol):

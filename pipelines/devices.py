@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memory.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 
 # Hugging Face repo ids: `owner/name` (or a legacy bare `name`), each part starting with a
 # letter or digit.

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from memory.logging_setup import get_logger
+from core.logging_setup import get_logger
 
 log = get_logger(__name__)
 

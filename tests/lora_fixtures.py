@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.lora_dataset import DatasetImage, PreparedDataset, prepare_dataset
-from pipelines.lora_formats import check_lora_name
+from pipelines.training.lora_dataset import DatasetImage, PreparedDataset, prepare_dataset
+from pipelines.training.lora_formats import check_lora_name
 
 TRAINED_NAME = "tiny-trained"
 TRIGGER = "TOK"
@@ -53,7 +53,7 @@ def prepare(lora_dir: Path, name: str, count: int = 4) -> PreparedDataset:
 
 
 def training_params(**overrides: object):
-    from pipelines.lora_training import TrainingParams
+    from pipelines.training.lora_training import TrainingParams
 
     values: dict[str, object] = {
         "steps": 60,
@@ -71,7 +71,7 @@ def training_params(**overrides: object):
 
 @dataclass(frozen=True)
 class TrainedLora:
-    result: object  # pipelines.lora_training.LoraTrainingResult
+    result: object  # pipelines.training.lora_training.LoraTrainingResult
     lora_dir: Path
     base_model: str
     history: tuple  # the TrainingProgress's ProgressUpdate history
@@ -80,7 +80,7 @@ class TrainedLora:
 
 @pytest.fixture(scope="session")
 def trained_lora(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedLora:
-    from pipelines.lora_training import (
+    from pipelines.training.lora_training import (
         LocalLoraTrainer,
         LocalTrainingRequest,
         TrainingProgress,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.fetch_policy import FetchPolicy
+from pipelines.downloads.fetch_policy import FetchPolicy
 from tests.fakes.replicate_server import FakeReplicate
 
 

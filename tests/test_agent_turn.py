@@ -23,7 +23,7 @@ from memory.images import ImageStore
 from memory.media_store import MediaStore
 from memory.models import Image
 from memory.users import UserStore
-from pipelines.registry import BackendRegistry
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import engine  # noqa: F401 - fixtures
 from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall
 from tests.test_tools import SeededBackend

@@ -16,9 +16,9 @@ import pytest
 from chainlit.element import Image
 from chainlit.types import Feedback, Pagination, ThreadFilter
 
+from core.errors import AccessDenied, NotFound
 from memory import requester as requesters
 from memory.data_layer import AtelierDataLayer
-from memory.errors import AccessDenied, NotFound
 from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user
 from tests.chat_client import ChatSession, login_cookie
 from tests.db_fixtures import *  # noqa: F403 (fixtures)

@@ -22,19 +22,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import InvalidInput
 from memory.curations import CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput
 from memory.images import ImageStore
 from memory.ledger import Ledger
 from memory.loras import LoraStore
 from memory.media_store import MediaStore
 from memory.models import Image, LedgerEntry
 from memory.users import UserStore
-from pipelines.local_diffusers import LocalDiffusers
-from pipelines.local_video import LocalStableVideo
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.local_diffusers import LocalDiffusers
+from pipelines.images.registry import BackendRegistry
+from pipelines.video.local_video import LocalStableVideo
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures

@@ -22,7 +22,7 @@ import pytest
 
 from chat_app.login_limits import LoginLimiter, storage_for
 from chat_app.settings import load_settings
-from memory.errors import ConfigError
+from core.errors import ConfigError
 from tests.app_process import ADMIN_PASSWORD, AppProcess
 from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
 from tests.chat_client import ChatSession, login_cookie

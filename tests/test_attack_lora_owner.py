@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import InvalidInput, NotFound
 from memory.curations import CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.images import ImageStore
 from memory.ledger import Ledger
 from memory.loras import LoraStore, NewLora
@@ -30,13 +30,13 @@ from memory.media_store import MediaStore
 from memory.models import Image, LedgerEntry, LoraModel
 from memory.users import UserStore
 from memory.videos import VideoStore
-from pipelines.local_diffusers import LocalDiffusers
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_images import ReplicateImages
-from pipelines.replicate_training import ReplicateLoraTrainer
-from pipelines.replicate_video import ReplicateVideo
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.local_diffusers import LocalDiffusers
+from pipelines.images.registry import BackendRegistry
+from pipelines.images.replicate_images import ReplicateImages
+from pipelines.training.replicate_training import ReplicateLoraTrainer
+from pipelines.video.replicate_video import ReplicateVideo
+from pipelines.video.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for

@@ -22,10 +22,10 @@ import socketio
 from chainlit.user import User as ChainlitUser
 from sqlalchemy import func, select, update
 
+from core.errors import NotFound
 from memory.auth_sessions import AuthSessionStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import session_factory
-from memory.errors import NotFound
 from memory.media_store import MediaStore
 from memory.models import AuthSession, User, utcnow
 from memory.users import UserStore

@@ -21,12 +21,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from chat_app.settings import load_settings
-from memory.errors import BackendFailed, ConfigError
-from memory.logging_setup import configure_logging
-from pipelines.base import ImageRequest
-from pipelines.fetch_policy import FetchPolicy, is_public, parse_allow_list
-from pipelines.guarded_fetch import DOWNLOAD_FAILED, GuardedFetcher
-from pipelines.replicate_images import ReplicateImages
+from core.errors import BackendFailed, ConfigError
+from core.logging_setup import configure_logging
+from pipelines.downloads.fetch_policy import FetchPolicy, is_public, parse_allow_list
+from pipelines.downloads.guarded_fetch import DOWNLOAD_FAILED, GuardedFetcher
+from pipelines.images.base import ImageRequest
+from pipelines.images.replicate_images import ReplicateImages
 from tests.app_process import add_user, app_rows, free_port
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.fakes.file_host import FileHost, png_bytes

@@ -30,8 +30,8 @@ from memory.images import ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.media_store import MediaStore
 from memory.users import UserStore
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.registry import BackendRegistry
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from core.errors import InvalidInput
 from memory.curations import CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput
 from memory.images import ImageStore, NewImage
 from memory.ledger import BudgetExceeded, Ledger, OperatorLimits
 from memory.loras import LoraStore
@@ -30,13 +30,13 @@ from memory.media_store import MediaStore
 from memory.models import Image
 from memory.users import UserStore
 from memory.videos import VideoStore
-from pipelines.openai_images import OpenAIImages
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_images import ReplicateImages
-from pipelines.replicate_training import ReplicateLoraTrainer
-from pipelines.replicate_video import ReplicateVideo
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
+from pipelines.images.replicate_images import ReplicateImages
+from pipelines.training.replicate_training import ReplicateLoraTrainer
+from pipelines.video.replicate_video import ReplicateVideo
+from pipelines.video.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.replicate_server import FakeReplicate

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from memory.errors import InvalidInput
-from pipelines.lora_dataset import DatasetLimits, images_from_zip
+from core.errors import InvalidInput
+from pipelines.training.lora_dataset import DatasetLimits, images_from_zip
 from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user
 from tests.attack_helpers import PeakMemory
 from tests.chat_client import ChatSession, login_cookie, outputs

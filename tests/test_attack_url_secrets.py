@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from memory.errors import BackendUnavailable
-from memory.logging_setup import configure_logging, get_logger
-from memory.redact import redact_urls
+from core.errors import BackendUnavailable
+from core.logging_setup import configure_logging, get_logger
+from core.redact import redact_urls
 from tests.app_process import add_user, free_port
 from tests.chat_client import ChatSession, login_cookie, outputs
 

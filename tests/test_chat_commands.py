@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from chat_app.commands import BY_ID, parse_args, split_slash
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 @pytest.mark.parametrize(

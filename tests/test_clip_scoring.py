@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memory.errors import BackendNotConfigured, InvalidInput
-from pipelines import clip_scoring
-from pipelines.clip_scoring import get_scorer, to_unit
+from core.errors import BackendNotConfigured, InvalidInput
+from pipelines.scoring import clip_scoring
+from pipelines.scoring.clip_scoring import get_scorer, to_unit
 from tests import clip_fixtures
 
 # Until conftest lists tests.clip_fixtures as a plugin (a plain import trips ruff's F811).
@@ -179,7 +179,7 @@ def test_to_unit_spreads_real_clip_similarities() -> None:
 
 def test_importing_the_module_does_not_import_torch() -> None:
     code = (
-        "import sys, pipelines.clip_scoring; "
+        "import sys, pipelines.scoring.clip_scoring; "
         "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     )
     root = Path(__file__).resolve().parent.parent

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import InvalidInput, NotFound
 from memory.curations import CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.images import ImageStore
 from memory.media_store import MediaStore
 from memory.users import UserStore
-from pipelines.openai_images import OpenAIImages
-from pipelines.registry import BackendRegistry
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.fakes.openai_server import DISC_TEST
 from tools.check_quality import check_quality

@@ -14,10 +14,10 @@ from chainlit.types import Feedback, Pagination, ThreadFilter
 from sqlalchemy import func, select, text
 from structlog.testing import capture_logs
 
+from core.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from memory import signed_links
 from memory.data_layer import AtelierDataLayer
 from memory.db import session_factory
-from memory.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from memory.media_store import MediaStore
 from memory.models import Element, MediaRef, Step, Thread
 from memory.users import Account, UserStore

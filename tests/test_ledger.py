@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.errors import InvalidInput, NotFound
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.ledger import BudgetExceeded, Ledger, OperatorLimits, ScopeUsage
 from memory.models import Thread, new_id
 from memory.users import UserStore

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from memory.errors import InvalidInput
-from pipelines.base import ImageRequest, InputImage, LoraSpec
+from core.errors import InvalidInput
+from pipelines.images.base import ImageRequest, InputImage, LoraSpec
+from pipelines.images.local_diffusers import LocalDiffusers, create_backend, defaults_for
 from pipelines.job_queue import JobCancelled, JobQueue
-from pipelines.local_diffusers import LocalDiffusers, create_backend, defaults_for
 from pipelines.progress import Progress, ProgressUpdate
 from tests.tiny_fixtures import LORA_NAME
 
@@ -136,7 +136,7 @@ async def test_inpainting_reads_both_mask_conventions(backend: LocalDiffusers) -
 
 
 def test_input_without_size_is_redrawn_at_the_models_native_area() -> None:
-    from pipelines.local_diffusers import _size_for_input
+    from pipelines.images.local_diffusers import _size_for_input
 
     photo = InputImage(b"", "image/jpeg", 4000, 3000)
     assert _size_for_input(photo, "stable-diffusion-v1-5") == "592x440"
@@ -215,7 +215,7 @@ async def test_second_request_reuses_the_loaded_pipeline(backend: LocalDiffusers
 
 
 async def test_least_recently_used_model_is_dropped(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    from pipelines.pipeline_cache import PipelineCache
+    from pipelines.images.pipeline_cache import PipelineCache
 
     other = shutil.copytree(tiny_sd_dir, tmp_path / "other-sd")
     local = LocalDiffusers(
@@ -325,8 +325,8 @@ async def test_hub_id_that_cannot_be_fetched_says_what_to_check(
 
 def test_importing_the_backend_does_not_import_torch() -> None:
     code = (
-        "import pipelines.registry, pipelines.local_diffusers, pipelines.job_queue, "
-        "pipelines.pipeline_cache, pipelines.devices, sys; "
+        "import pipelines.images.registry, pipelines.images.local_diffusers, pipelines.job_queue, "
+        "pipelines.images.pipeline_cache, pipelines.devices, sys; "
         "heavy = {'torch', 'diffusers', 'transformers', 'peft'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
@@ -345,14 +345,16 @@ def test_create_backend_only_when_enabled_and_installed(
     assert backend.default_model == "my/model"
     assert backend.lora_dir == (tmp_path / "loras").resolve()
     assert create_backend(load_settings(data_dir=tmp_path, local_enabled=False)) is None
-    monkeypatch.setattr("pipelines.local_diffusers._installed", lambda name: name != "diffusers")
+    monkeypatch.setattr(
+        "pipelines.images.local_diffusers._installed", lambda name: name != "diffusers"
+    )
     assert create_backend(settings) is None
 
 
 def test_device_and_dtype_choice(tiny_sd_dir: Path) -> None:
     import torch
 
-    from memory.errors import ConfigError
+    from core.errors import ConfigError
     from pipelines import devices
 
     assert devices.pick_dtype("cpu") == "float32" and devices.pick_dtype("mps") == "float16"

@@ -20,14 +20,14 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from memory.errors import InvalidInput
-from pipelines.base import InputImage
-from pipelines.local_diffusers import LocalDiffusers
-from pipelines.local_video import LocalStableVideo, _size_for_input, create_video_backend
+from core.errors import InvalidInput
+from pipelines.images.base import InputImage
+from pipelines.images.local_diffusers import LocalDiffusers
+from pipelines.images.registry import BackendRegistry
 from pipelines.progress import Progress, ProgressUpdate
-from pipelines.registry import BackendRegistry
-from pipelines.video_base import VideoRequest
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.video.local_video import LocalStableVideo, _size_for_input, create_video_backend
+from pipelines.video.video_base import VideoRequest
+from pipelines.video.video_registry import VideoBackendRegistry
 from tests.tiny_video import FRAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,8 +260,9 @@ def test_video_and_image_jobs_share_one_queue_per_machine(tmp_path: Path) -> Non
 
 def test_importing_video_modules_does_not_import_torch() -> None:
     code = (
-        "import pipelines.video_registry, pipelines.local_video, pipelines.replicate_video, "
-        "pipelines.video_encoding, tools.generate_video, tools.registry, sys; "
+        "import pipelines.video.video_registry, pipelines.video.local_video, "
+        "pipelines.video.replicate_video, "
+        "pipelines.video.video_encoding, tools.generate_video, tools.registry, sys; "
         "heavy = {'torch', 'diffusers', 'transformers', 'imageio_ffmpeg'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -6,7 +6,7 @@ import json
 
 import structlog
 
-from memory.logging_setup import configure_logging, get_logger
+from core.logging_setup import configure_logging, get_logger
 
 
 def test_json_lines_with_ids_and_no_secrets(capsys):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from memory.errors import InvalidInput
-from pipelines.lora_dataset import (
+from core.errors import InvalidInput
+from pipelines.training.lora_dataset import (
     DatasetImage,
     DatasetLimits,
     caption_for,
@@ -26,7 +26,7 @@ from pipelines.lora_dataset import (
     load_dataset,
     prepare_dataset,
 )
-from pipelines.lora_formats import LoraLayout, check_lora_name
+from pipelines.training.lora_formats import LoraLayout, check_lora_name
 from tests.lora_fixtures import dataset_images, picture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,8 +234,9 @@ def test_lora_name_must_be_valid_and_free(tmp_path: Path) -> None:
 
 def test_importing_the_lora_modules_does_not_import_torch() -> None:
     code = (
-        "import pipelines.lora_dataset, pipelines.lora_formats, pipelines.lora_training, "
-        "pipelines.lora_checkpoints, pipelines.replicate_training, sys; "
+        "import pipelines.training.lora_dataset, pipelines.training.lora_formats, "
+        "pipelines.training.lora_training, "
+        "pipelines.training.lora_checkpoints, pipelines.training.replicate_training, sys; "
         "heavy = {'torch', 'diffusers', 'transformers', 'peft'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.lora_formats import (
+from pipelines.training.lora_formats import (
     ATELIER_KEY,
     DIFFUSERS_METADATA_KEY,
     LoraMetadata,

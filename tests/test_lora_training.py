@@ -18,23 +18,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memory.errors import InvalidInput
-from pipelines.base import ImageRequest, LoraSpec
-from pipelines.local_diffusers import LocalDiffusers, available_loras
-from pipelines.lora_formats import LoraLayout, load_lora
-from pipelines.lora_training import (
+from core.errors import InvalidInput
+from pipelines.images.base import ImageRequest, LoraSpec
+from pipelines.images.local_diffusers import LocalDiffusers, available_loras
+from pipelines.progress import ProgressUpdate
+from pipelines.training.lora_formats import LoraLayout, load_lora
+from pipelines.training.lora_training import (
     LocalLoraTrainer,
     LocalTrainingRequest,
     TrainingProgress,
 )
-from pipelines.progress import ProgressUpdate
 from tests.lora_fixtures import TRAINED_NAME, prepare, training_params
 
 pytest.importorskip("peft", reason="the local extra (pip install 'atelier[local]')")
 
 
 def request(name: str, model: str, lora_dir: Path, **overrides: object) -> LocalTrainingRequest:
-    from pipelines.lora_dataset import load_dataset
+    from pipelines.training.lora_dataset import load_dataset
 
     folder = LoraLayout(lora_dir, name).folder
     dataset = (
@@ -90,7 +90,7 @@ def test_training_learns_and_the_saved_file_carries_it(trained_lora) -> None:
     (start, before), (end, after) = result.probe_losses
     assert (start, end) == (0, 60) and after < before * 0.98
 
-    from pipelines.lora_dataset import load_dataset
+    from pipelines.training.lora_dataset import load_dataset
 
     dataset = load_dataset(LoraLayout(trained_lora.lora_dir, TRAINED_NAME).folder)
     pipe = StableDiffusionPipeline.from_pretrained(trained_lora.base_model)
@@ -294,7 +294,7 @@ async def test_bad_settings_are_refused_before_loading(trained_lora, tmp_path: P
 
 
 def test_a_pipeline_that_is_not_stable_diffusion_is_refused() -> None:
-    from pipelines.lora_training import _check_pipeline
+    from pipelines.training.lora_training import _check_pipeline
 
     class StableDiffusionXLPipeline:  # the class name an SDXL folder loads as
         pass

@@ -18,16 +18,16 @@ import pytest
 from chat_app import settings_panel
 from chat_app.model_status import require_chat_model, statuses
 from chat_app.settings import Settings
+from core.errors import ConfigError, ModelRetired, ModelUnavailable
 from memory.db import session_factory
-from memory.errors import ConfigError, ModelRetired, ModelUnavailable
 from memory.images import ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.media_store import MediaStore
 from memory.users import UserStore
-from pipelines.model_catalogue import BUILTIN_FILE, ModelCatalogue, fixed_clock
-from pipelines.openai_images import OpenAIImages
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
+from pipelines.catalogue.model_catalogue import BUILTIN_FILE, ModelCatalogue, fixed_clock
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.tool_helpers import ChatRecorder, ledger_entries
 from tools.context import GenerationDefaults, ToolContext

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from memory import money
+from core import money
 from memory.db import session_factory
 from memory.images import ImageStore
 from memory.ledger import Ledger
@@ -23,7 +23,8 @@ from memory.media_store import MediaStore
 from memory.models import LedgerEntry
 from memory.png_metadata import read_embedded
 from memory.users import UserStore
-from pipelines.base import (
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
     ImageRequest,
@@ -31,8 +32,7 @@ from pipelines.base import (
     SizeRange,
     check_request,
 )
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tools.context import GenerationDefaults, ToolContext
 from tools.generate_image import generate_image

@@ -8,8 +8,7 @@ import json
 import pytest
 from PIL import Image as PILImage
 
-from memory.db import create_engine, migrate
-from memory.errors import (
+from core.errors import (
     BackendUnavailable,
     ContentRefused,
     InvalidInput,
@@ -17,12 +16,13 @@ from memory.errors import (
     QuotaExhausted,
     RateLimited,
 )
+from memory.db import create_engine, migrate
 from memory.images import ImageStore
 from memory.media_store import MediaStore
 from memory.png_metadata import read_embedded
-from pipelines.base import ImageRequest, InputImage
-from pipelines.openai_images import OpenAIImages
-from pipelines.registry import BackendRegistry
+from pipelines.images.base import ImageRequest, InputImage
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
 from tools.context import ToolContext
 from tools.generate_image import generate_image
 

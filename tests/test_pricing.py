@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from memory.errors import ConfigError, InvalidInput
-from pipelines.pricing import BUILTIN_FILE, PriceTable
+from core.errors import ConfigError, InvalidInput
+from pipelines.catalogue.pricing import BUILTIN_FILE, PriceTable
 
 RAW = tomllib.loads(BUILTIN_FILE.read_text(encoding="utf-8"), parse_float=Decimal)
 HARDWARE = {(h["backend"], h["name"]): Decimal(h["amount_usd"]) for h in RAW["hardware"]}
@@ -418,6 +418,9 @@ def test_a_missing_user_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_importing_pricing_does_not_import_torch() -> None:
-    code = "import sys, pipelines.pricing; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, pipelines.catalogue.pricing; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60)

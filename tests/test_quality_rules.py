@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from memory.errors import InvalidInput
-from pipelines.quality_rules import CHECKS, CheckResult, run_checks
+from core.errors import InvalidInput
+from pipelines.scoring.quality_rules import CHECKS, CheckResult, run_checks
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [(1024, 1024), (768, 512)]
@@ -268,7 +268,7 @@ def test_an_image_too_small_to_judge_is_refused():
 
 
 def test_importing_the_checks_does_not_import_torch():
-    code = "import sys, pipelines.quality_rules; print('torch' in sys.modules)"
+    code = "import sys, pipelines.scoring.quality_rules; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )

@@ -24,7 +24,7 @@ from replicate.helpers import FileOutput
 from replicate.version import Versions
 
 from chat_app.settings import Settings
-from memory.errors import (
+from core.errors import (
     BackendFailed,
     BackendNotConfigured,
     BackendUnavailable,
@@ -33,13 +33,13 @@ from memory.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from memory.logging_setup import configure_logging
-from pipelines import replicate_images, replicate_models
-from pipelines.base import ImageRequest, InputImage
-from pipelines.guarded_fetch import DOWNLOAD_FAILED
+from core.logging_setup import configure_logging
+from pipelines.downloads.guarded_fetch import DOWNLOAD_FAILED
+from pipelines.images import replicate_images, replicate_models
+from pipelines.images.base import ImageRequest, InputImage
+from pipelines.images.registry import BackendRegistry
+from pipelines.images.replicate_images import ReplicateImages, create_backend
 from pipelines.progress import Progress
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_images import ReplicateImages, create_backend
 from tests.fakes.replicate_server import DEFAULT_TOKEN, FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for
 

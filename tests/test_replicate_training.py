@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from memory.errors import BackendFailed, BackendNotConfigured, InvalidInput, RateLimited
-from memory.logging_setup import configure_logging
-from pipelines.base import ImageRequest
-from pipelines.lora_dataset import PreparedDataset, dataset_zip
-from pipelines.lora_training import TrainingProgress
+from core.errors import BackendFailed, BackendNotConfigured, InvalidInput, RateLimited
+from core.logging_setup import configure_logging
+from pipelines.images.base import ImageRequest
+from pipelines.images.replicate_images import ReplicateImages
 from pipelines.progress import Progress
-from pipelines.replicate_images import ReplicateImages
-from pipelines.replicate_training import (
+from pipelines.training.lora_dataset import PreparedDataset, dataset_zip
+from pipelines.training.lora_training import TrainingProgress
+from pipelines.training.replicate_training import (
     TRAINERS,
     ReplicateLoraTrainer,
     ReplicateTrainingRequest,

@@ -17,13 +17,13 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from memory.errors import BackendFailed, InvalidInput, RateLimited
-from memory.logging_setup import configure_logging
-from pipelines.base import InputImage
-from pipelines.guarded_fetch import DOWNLOAD_FAILED
+from core.errors import BackendFailed, InvalidInput, RateLimited
+from core.logging_setup import configure_logging
+from pipelines.downloads.guarded_fetch import DOWNLOAD_FAILED
+from pipelines.images.base import InputImage
 from pipelines.progress import Progress
-from pipelines.replicate_video import ReplicateVideo
-from pipelines.video_base import VideoRequest
+from pipelines.video.replicate_video import ReplicateVideo
+from pipelines.video.video_base import VideoRequest
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chat_app.settings import load_settings
-from memory.errors import ConfigError
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import InvalidInput
 from memory.curations import CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput
 from memory.images import ImageStore
 from memory.ledger import BudgetExceeded, Ledger, OperatorLimits
 from memory.media_store import MediaStore
 from memory.models import Image
 from memory.users import UserStore
-from pipelines.openai_images import OpenAIImages
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.test_tools import SeededBackend
 from tests.tool_helpers import SEEDED_PRICE_FILE, ChatRecorder, ledger_entries

@@ -14,12 +14,12 @@ from decimal import Decimal
 import pytest
 from PIL import Image
 
+from core.errors import InvalidInput
 from memory.db import session_factory
-from memory.errors import InvalidInput
 from memory.images import ImageStore
 from memory.media_store import MediaStore
 from memory.users import UserStore
-from pipelines.base import (
+from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
     ImageRequest,
@@ -27,8 +27,8 @@ from pipelines.base import (
     SizeRange,
     check_request,
 )
-from pipelines.openai_images import OpenAIImages
-from pipelines.registry import BackendRegistry
+from pipelines.images.openai_images import OpenAIImages
+from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tools.context import GenerationDefaults, ToolContext
 from tools.edit_image import edit_image
@@ -224,7 +224,7 @@ async def test_transparent_webp_through_the_tool(world):
 
 
 async def test_actual_cost_is_recorded_from_the_providers_usage(world):
-    from pipelines.pricing import PriceTable
+    from pipelines.catalogue.pricing import PriceTable
 
     ctx, _ = world
     ctx.prices = PriceTable.load()

@@ -17,19 +17,19 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from core.errors import InvalidInput, NotFound
 from memory.curations import CandidateRecord, CurationStore
 from memory.db import session_factory
-from memory.errors import InvalidInput, NotFound
 from memory.images import ImageStore, NewImage
 from memory.ledger import Ledger
 from memory.loras import LoraStore, NewLora
 from memory.media_store import MediaStore
 from memory.models import LedgerEntry
 from memory.users import UserStore
-from pipelines.local_diffusers import LocalDiffusers
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_training import ReplicateLoraTrainer
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.local_diffusers import LocalDiffusers
+from pipelines.images.registry import BackendRegistry
+from pipelines.training.replicate_training import ReplicateLoraTrainer
 from tests.db_fixtures import *  # noqa: F403
 from tests.lora_fixtures import picture
 from tools import spending

@@ -13,8 +13,8 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from memory.errors import InvalidInput
-from pipelines.video_encoding import encode_mp4, probe, web_playable
+from core.errors import InvalidInput
+from pipelines.video.video_encoding import encode_mp4, probe, web_playable
 
 
 def frames(count: int, size: tuple[int, int] = (32, 32)) -> list[Image.Image]:

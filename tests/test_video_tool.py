@@ -18,21 +18,21 @@ import imageio_ffmpeg
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import BackendNotConfigured, InvalidInput, NotFound
+from core.logging_setup import configure_logging
 from memory.db import session_factory
-from memory.errors import BackendNotConfigured, InvalidInput, NotFound
 from memory.images import ImageStore
 from memory.ledger import Ledger
-from memory.logging_setup import configure_logging
 from memory.media_store import MediaStore
 from memory.models import Image, LedgerEntry, Video
 from memory.users import UserStore
 from memory.videos import VideoStore
-from pipelines.local_video import LocalStableVideo
-from pipelines.pricing import PriceTable
-from pipelines.registry import BackendRegistry
-from pipelines.replicate_images import ReplicateImages
-from pipelines.replicate_video import ReplicateVideo
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.registry import BackendRegistry
+from pipelines.images.replicate_images import ReplicateImages
+from pipelines.video.local_video import LocalStableVideo
+from pipelines.video.replicate_video import ReplicateVideo
+from pipelines.video.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for

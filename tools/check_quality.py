@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
-from pipelines import image_scoring
+from pipelines.scoring import image_scoring
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
 

@@ -6,15 +6,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from core.errors import InvalidInput
 from memory.curations import CurationStore
-from memory.errors import InvalidInput
 from memory.images import ImageRecord, ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.videos import VideoRecord, VideoStore
-from pipelines.pricing import PriceTable
+from pipelines.catalogue.pricing import PriceTable
+from pipelines.images.registry import BackendRegistry
 from pipelines.progress import Progress
-from pipelines.registry import BackendRegistry
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.video.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 
 if TYPE_CHECKING:

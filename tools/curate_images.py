@@ -11,10 +11,10 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
+from core.errors import InvalidInput
 from memory.curations import CandidateRecord, CurationRecord
-from memory.errors import InvalidInput
 from memory.images import ImageRecord
-from pipelines import image_scoring
+from pipelines.scoring import image_scoring
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
 

@@ -13,9 +13,9 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 from memory.images import ImageRecord
-from pipelines.base import Capabilities
+from pipelines.images.base import Capabilities
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
 

@@ -11,9 +11,9 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from memory import money
-from memory.errors import AtelierError, InvalidInput, ModelRetired
-from pipelines.pricing import Estimate
+from core import money
+from core.errors import AtelierError, InvalidInput, ModelRetired
+from pipelines.catalogue.pricing import Estimate
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
 

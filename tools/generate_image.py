@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
-from pipelines.base import LoraSpec
+from pipelines.images.base import LoraSpec
 from tools import image_jobs, train_lora
 from tools.context import ToolArtifact, ToolContext
 

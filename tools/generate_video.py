@@ -24,15 +24,15 @@ from pydantic import BaseModel, Field
 
 from memory.images import ImageRecord
 from memory.videos import NewVideo, VideoRecord, VideoStore
-from pipelines.base import InputImage
-from pipelines.pricing import Cost
-from pipelines.video_base import (
+from pipelines.catalogue.pricing import Cost
+from pipelines.images.base import InputImage
+from pipelines.video.video_base import (
     VideoBackend,
     VideoRequest,
     VideoResult,
     check_video_request,
 )
-from pipelines.video_registry import VideoBackendRegistry
+from pipelines.video.video_registry import VideoBackendRegistry
 from tools import image_jobs, lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from memory import money
-from memory.errors import InvalidInput, ModelUnavailable
+from core import money
+from core.errors import InvalidInput, ModelUnavailable
 from memory.images import ImageRecord, NewImage
 from memory.png_metadata import open_image
-from pipelines.base import (
+from pipelines.catalogue.pricing import Estimate
+from pipelines.images.base import (
     Capabilities,
     ImageBackend,
     ImageRequest,
@@ -26,7 +27,6 @@ from pipelines.base import (
     LoraSpec,
     check_request,
 )
-from pipelines.pricing import Estimate
 from tools import lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 

@@ -24,9 +24,9 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from memory.errors import AtelierError, InvalidInput
+from core.errors import AtelierError, InvalidInput
 from memory.loras import LoraStore
-from pipelines.base import LoraSpec
+from pipelines.images.base import LoraSpec
 from tools.context import ToolContext
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
 from tools.styles import Style

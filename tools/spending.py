@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from memory import money
-from memory.errors import AtelierError, InvalidInput
+from core import money
+from core.errors import AtelierError, InvalidInput
+from core.logging_setup import get_logger
 from memory.ledger import OperatorLimits
-from memory.logging_setup import get_logger
-from pipelines.pricing import Cost, Estimate
+from pipelines.catalogue.pricing import Cost, Estimate
 from tools.turn_guard import TurnGuard
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from memory.errors import ConfigError, InvalidInput
+from core.errors import ConfigError, InvalidInput
 
 BUILTIN_FILE = Path(__file__).with_name("styles.toml")
 
@@ -60,7 +60,7 @@ def _parse(path: Path) -> dict[str, Style]:
 
 def _weights(raw: object, where: str) -> dict[str, float] | None:
     """Ranking weights by criterion; checked here so a typo fails at start-up."""
-    from pipelines.image_scoring import CRITERIA
+    from pipelines.scoring.image_scoring import CRITERIA
 
     if raw is None:
         return None

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from memory.errors import AtelierError, InvalidInput
+from core.errors import AtelierError, InvalidInput
 from memory.images import ImageRecord
 from memory.loras import FINAL, LoraRecord
-from pipelines.lora_dataset import (
+from pipelines.training.lora_dataset import (
     DatasetImage,
     DatasetLimits,
     PreparedDataset,
@@ -37,7 +37,7 @@ from pipelines.lora_dataset import (
     load_dataset,
     prepare_dataset,
 )
-from pipelines.lora_formats import LoraLayout, check_lora_name
+from pipelines.training.lora_formats import LoraLayout, check_lora_name
 from tools import lora_access, spending
 from tools.context import ToolArtifact, ToolContext
 from tools.training_estimate import (
@@ -49,7 +49,7 @@ from tools.training_estimate import (
 from tools.training_jobs import TrainingJobs, TrainingSpec
 
 if TYPE_CHECKING:
-    from pipelines.lora_training import TrainingParams
+    from pipelines.training.lora_training import TrainingParams
 
 DEFAULT_STEPS = 1000
 DEFAULT_RANK = 16
@@ -257,7 +257,7 @@ async def resume_training(
     ctx: ToolContext, name: str, steps: int | None = None
 ) -> tuple[str, ToolArtifact]:
     """Continue a stopped/interrupted/failed local training from its newest checkpoint."""
-    from pipelines.lora_training import LocalLoraTrainer
+    from pipelines.training.lora_training import LocalLoraTrainer
 
     jobs = _jobs(ctx)
     record = await jobs.loras.get(ctx.user_id, name)
@@ -372,7 +372,7 @@ def _local_backend(ctx: ToolContext) -> Any:
 
 
 def _local_params(steps: int, rank: int, learning_rate: float) -> TrainingParams:
-    from pipelines.lora_training import TrainingParams
+    from pipelines.training.lora_training import TrainingParams
 
     every = max(1, steps // SAMPLES_PER_RUN)
     return TrainingParams(
@@ -386,7 +386,7 @@ def _local_params(steps: int, rank: int, learning_rate: float) -> TrainingParams
 
 
 def _check_local_params(params: TrainingParams) -> None:
-    from pipelines.lora_training import check_params
+    from pipelines.training.lora_training import check_params
 
     check_params(params, image_count=max(params.batch_size, 2))
 
@@ -398,7 +398,7 @@ def _params_dict(params: TrainingParams) -> dict[str, Any]:
 
 
 def _params_from(stored: dict[str, Any], steps: int) -> TrainingParams:
-    from pipelines.lora_training import TrainingParams
+    from pipelines.training.lora_training import TrainingParams
 
     known = {f.name for f in fields(TrainingParams)}
     values = {k: v for k, v in stored.items() if k in known}
@@ -411,7 +411,7 @@ def _params_from(stored: dict[str, Any], steps: int) -> TrainingParams:
 def _replicate_checks(
     jobs: TrainingJobs, base_model: str | None, destination: str | None, steps: int, rank: int
 ) -> tuple[str, str]:
-    from pipelines.replicate_training import DEFAULT_TRAINER, TRAINERS
+    from pipelines.training.replicate_training import DEFAULT_TRAINER, TRAINERS
 
     if jobs.replicate_trainer is None:
         raise InvalidInput(
@@ -495,7 +495,7 @@ async def _local_estimate(
     ctx: ToolContext, jobs: TrainingJobs, base: str, steps: int, resolution: int
 ) -> TrainingEstimate:
     from pipelines import devices
-    from pipelines.lora_training import TrainingParams, training_plan
+    from pipelines.training.lora_training import TrainingParams, training_plan
 
     local = _local_backend(ctx)
     plan = training_plan(await asyncio.to_thread(devices.plan, local.device), TrainingParams())

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from memory import money
+from core import money
 from memory.loras import LoraRecord
-from pipelines.pricing import Estimate, PriceTable
+from pipelines.catalogue.pricing import Estimate, PriceTable
 
 # Seconds per step of SD 1.5 (860M-parameter UNet) at 512x512, batch 1, frozen parts
 # cached (lora_training's recipe). Rough figures for a recent card of each class.

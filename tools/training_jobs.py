@@ -29,17 +29,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from memory.errors import AtelierError, InvalidInput
-from memory.logging_setup import get_logger
+from core.errors import AtelierError, InvalidInput
+from core.logging_setup import get_logger
 from memory.loras import LoraRecord, LoraStore, NewLora
-from pipelines.lora_dataset import PreparedDataset
-from pipelines.pricing import Cost
+from pipelines.catalogue.pricing import Cost
+from pipelines.training.lora_dataset import PreparedDataset
 from tools import spending
 from tools.training_estimate import TrainingEstimate, duration
 
 if TYPE_CHECKING:
-    from pipelines.lora_training import TrainingParams, TrainingProgress
-    from pipelines.replicate_training import ReplicateLoraTrainer
+    from pipelines.training.lora_training import TrainingParams, TrainingProgress
+    from pipelines.training.replicate_training import ReplicateLoraTrainer
     from tools.context import ToolContext
 
 log = get_logger(__name__)
@@ -283,7 +283,7 @@ class TrainingJobs:
         return watcher
 
     async def _train(self, job: _Job) -> _Outcome:
-        from pipelines.lora_training import TrainingProgress
+        from pipelines.training.lora_training import TrainingProgress
 
         job.progress = TrainingProgress()
         if job.stop_requested:
@@ -300,7 +300,7 @@ class TrainingJobs:
             await self._publish(job)
 
     async def _train_local(self, job: _Job) -> _Outcome:
-        from pipelines.lora_training import LocalLoraTrainer, LocalTrainingRequest
+        from pipelines.training.lora_training import LocalLoraTrainer, LocalTrainingRequest
 
         spec, ctx = job.spec, job.ctx
         backend: Any = ctx.backends.get("local")
@@ -353,7 +353,7 @@ class TrainingJobs:
         return _Outcome(values, cost, text)
 
     async def _train_replicate(self, job: _Job) -> _Outcome:
-        from pipelines.replicate_training import ReplicateTrainingRequest
+        from pipelines.training.replicate_training import ReplicateTrainingRequest
 
         spec = job.spec
         if self.replicate_trainer is None:
@@ -454,7 +454,7 @@ class TrainingJobs:
         stopped = job.stop_requested or isinstance(failure, asyncio.CancelledError)
         checkpoint = None
         if spec.backend == "local":
-            from pipelines.lora_training import LocalLoraTrainer
+            from pipelines.training.lora_training import LocalLoraTrainer
 
             backend: Any = job.ctx.backends.get("local")
             checkpoint = LocalLoraTrainer(lora_dir=backend.lora_dir).checkpoint_step(spec.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from memory.errors import InvalidInput
+from core.errors import InvalidInput
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
 

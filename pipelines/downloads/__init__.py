@@ -1,0 +1,2 @@
+"""The one guarded downloader every URL the server fetches goes through, and its policy.
+"""

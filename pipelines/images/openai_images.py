@@ -1,0 +1,297 @@
+"""OpenAI's Images API through the official client: generations and edits.
+
+The client's own retry policy handles timeouts, connection errors, 429 and 5xx with
+`retry-after`; what is left when it gives up is translated here into the project's
+errors, each with a message that tells the user what happened and what to do. Model
+capabilities are data (`MODEL_CAPABILITIES`), so a new gpt-image model is one row.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import openai
+from PIL import Image
+
+from core.errors import (
+    BackendError,
+    BackendFailed,
+    BackendNotConfigured,
+    BackendUnavailable,
+    ContentRefused,
+    InvalidInput,
+    ModelUnavailable,
+    QuotaExhausted,
+    RateLimited,
+)
+from pipelines.images.base import (
+    Capabilities,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    SizeRange,
+    check_request,
+)
+from pipelines.progress import Progress
+
+_FIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+_COMMON = dict(
+    qualities=("auto", "low", "medium", "high"),
+    max_n=10,
+    seed=False,
+    edit="instruction",
+    max_input_images=16,
+    mask=True,
+    output_formats=("png", "jpeg", "webp"),
+    max_prompt_chars=32000,
+)
+# gpt-image-1.5 and -1-mini (both shut down on 2026-12-01; see models.toml).
+GPT_IMAGE_1 = Capabilities(
+    sizes=_FIXED_SIZES, backgrounds=("auto", "transparent", "opaque"), **_COMMON
+)
+# gpt-image-2's request shape (read 2026-11-30; OpenAI's image generation guide as quoted
+# by the API reference and Replicate's openai/gpt-image-2 schema): any WxH with both edges
+# multiples of 16, the longest at most 3840, at most 3:1, and 655,360 to 8,294,400 pixels
+# (above 2560x1440 is "experimental"); quality low/medium/high/auto; n 1-10; up to 16
+# input images with an optional mask on edits. It does NOT take transparent backgrounds
+# (openai's generated SDK docs: "gpt-image-2 and gpt-image-2-2026-04-21 do not support
+# transparent backgrounds"; OpenAI answers 400), so Atelier refuses that before sending.
+_GPT_IMAGE_2_SIZES = SizeRange(
+    min_side=480,
+    max_side=3840,
+    multiple=16,
+    min_pixels=655_360,
+    max_pixels=8_294_400,
+    max_aspect=3.0,
+)
+_GPT_IMAGE_2_PRESETS = (
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "2048x2048",
+    "2048x1152",
+    "3840x2160",
+    "2160x3840",
+    "auto",
+)
+GPT_IMAGE_2 = Capabilities(
+    sizes=_GPT_IMAGE_2_PRESETS,
+    size_range=_GPT_IMAGE_2_SIZES,
+    backgrounds=("auto", "opaque"),
+    **_COMMON,
+)
+# The later gpt-image-2.x snapshots (2.5, 2.6 flare/sunburst) take the same sizes; the
+# transparency restriction is documented for gpt-image-2 only, so they may ask for it
+# (OpenAI's own refusal, if any, is shown as it comes).
+GPT_IMAGE_2X = Capabilities(
+    sizes=_GPT_IMAGE_2_PRESETS,
+    size_range=_GPT_IMAGE_2_SIZES,
+    backgrounds=("auto", "transparent", "opaque"),
+    **_COMMON,
+)
+MODEL_CAPABILITIES: dict[str, Capabilities] = {
+    "gpt-image-1.5": GPT_IMAGE_1,
+    "gpt-image-1-mini": GPT_IMAGE_1,
+    "chatgpt-image-latest": GPT_IMAGE_1,
+    "gpt-image-2": GPT_IMAGE_2,
+    "gpt-image-2-2026-04-21": GPT_IMAGE_2,
+}
+
+
+def capabilities_for(model: str) -> Capabilities:
+    """Exact names first; any other gpt-image-2 name is a later 2.x snapshot."""
+    if model in MODEL_CAPABILITIES:
+        return MODEL_CAPABILITIES[model]
+    if model.startswith("gpt-image-2"):
+        return GPT_IMAGE_2X
+    # Unknown names (a newer model) get the gpt-image-2 set; OpenAI itself refuses a bad id.
+    return GPT_IMAGE_2X
+
+
+# What OpenAI answers for a model that is gone or was never there.
+_GONE_CODES = ("model_not_found", "model_deprecated", "model_retired")
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    code = getattr(exc, "code", None) or (error.get("code") if isinstance(error, dict) else None)
+    return str(code) if code else None
+
+
+def translate_error(
+    exc: openai.OpenAIError, model: str | None = None
+) -> BackendError | InvalidInput:
+    """Map the client's exceptions to errors with a user-facing message."""
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendUnavailable("OpenAI did not answer in time. Try again in a moment.")
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailable(
+            "Could not reach OpenAI (network error). Check the connection or OPENAI_BASE_URL."
+        )
+    if not isinstance(exc, openai.APIStatusError):
+        return BackendFailed(f"OpenAI image request failed: {type(exc).__name__}.")
+    code = _error_code(exc)
+    detail = _message(exc)
+    if code == "moderation_blocked" or code == "content_policy_violation":
+        return ContentRefused(
+            "OpenAI's safety system refused this prompt (moderation_blocked). "
+            "Rephrase it and try again; nothing was charged for the refused image."
+        )
+    if code == "insufficient_quota":
+        return QuotaExhausted(
+            "Your OpenAI account has run out of credit (insufficient_quota). "
+            "Add credit or raise the limit at OpenAI's billing page; retrying will not help."
+        )
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after") if exc.response else None
+        wait = f" OpenAI asks to wait {retry_after} s." if retry_after else ""
+        return RateLimited(
+            f"OpenAI is rate-limiting image requests right now.{wait} Try again shortly.",
+            retry_after_s=float(retry_after) if retry_after and _is_number(retry_after) else None,
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return BackendNotConfigured(
+            "OpenAI rejected the API key (check OPENAI_API_KEY; it may be wrong or revoked)."
+        )
+    if isinstance(exc, openai.NotFoundError) or code in _GONE_CODES:
+        return ModelUnavailable(
+            f"OpenAI does not offer the image model {model or '(unnamed)'} (any more): {detail}",
+            backend="openai",
+            model=model or "",
+        )
+    if isinstance(exc, openai.BadRequestError):
+        return InvalidInput(f"OpenAI refused the request: {detail}")
+    if exc.status_code >= 500:
+        return BackendFailed("OpenAI had a server error and gave up after retries. Try again.")
+    return BackendFailed(f"OpenAI answered {exc.status_code}: {detail}")
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or exc.message)[:300]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class OpenAIImages:
+    id = "openai"
+    label = "OpenAI"
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str,
+        base_url: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.default_model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+        )
+
+    def capabilities(self, model: str | None = None) -> Capabilities:
+        return capabilities_for(model or self.default_model)
+
+    def suggested_models(self) -> list[str]:
+        # Which other models are current is the model catalogue's to say (models.toml).
+        return [self.default_model]
+
+    async def generate(
+        self, request: ImageRequest, progress: Progress | None = None
+    ) -> ImageResult:
+        request = check_request(self, request)
+        if request.background == "transparent" and request.output_format == "jpeg":
+            raise InvalidInput("A transparent background needs output format png or webp.")
+        params: dict[str, Any] = {
+            "size": request.size,
+            "quality": request.quality,
+            "n": request.n,
+            "output_format": request.output_format,
+        }
+        if request.background:
+            params["background"] = request.background
+        if progress is not None:
+            progress.report(0, 1, "OpenAI is drawing")
+        try:
+            if request.images:
+                response = await self._client.images.edit(
+                    model=request.model,
+                    prompt=request.prompt,
+                    image=_files(request.images),
+                    **({"mask": _file(request.mask, "mask")} if request.mask else {}),
+                    **params,
+                )
+            else:
+                response = await self._client.images.generate(
+                    model=request.model, prompt=request.prompt, **params
+                )
+        except openai.OpenAIError as exc:
+            raise translate_error(exc, request.model) from exc
+        images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
+        if not images:
+            raise BackendFailed("OpenAI answered without any image. Try again.")
+        usage = response.usage.model_dump() if getattr(response, "usage", None) else None
+        if request.images:
+            params["input_images"] = len(request.images)
+            params["mask"] = request.mask is not None
+        return ImageResult(
+            images=images,
+            backend=self.id,
+            model=request.model or self.default_model,
+            prompt_sent=request.prompt,
+            parameters=params,
+            usage=usage,
+            seed_honoured=False,
+        )
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def _file(image: InputImage, stem: str) -> tuple[str, bytes, str]:
+    """A multipart file part: the API checks the filename's extension and the type."""
+    return (f"{stem}.{_EXTENSIONS.get(image.mime, 'png')}", image.data, image.mime)
+
+
+def _files(images: tuple[InputImage, ...]) -> Any:
+    # One image goes as `image`, several as repeated `image[]` parts (the client decides
+    # by whether it gets a list).
+    if len(images) == 1:
+        return _file(images[0], "image")
+    return [_file(image, f"image{i}") for i, image in enumerate(images)]
+
+
+def _decode(b64: str) -> GeneratedImage:
+    try:
+        data = base64.b64decode(b64, validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            mime = Image.MIME.get(image.format or "", "application/octet-stream")
+    except (ValueError, OSError) as exc:
+        raise BackendFailed("OpenAI returned data that is not a readable image.") from exc
+    return GeneratedImage(data=data, mime=mime, width=width, height=height)
+
+
+def create_backend(settings: Any) -> OpenAIImages | None:
+    if settings.openai_api_key is None:
+        return None
+    return OpenAIImages(
+        api_key=settings.openai_api_key.get_secret_value(),
+        model=settings.image_model,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.request_timeout_s,
+        max_retries=settings.max_retries,
+    )

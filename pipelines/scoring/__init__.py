@@ -1,0 +1,2 @@
+"""Judging images: text–image agreement (CLIP) and the style presets' quality rules.
+"""
