@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from memory.png_metadata import open_image  # noqa: E402
+from core.image_decoding import open_image  # noqa: E402
 from pipelines.scoring.quality_rules import run_checks  # noqa: E402
 
 TARGET_MEDIAN_MS = 20.0

@@ -11,6 +11,7 @@ after that ends the turn.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import chainlit as cl
@@ -32,7 +33,7 @@ from core.errors import AtelierError, BackendNotConfigured, BackendUnavailable, 
 from core.logging_setup import get_logger
 from core.redact import redact_urls
 from tools.context import PromptRewriter, ToolContext
-from tools.registry import build_tools
+from tools.registry import schemas
 from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
@@ -89,7 +90,9 @@ def prompt_rewriter(settings: Settings) -> PromptRewriter | None:
     return rewrite
 
 
-async def _complete(settings: Settings, tools: list, messages: list[BaseMessage]) -> AIMessage:
+async def _complete(
+    settings: Settings, tools: list[dict[str, Any]], messages: list[BaseMessage]
+) -> AIMessage:
     """Stream the reply into a chat message; fall back to one non-streamed call."""
     reply = cl.Message(content="")
     if settings.llm_stream:
@@ -123,11 +126,11 @@ async def _complete(settings: Settings, tools: list, messages: list[BaseMessage]
 
 
 async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMessage]) -> None:
-    tools = build_tools(ctx)
-    by_name = {tool.name: tool for tool in tools}
-    if ctx.turn is None:
-        ctx.turn = TurnGuard()
-    turn = ctx.turn
+    tools = schemas()
+    turn = ctx.turn.guard
+    if turn is None:
+        turn = TurnGuard()
+        ctx = replace(ctx, turn=replace(ctx.turn, guard=turn))
     for _ in range(MAX_ROUNDS):
         try:
             ai = await _complete(settings, tools, messages)
@@ -146,7 +149,7 @@ async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMess
                 messages.append(_over_the_limit(turn, bad.get("id")))
         for call in ai.tool_calls:
             if turn.admit_tool_call():
-                messages.append(await run_tool_call(by_name, ctx, dict(call)))
+                messages.append(await run_tool_call(ctx, dict(call)))
             else:
                 messages.append(_over_the_limit(turn, call.get("id")))
         if turn.capped:

@@ -48,12 +48,12 @@ async def media(key: str, request: Request, exp: str | None = None, sig: str | N
     except NotFound:
         raise HTTPException(status_code=404, detail="Not found") from None
     if signed_links.verify(runtime.auth_secret, key, exp, sig):
-        mime = await runtime.images.media_mime(key)
+        mime = await runtime.services.images.media_mime(key)
     else:
         user_id = await _requester_id(request)
         if user_id is None:
             raise HTTPException(status_code=401, detail="Log in to see this file.")
-        mime = await runtime.images.media_owner_ok(key, user_id)
+        mime = await runtime.services.images.media_owner_ok(key, user_id)
     if mime is None:
         raise HTTPException(status_code=404, detail="Not found")
     path = runtime.media.path_for(key)

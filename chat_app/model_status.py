@@ -36,9 +36,7 @@ def configured_models(settings: Settings) -> list[ConfiguredModel]:
         found.append(ConfiguredModel("image model", "openai", settings.image_model))
     if settings.replicate_api_token is not None:
         found.append(ConfiguredModel("image model", "replicate", settings.replicate_model))
-        found.append(
-            ConfiguredModel("video model", "replicate", settings.replicate_video_model)
-        )
+        found.append(ConfiguredModel("video model", "replicate", settings.replicate_video_model))
     return found
 
 
@@ -49,10 +47,8 @@ def statuses(
 
 
 def line(configured: ConfiguredModel, status: ModelStatus) -> str:
-    """"image model (openai): gpt-image-2 — live"."""
-    return (
-        f"{configured.role} ({configured.backend}): {configured.model} — {status.summary()}"
-    )
+    """ "image model (openai): gpt-image-2 — live"."""
+    return f"{configured.role} ({configured.backend}): {configured.model} — {status.summary()}"
 
 
 def require_chat_model(catalogue: ModelCatalogue | None, settings: Settings) -> None:

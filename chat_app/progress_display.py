@@ -53,7 +53,7 @@ class _Display:
 
 
 class ProgressDisplays:
-    """The ToolContext's progress factory for one tool call."""
+    """The progress bars of one tool call (its port's `progress`)."""
 
     def __init__(self) -> None:
         self._displays: list[_Display] = []

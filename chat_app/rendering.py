@@ -38,7 +38,7 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
             "Type what you want to see and it becomes the image prompt, or use "
             "`/image <prompt> [--size 1536x1024] [--n 2] [--quality high]`. `/help` lists commands."
         )
-    backends = runtime.backends.available()
+    backends = runtime.services.backends.available()
     images = (
         ", ".join(f"{b.label} (`{b.default_model}`)" for b in backends)
         if backends
@@ -63,7 +63,7 @@ def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
 def _model_lifecycle(runtime: Runtime, is_admin: bool) -> str:
     """Administrators see every configured model's status; everyone sees one that is
     retiring or retired, since their requests depend on it."""
-    catalogue = runtime.backends.catalogue
+    catalogue = runtime.services.backends.catalogue
     if catalogue is None:
         return ""
     rows = model_status.statuses(catalogue, runtime.settings)
@@ -75,7 +75,7 @@ def _model_lifecycle(runtime: Runtime, is_admin: bool) -> str:
 
 
 def _video_backends(runtime: Runtime) -> str:
-    found = runtime.video_backends.available()
+    found = runtime.services.video_backends.available()
     if not found:
         return "none configured (set REPLICATE_API_TOKEN, or install the local extra)"
     return ", ".join(f"{b.label} (`{b.default_model}`)" for b in found)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import training_display
+from chat_app.agent import prompt_rewriter
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from core.logging_setup import get_logger
@@ -29,8 +30,9 @@ from memory.users import UserStore
 from memory.videos import VideoStore
 from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
-from pipelines.training.replicate_training import create_trainer
+from pipelines.training.registry import TrainingBackendRegistry
 from pipelines.video.video_registry import VideoBackendRegistry
+from tools.context import Services
 from tools.styles import StyleLibrary
 from tools.training_jobs import TrainingJobs
 
@@ -49,16 +51,8 @@ class Runtime:
     data_layer: AtelierDataLayer
     users: UserStore
     auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
-    images: ImageStore
-    backends: BackendRegistry
     auth_secret: str
-    styles: StyleLibrary
-    curations: CurationStore
-    prices: PriceTable
-    ledger: Ledger
-    videos: VideoStore
-    video_backends: VideoBackendRegistry
-    trainings: TrainingJobs | None = None  # LoRA trainings running in the background
+    services: Services  # what every tool call shares (stores, backends, prices, trainings)
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -66,24 +60,24 @@ class Runtime:
         purged = await self.auth_sessions.purge()
         if purged:
             log.info("auth_sessions_purged", count=purged)
-        if self.trainings is not None:
+        if self.services.trainings is not None:
             # No job runs yet: what the database calls running died with an old process.
-            interrupted = await self.trainings.loras.mark_interrupted()
+            interrupted = await self.services.trainings.loras.mark_interrupted()
             if interrupted:
                 log.warning("trainings_interrupted", count=interrupted)
-        released = await self.ledger.release_stale(STALE_RESERVATION_AGE)
+        released = await self.services.ledger.release_stale(STALE_RESERVATION_AGE)
         if released:
             log.warning("stale_reservations_released", count=released)
         log.info(
             "started",
             database=self.engine.dialect.name,
-            backends=[b.id for b in self.backends.available()],
+            backends=[b.id for b in self.services.backends.available()],
             llm=self.settings.llm_model if self.settings.llm_configured else None,
         )
 
     async def stop(self) -> None:
-        if self.trainings is not None:
-            await self.trainings.stop_all()  # local ones keep a checkpoint to resume from
+        if self.services.trainings is not None:
+            await self.services.trainings.stop_all()  # local ones keep a checkpoint to resume from
         await self.engine.dispose()
 
     async def _ensure_first_user(self) -> None:
@@ -124,22 +118,27 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         data_layer=AtelierDataLayer(engine, media, auth_secret),
         users=UserStore(session_factory(engine)),
         auth_sessions=AuthSessionStore(session_factory(engine), _login_lifetime()),
-        images=ImageStore(engine, media),
-        backends=backends,
         auth_secret=auth_secret,
-        styles=StyleLibrary.load(settings.styles_file),
-        curations=CurationStore(engine),
-        prices=PriceTable.load(
-            settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
-        ),
-        ledger=Ledger(engine),
-        videos=VideoStore(engine, media),
-        video_backends=VideoBackendRegistry.from_settings(settings, backends),
-        trainings=TrainingJobs(
-            LoraStore(engine),
-            settings.resolved_lora_dir,
-            replicate_trainer=create_trainer(settings),
-            watcher_factory=training_display.watch,
+        services=Services(
+            backends=backends,
+            images=ImageStore(engine, media),
+            styles=StyleLibrary.load(settings.styles_file),
+            rewrite=prompt_rewriter(settings),
+            curations=CurationStore(engine),
+            clip_model=settings.clip_model if settings.clip_enabled else None,
+            prices=PriceTable.load(
+                settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
+            ),
+            ledger=Ledger(engine),
+            operator_limits=settings.operator_limits,
+            videos=VideoStore(engine, media),
+            video_backends=VideoBackendRegistry.from_settings(settings, backends),
+            trainings=TrainingJobs(
+                LoraStore(engine),
+                settings.resolved_lora_dir,
+                backends=TrainingBackendRegistry.from_settings(settings, backends),
+                watcher_factory=training_display.watch,
+            ),
         ),
     )
 

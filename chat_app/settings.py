@@ -119,8 +119,8 @@ class Settings(BaseSettings):
     unpriced_policy: Literal["reserve", "refuse"] = Field(
         "reserve", validation_alias=_env("ATELIER_UNPRICED_POLICY")
     )
-    unpriced_reserve_usd: Annotated[Decimal, Field(gt=0, lt=1_000_000, decimal_places=6)] = (
-        Field(Decimal("0.50"), validation_alias=_env("ATELIER_UNPRICED_RESERVE_USD"))
+    unpriced_reserve_usd: Annotated[Decimal, Field(gt=0, lt=1_000_000, decimal_places=6)] = Field(
+        Decimal("0.50"), validation_alias=_env("ATELIER_UNPRICED_RESERVE_USD")
     )
     max_tool_calls_per_turn: Annotated[int, Field(ge=1, le=1000)] = Field(
         12, validation_alias=_env("ATELIER_MAX_TOOL_CALLS_PER_TURN")

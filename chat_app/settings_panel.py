@@ -32,12 +32,13 @@ def current() -> GenerationDefaults:
 def widgets(
     runtime: Runtime, defaults: GenerationDefaults, budgets: BudgetValues | None = None
 ) -> list[Any]:
-    backends = [b.id for b in runtime.backends.available()] or [runtime.backends.default_id()]
-    chosen = (defaults.backend or runtime.backends.default_id()).partition(":")[0]
+    registry = runtime.services.backends
+    backends = [b.id for b in registry.available()] or [registry.default_id()]
+    chosen = (defaults.backend or registry.default_id()).partition(":")[0]
     # Only models that still work today are offered (the model catalogue decides).
     suggestions = "; ".join(
-        f"{b.id}: {', '.join(runtime.backends.live_models(b)[:6])}"
-        for b in runtime.backends.available()
+        f"{b.id}: {', '.join(runtime.services.backends.live_models(b)[:6])}"
+        for b in runtime.services.backends.available()
     )
     return [
         Select(
@@ -108,10 +109,10 @@ def parse(runtime: Runtime, values: dict[str, Any]) -> GenerationDefaults:
     backend_id = str(values.get("backend") or "").strip() or None
     model = str(values.get("model") or "").strip() or None
     if backend_id:
-        backend = runtime.backends.get(backend_id)
+        backend = runtime.services.backends.get(backend_id)
         spec = f"{backend_id}:{model}" if model else backend_id
-        resolved, resolved_model = runtime.backends.resolve(spec)
-        runtime.backends.check_model(resolved.id, resolved_model, "image model")
+        resolved, resolved_model = runtime.services.backends.resolve(spec)
+        runtime.services.backends.check_model(resolved.id, resolved_model, "image model")
         resolved.capabilities(resolved_model)
     defaults = GenerationDefaults(
         backend=backend_id,
@@ -134,7 +135,7 @@ def parse(runtime: Runtime, values: dict[str, Any]) -> GenerationDefaults:
 
 async def show(runtime: Runtime, user_id: str) -> None:
     thread_id = cl.context.session.thread_id
-    budgets = await budget_settings.load(runtime.ledger, user_id, thread_id)
+    budgets = await budget_settings.load(runtime.services.ledger, user_id, thread_id)
     await cl.ChatSettings(widgets(runtime, current(), budgets)).send()
 
 
@@ -157,7 +158,7 @@ async def update(runtime: Runtime, values: dict[str, Any], user_id: str) -> str:
     text = "Settings for this conversation: " + describe(runtime, defaults)
     if budgets is not None:
         thread_id = cl.context.session.thread_id
-        await budget_settings.save(runtime.ledger, user_id, thread_id, budgets)
+        await budget_settings.save(runtime.services.ledger, user_id, thread_id, budgets)
         text += " " + budget_settings.describe(budgets)
     return text
 
@@ -168,9 +169,9 @@ def _has_budgets(values: dict[str, Any]) -> bool:
 
 
 def describe(runtime: Runtime, defaults: GenerationDefaults) -> str:
-    backend_id = defaults.backend or runtime.backends.default_id()
+    backend_id = defaults.backend or runtime.services.backends.default_id()
     try:
-        backend, model = runtime.backends.resolve(backend_id)
+        backend, model = runtime.services.backends.resolve(backend_id)
         model = defaults.model or model
         where = f"{backend.label} `{model}`"
     except AtelierError:

@@ -8,37 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import chainlit as cl
 from langchain_core.messages import ToolMessage
-from langchain_core.tools import BaseTool
-from pydantic import ValidationError
 
 from chat_app import rendering
+from chat_app.chat_port import ChatPort
 from chat_app.progress_display import ProgressDisplays
 from core.errors import AtelierError
 from core.logging_setup import get_logger
 from tools.context import ToolArtifact, ToolContext
+from tools.registry import BY_NAME
 
 log = get_logger(__name__)
 
 
-def describe_validation(name: str, exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "arguments"
-        problems.append(f"{where}: {error['msg']}")
-    return f"{name} got invalid arguments ({'; '.join(problems)})."
-
-
-async def run_tool_call(
-    tools: dict[str, BaseTool], ctx: ToolContext, call: dict[str, Any]
-) -> ToolMessage:
+async def run_tool_call(ctx: ToolContext, call: dict[str, Any]) -> ToolMessage:
+    """Validate and run one call (from the model or a command) as a step of its own."""
     name, call_id = call["name"], call.get("id") or "call"
-    tool = tools.get(name)
+    tool = BY_NAME.get(name)
     if tool is None:
-        text = f"There is no tool called {name!r}. Available: {', '.join(sorted(tools))}."
+        text = f"There is no tool called {name!r}. Available: {', '.join(sorted(BY_NAME))}."
         await rendering.error(text)
         return ToolMessage(content=f"Error: {text}", tool_call_id=call_id, status="error")
     step = cl.Step(name=name, type="tool")
@@ -48,14 +40,10 @@ async def run_tool_call(
     displays = ProgressDisplays()
     stopped = False
     async with step:
-        ctx.message_id = step.id
-        ctx.progress = displays.new
+        call_ctx = replace(ctx, turn=replace(ctx.turn, message_id=step.id), port=ChatPort(displays))
         try:
-            result = await tool.ainvoke({**call, "id": call_id, "type": "tool_call"})
-            artifact = result.artifact
-            step.output = str(result.content)
-        except ValidationError as exc:
-            failure = describe_validation(name, exc)
+            content, artifact = await tool.run(call_ctx, tool.validate(call.get("args") or {}))
+            step.output = str(content)
         except AtelierError as exc:
             failure = exc.message
         except asyncio.CancelledError:
@@ -65,8 +53,6 @@ async def run_tool_call(
             stopped = True
             step.output = "Stopped by the user; nothing from this call was kept."
             step.is_error = True
-        finally:
-            ctx.progress = None
         await displays.close()
         if failure is not None:
             log.info("tool_failed", tool=name, reason=failure[:200])

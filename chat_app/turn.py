@@ -6,16 +6,19 @@ log gets the thread, user and request ids.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, model_status, rendering, settings_panel, spending_prompts
+from chat_app import agent, commands, model_status, rendering, settings_panel
+from chat_app.chat_port import ChatPort
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
 from core.errors import AtelierError, InvalidInput
 from core.logging_setup import get_logger
-from tools.context import ToolContext
+from tools.context import ToolContext, Turn
 from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
@@ -55,34 +58,26 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             message.content, runtime.settings.max_message_chars, bool(message.elements)
         )
         ctx = ToolContext(
-            thread_id=message.thread_id,
-            user_id=user_id,
-            backends=runtime.backends,
-            images=runtime.images,
-            defaults=settings_panel.current(),
-            styles=runtime.styles,
-            rewrite=agent.prompt_rewriter(runtime.settings),
-            message_id=message.id,
-            curations=runtime.curations,
-            prices=runtime.prices,
-            ledger=runtime.ledger,
-            operator_limits=runtime.settings.operator_limits,
-            confirm=spending_prompts.confirm,
-            announce=spending_prompts.announce,
-            videos=runtime.videos,
-            video_backends=runtime.video_backends,
-            show=rendering.images_now,
-            clip_model=runtime.settings.clip_model if runtime.settings.clip_enabled else None,
-            trainings=runtime.trainings,
-            turn=TurnGuard(max_tool_calls=runtime.settings.max_tool_calls_per_turn),
+            services=runtime.services,
+            turn=Turn(
+                user_id=user_id,
+                thread_id=message.thread_id,
+                message_id=message.id,
+                defaults=settings_panel.current(),
+                guard=TurnGuard(max_tool_calls=runtime.settings.max_tool_calls_per_turn),
+            ),
+            port=ChatPort(),
         )
         await _tell_interrupted(runtime, ctx)
         uploads = []
         if message.elements:
             zips = await read_zips(list(message.elements))
             uploads = await record_uploads(ctx, list(message.elements), text)
-            ctx.attached_images = tuple(record.id for record in uploads)
-            ctx.attached_zips = tuple(zips)
+            attached = {
+                "attached_images": tuple(r.id for r in uploads),
+                "attached_zips": tuple(zips),
+            }
+            ctx = replace(ctx, turn=replace(ctx.turn, **attached))
             handled = bool(message.command or text.startswith("/"))
             if not (zips and (handled or runtime.settings.llm_configured)):
                 await rendering.notice(acknowledgement(uploads, zips))
@@ -93,7 +88,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         elif text.startswith("/"):
             await commands.run(runtime, ctx, *commands.split_slash(text))
         elif runtime.settings.llm_configured:
-            model_status.require_chat_model(runtime.backends.catalogue, runtime.settings)
+            model_status.require_chat_model(runtime.services.backends.catalogue, runtime.settings)
             await _agent_turn(runtime, ctx, message, text)
         elif uploads:
             await commands.run(runtime, ctx, "edit", f"{text} --image {uploads[0].id}")
@@ -114,10 +109,11 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
 
 async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
     """Once per process: trainings a restart cut short, and how to continue them."""
-    if runtime.trainings is None:
+    if runtime.services.trainings is None:
         return
-    records = await runtime.trainings.loras.for_user(ctx.user_id, status="interrupted")
-    for record in runtime.trainings.untold_interrupted(records):
+    trainings = runtime.services.trainings
+    records = await trainings.loras.for_user(ctx.turn.user_id, status="interrupted")
+    for record in trainings.untold_interrupted(records):
         await rendering.notice(
             f"The training of LoRA '{record.name}' was interrupted at step {record.step} "
             f"when the app stopped. `/train resume {record.name}` continues it."
@@ -127,8 +123,9 @@ async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
 async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:
     thread = await runtime.data_layer.get_thread(message.thread_id)
     history = history_from_steps(thread["steps"] if thread else [], message.id)
-    images = await runtime.images.for_thread(ctx.thread_id, ctx.user_id)
-    verdicts = await runtime.curations.verdicts_for_thread(ctx.thread_id, ctx.user_id)
-    loras = await runtime.trainings.loras.for_user(ctx.user_id) if runtime.trainings else []
-    messages = build_messages(history, images, text, runtime.styles.names(), verdicts, loras)
+    services, turn = runtime.services, ctx.turn
+    images = await services.images.for_thread(turn.thread_id, turn.user_id)
+    verdicts = await services.curation_store().verdicts_for_thread(turn.thread_id, turn.user_id)
+    loras = await services.trainings.loras.for_user(turn.user_id) if services.trainings else []
+    messages = build_messages(history, images, text, services.styles.names(), verdicts, loras)
     await agent.run_turn(runtime.settings, ctx, messages)

@@ -73,9 +73,9 @@ async def record_uploads(ctx: ToolContext, elements: list[Any], text: str) -> li
         checked.append((name, data, mime, width, height))
     records = []
     for name, data, mime, width, height in checked:
-        record, _ = await ctx.images.record(
-            ctx.thread_id,
-            ctx.user_id,
+        record, _ = await ctx.services.images.record(
+            ctx.turn.thread_id,
+            ctx.turn.user_id,
             NewImage(
                 data=data,
                 mime=mime,
@@ -86,7 +86,7 @@ async def record_uploads(ctx: ToolContext, elements: list[Any], text: str) -> li
                 backend="upload",
                 model="",
                 parameters={"filename": name[:255], "source": "uploaded by the user"},
-                message_id=ctx.message_id,
+                message_id=ctx.turn.message_id,
             ),
         )
         records.append(record)

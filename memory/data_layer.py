@@ -17,6 +17,10 @@ sidebar in Python. Here:
   identity lookups (`get_user`, `create_user`) and `get_thread_author`, which Chainlit's
   own owner check asks, run without one. A thread can never change owner;
 - the sidebar is one keyset-paginated query with search and feedback filters in SQL.
+
+Length: one class implementing Chainlit's `BaseDataLayer` interface, whose ~25 methods
+share the owner check, the versioned upsert and the retry; split, each part would need
+them all.
 """
 
 from __future__ import annotations

@@ -1,67 +1,31 @@
 """Lineage of images: what was asked, what was sent, by which backend, and the file.
 
 Every read is scoped to a user, so an image id that a model or user makes up (or copies
-from someone else's thread) is simply not found.
+from someone else's thread) is simply not found. The reads and the recording are shared
+with clips (memory/thread_media.py), so the two kinds cannot drift apart in who may see
+what; here is only what an image has of its own: its parent, its parameters embedded in
+the PNG (so a downloaded file still says how it was made), and the media route's checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from memory import media_claims, thread_media
-from memory.db import session_factory
 from memory.ids import require_uuid
-from memory.media_store import MediaStore
 from memory.models import Image, MediaRef, Thread, new_id, utcnow
 from memory.png_metadata import embed
+from memory.thread_media import LineageRecord, MediaLineageStore
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    id: str
-    thread_id: str
+@dataclass(frozen=True, kw_only=True)
+class ImageRecord(LineageRecord):
     parent_id: str | None
-    media_key: str
-    mime: str
-    prompt_typed: str
     prompt_sent: str
-    backend: str
-    model: str
-    parameters: dict[str, Any]
-    seed: int | None
-    width: int
-    height: int
-    cost_usd: Decimal | None  # this image's share of its request, exact
-    duration_ms: int | None
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Image) -> ImageRecord:
-        return cls(
-            id=row.id,
-            thread_id=row.thread_id,
-            parent_id=row.parent_id,
-            media_key=row.media_key,
-            mime=row.mime,
-            prompt_typed=row.prompt_typed,
-            prompt_sent=row.prompt_sent,
-            backend=row.backend,
-            model=row.model,
-            parameters=dict(row.parameters or {}),
-            seed=row.seed,
-            width=row.width,
-            height=row.height,
-            cost_usd=row.cost_usd,
-            duration_ms=row.duration_ms,
-            created_at=row.created_at,
-        )
 
 
 @dataclass(frozen=True)
@@ -82,11 +46,10 @@ class NewImage:
     duration_ms: int | None = None
 
 
-class ImageStore:
-    def __init__(self, engine: AsyncEngine, media: MediaStore) -> None:
-        self._sessions = session_factory(engine)
-        self._media = media
-        self._insert = media_claims.insert_for(engine)
+class ImageStore(MediaLineageStore[Image, ImageRecord]):
+    row_type = Image
+    record_type = ImageRecord
+    noun = "image"
 
     async def record(
         self, thread_id: str, user_id: str, new: NewImage
@@ -120,44 +83,17 @@ class ImageStore:
                     "created_at": created.isoformat(),
                 },
             )
-        key = await asyncio.to_thread(self._media.put, data)
-        row = Image(
-            id=image_id,
+        key = await self._put(data)
+        record = await self._add(
+            new,
+            row_id=image_id,
             thread_id=thread_id,
             user_id=user_id,
-            message_id=new.message_id,
+            created=created,
+            files=[(key, new.mime, len(data))],
             parent_id=new.parent_id,
-            media_key=key,
-            mime=new.mime,
-            prompt_typed=new.prompt_typed,
-            prompt_sent=new.prompt_sent,
-            backend=new.backend,
-            model=new.model,
-            parameters=new.parameters,
-            seed=new.seed,
-            width=new.width,
-            height=new.height,
-            cost_usd=new.cost_usd,
-            duration_ms=new.duration_ms,
-            created_at=created,
         )
-        await thread_media.add_to_thread(
-            self._sessions, self._insert, row, [(key, new.mime, len(data))]
-        )
-        return ImageRecord.from_row(row), data
-
-    async def get(self, image_id: str, user_id: str) -> ImageRecord:
-        row = await thread_media.get_owned(self._sessions, Image, image_id, user_id, "image")
-        return ImageRecord.from_row(row)
-
-    def read(self, record: ImageRecord) -> bytes:
-        """The stored file of an image the caller already fetched (and so may see)."""
-        return self._media.get(record.media_key)
-
-    async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[ImageRecord]:
-        """The thread's images, oldest first (the newest `limit` of them)."""
-        rows = await thread_media.newest_in_thread(self._sessions, Image, thread_id, user_id, limit)
-        return [ImageRecord.from_row(r) for r in rows]
+        return record, data
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""

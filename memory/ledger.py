@@ -16,6 +16,9 @@ transaction that serialises against every other reservation in the same scope.
   outside the transaction. Other writers wait on the busy timeout memory.db sets.
 
 Every read and write is scoped to the user, like image lineage.
+
+Length: reserve, settle, release and the budget sums must agree on one locking and
+scoping scheme per database; kept together so that scheme is read in one place.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -166,32 +166,51 @@ class MediaRef(Base):
 MONEY = Numeric(12, 6)
 
 
-class Image(Base):
-    """Lineage of one generated (or uploaded) image."""
+class MediaLineage:
+    """The lineage columns every generated file's row has, declared once for all its tables.
 
-    __tablename__ = "images"
-    __table_args__ = (Index("ix_images_thread_created", "thread_id", "created_at"),)
+    Images and clips are recorded, owned and read the same way (memory/thread_media.py), so
+    their shared columns must not drift apart. Only what really differs stays in each
+    table: who may be empty (`user_id`), the default mime, whether `prompt_sent` may be
+    empty, and each kind's own links and measures. The foreign key and the thread index
+    are `declared_attr`s, so each table gets its own, named after it as before.
+    """
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
-    user_id: Mapped[str | None] = mapped_column(String(36), index=True)
+
+    @declared_attr
+    def thread_id(cls) -> Mapped[str]:
+        return mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+
     message_id: Mapped[str | None] = mapped_column(String(36))
-    parent_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("images.id", ondelete="SET NULL")
-    )
     media_key: Mapped[str] = mapped_column(String(64))
-    mime: Mapped[str] = mapped_column(String(64), default="image/png")
     prompt_typed: Mapped[str] = mapped_column(Text, default="")
-    prompt_sent: Mapped[str] = mapped_column(Text, default="")
     backend: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(128))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seed: Mapped[int | None] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)  # this image's share
+    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)  # this file's share of its request
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return (Index(f"ix_{cls.__tablename__}_thread_created", "thread_id", "created_at"),)
+
+
+class Image(MediaLineage, Base):
+    """Lineage of one generated (or uploaded) image."""
+
+    __tablename__ = "images"
+
+    user_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="SET NULL")
+    )
+    mime: Mapped[str] = mapped_column(String(64), default="image/png")
+    prompt_sent: Mapped[str] = mapped_column(Text, default="")
 
 
 class Curation(Base):
@@ -299,7 +318,7 @@ class Budget(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class Video(Base):
+class Video(MediaLineage, Base):
     """Lineage of one generated clip: its source image, how it was made, what it cost.
 
     The MP4 and its PNG poster frame live in the media store (`media_key`, `poster_key`),
@@ -307,32 +326,17 @@ class Video(Base):
     """
 
     __tablename__ = "videos"
-    __table_args__ = (Index("ix_videos_thread_created", "thread_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(String(36), index=True)
-    message_id: Mapped[str | None] = mapped_column(String(36))
     source_image_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("images.id", ondelete="SET NULL"), index=True
     )
-    media_key: Mapped[str] = mapped_column(String(64))
     poster_key: Mapped[str] = mapped_column(String(64))
     mime: Mapped[str] = mapped_column(String(64), default="video/mp4")
-    prompt_typed: Mapped[str] = mapped_column(Text, default="")
     prompt_sent: Mapped[str | None] = mapped_column(Text)
-    backend: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(128))
-    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    seed: Mapped[int | None] = mapped_column(BigInteger)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
     frames: Mapped[int] = mapped_column(Integer)
     fps: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
-    cost_usd: Mapped[Decimal | None] = mapped_column(MONEY)
-    duration_ms: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class LoraModel(Base):

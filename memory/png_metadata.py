@@ -10,31 +10,10 @@ import io
 import json
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 from core.errors import InvalidInput
-
-# 64 megapixels: above any model's output, far below a decompression bomb.
-MAX_PIXELS = 64_000_000
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Decode bytes into an image, refusing non-images and decompression bombs."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_PIXELS:
-                raise InvalidInput(
-                    f"Image is too large ({width}x{height}); the limit is {MAX_PIXELS:,} pixels."
-                )
-            probe.verify()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except InvalidInput:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise InvalidInput("That file is not an image that can be read.") from None
+from core.image_decoding import open_image
 
 
 def a1111_parameters(record: dict[str, Any]) -> str:

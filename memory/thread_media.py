@@ -1,99 +1,175 @@
 """What image and video lineage share: a row in a thread, its files claimed, owner-only reads.
 
-Each store writes its files to the media store itself (an image gets metadata embedded
-first, a clip has a poster too); then `add_to_thread` records the row and claims the files
-in one transaction. Reads go through `get_owned` and `newest_in_thread`, which see only
-the user's own rows, so an id copied from someone else's thread is simply not found.
+Images and clips are recorded, owned and read the same way, and any difference between the
+two in who may see what would be a hole; so that part is written once, here.
+`LineageRecord` holds the fields every record has and builds itself from its row;
+`MediaLineageStore` reads (`get`, `for_thread`, `read`) and records a row with its files'
+claims. `ImageStore` and `VideoStore` add only what their kind needs: PNG metadata and the
+media route's checks for images, a poster for clips.
+
+Each store writes its files to the media store itself (content-addressed, so a retry costs
+nothing), then `_add` records the row and claims the files in one transaction, so a row is
+either fully recorded or not at all. Every read is scoped to the user, so an id made up, or
+copied from someone else's thread, is simply not found.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, Self, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import NotFound
 from memory import media_claims
+from memory.db import session_factory
 from memory.ids import require_uuid
+from memory.media_store import MediaStore
 from memory.models import Image, Thread, Video
 
-Row = TypeVar("Row", Image, Video)
+RowT = TypeVar("RowT", Image, Video)
+RecordT = TypeVar("RecordT", bound="LineageRecord")
+
+# What the caller says about a new file (NewImage and NewVideo both carry these), stored
+# on the row as given.
+_FROM_NEW = (
+    "message_id",
+    "mime",
+    "prompt_typed",
+    "prompt_sent",
+    "backend",
+    "model",
+    "parameters",
+    "seed",
+    "width",
+    "height",
+    "cost_usd",
+    "duration_ms",
+)
 
 
-async def add_to_thread(
-    sessions: async_sessionmaker[AsyncSession],
-    insert: Callable[..., Any],
-    row: Image | Video,
-    files: Sequence[tuple[str, str, int]],
-) -> None:
-    """Add `row` and claim each `(media_key, mime, size_bytes)` file for the row's thread.
+@dataclass(frozen=True, kw_only=True)
+class LineageRecord:
+    """The fields every generated file's record has; each kind's record adds its own."""
 
-    One transaction: the thread is created (owned by the row's user, at the row's time)
-    if it is new, and someone else's thread is not found, so a row is either fully
-    recorded (with its claims) or not at all.
-    """
-    thread_id, user_id, created = row.thread_id, row.user_id, row.created_at
-    async with sessions() as session, session.begin():
-        await session.execute(
-            insert(Thread)
-            .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
-        if owner not in (None, user_id):
-            raise NotFound("No such conversation.")
-        session.add(row)
-        for media_key, mime, size_bytes in files:
-            await media_claims.claim(
-                session,
-                insert,
-                media_key=media_key,
-                thread_id=thread_id,
-                user_id=user_id,
-                mime=mime,
-                size_bytes=size_bytes,
+    id: str
+    thread_id: str
+    media_key: str
+    mime: str
+    prompt_typed: str
+    backend: str
+    model: str
+    parameters: dict[str, Any]
+    seed: int | None
+    width: int
+    height: int
+    cost_usd: Decimal | None  # this file's share of its request, exact
+    duration_ms: int | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Image | Video) -> Self:
+        values = {field.name: getattr(row, field.name) for field in fields(cls)}
+        # A copy of its own: a frozen record must not share a mutable dict with a row.
+        values["parameters"] = dict(row.parameters or {})
+        return cls(**values)
+
+
+class MediaLineageStore(Generic[RowT, RecordT]):
+    """Owner-scoped lineage of one kind of file; a subclass names its row, record and noun."""
+
+    row_type: type[RowT]
+    record_type: type[RecordT]
+    noun: str  # names the kind in errors: "image" gives "No image with id …"
+
+    def __init__(self, engine: AsyncEngine, media: MediaStore) -> None:
+        self._sessions = session_factory(engine)
+        self._media = media
+        self._insert = media_claims.insert_for(engine)
+
+    async def get(self, row_id: str, user_id: str) -> RecordT:
+        """The user's record with this id; anyone else's, or none, is not found."""
+        model = self.row_type
+        row_id = require_uuid(row_id, f"{self.noun} id")
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(model).where(model.id == row_id, model.user_id == user_id)
             )
+        if row is None:
+            raise NotFound(f"No {self.noun} with id {row_id} in your conversations.")
+        return self.record_type.from_row(row)
 
+    async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[RecordT]:
+        """The user's records in the thread, oldest first (the newest `limit` of them)."""
+        model = self.row_type
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(model)
+                    .where(model.thread_id == thread_id, model.user_id == user_id)
+                    .order_by(model.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [self.record_type.from_row(row) for row in reversed(rows)]
 
-async def get_owned(
-    sessions: async_sessionmaker[AsyncSession],
-    model: type[Row],
-    row_id: str,
-    user_id: str,
-    noun: str,
-) -> Row:
-    """The user's row with this id; anyone else's, or none, is not found.
+    def read(self, record: RecordT) -> bytes:
+        """The stored file (the image, the MP4) of a record the caller already fetched."""
+        return self._media.get(record.media_key)
 
-    `noun` names the kind in the errors ("image" gives "No image with id …").
-    """
-    row_id = require_uuid(row_id, f"{noun} id")
-    async with sessions() as session:
-        row = await session.scalar(
-            select(model).where(model.id == row_id, model.user_id == user_id)
+    async def _put(self, data: bytes) -> str:
+        return await asyncio.to_thread(self._media.put, data)
+
+    async def _add(
+        self,
+        new: Any,
+        *,
+        row_id: str,
+        thread_id: str,
+        user_id: str,
+        created: datetime,
+        files: Sequence[tuple[str, str, int]],
+        **own: Any,
+    ) -> RecordT:
+        """Record `new`'s row and claim each `(media_key, mime, size_bytes)` file for its thread.
+
+        The row takes the fields of `_FROM_NEW` from `new`, the kind's `own` columns, and
+        the first file as its `media_key`. One transaction: the thread is created (owned by
+        the user, at the row's time) if it is new, and someone else's thread is not found.
+        """
+        row = self.row_type(
+            id=row_id,
+            thread_id=thread_id,
+            user_id=user_id,
+            media_key=files[0][0],
+            created_at=created,
+            **{name: getattr(new, name) for name in _FROM_NEW},
+            **own,
         )
-    if row is None:
-        raise NotFound(f"No {noun} with id {row_id} in your conversations.")
-    return row
-
-
-async def newest_in_thread(
-    sessions: async_sessionmaker[AsyncSession],
-    model: type[Row],
-    thread_id: str,
-    user_id: str,
-    limit: int,
-) -> list[Row]:
-    """The user's rows in the thread, oldest first (the newest `limit` of them)."""
-    thread_id = require_uuid(thread_id, "thread id")
-    async with sessions() as session:
-        rows = (
-            await session.scalars(
-                select(model)
-                .where(model.thread_id == thread_id, model.user_id == user_id)
-                .order_by(model.created_at.desc())
-                .limit(limit)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                self._insert(Thread)
+                .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
+                .on_conflict_do_nothing(index_elements=["id"])
             )
-        ).all()
-    return list(reversed(rows))
+            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+            if owner not in (None, user_id):
+                raise NotFound("No such conversation.")
+            session.add(row)
+            for media_key, mime, size_bytes in files:
+                await media_claims.claim(
+                    session,
+                    self._insert,
+                    media_key=media_key,
+                    thread_id=thread_id,
+                    user_id=user_id,
+                    mime=mime,
+                    size_bytes=size_bytes,
+                )
+        return self.record_type.from_row(row)

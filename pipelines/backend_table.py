@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from core.errors import BackendNotConfigured, InvalidInput
 
@@ -43,9 +43,15 @@ class BackendTable(Generic[B]):
     kind = "image"
     modules: Mapping[str, str] = {}
     how_to_enable: Mapping[str, str] = {}
+    factory = "create_backend"  # each module's `factory(settings, images)`
 
     def __init__(self, backends: dict[str, B]) -> None:
         self._backends = backends
+
+    @classmethod
+    def from_settings(cls, settings: Any, images: Any = None) -> Self:
+        """The configured backends of this kind; `images` lets one reuse an image backend."""
+        return cls(build(cls.modules, cls.factory, settings, images))
 
     def get(self, backend_id: str) -> B:
         if backend_id in self._backends:

@@ -27,7 +27,8 @@ from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import engine  # noqa: F401 - fixtures
 from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall
 from tests.test_tools import SeededBackend
-from tools.context import GenerationDefaults, ToolContext
+from tests.tool_helpers import tool_context
+from tools.context import GenerationDefaults
 from tools.turn_guard import TurnGuard
 
 THREAD = "0a7e3c52-6b1d-4f8e-9c2a-5d4b3a2f1e09"
@@ -73,13 +74,13 @@ def db_url(tmp_path: Path) -> str:
 async def turn(tmp_path: Path, engine, fake_openai: FakeOpenAI):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("ann", "password-123")
     seeded = SeededBackend()
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"seeded": seeded}),
         images=ImageStore(engine, MediaStore(tmp_path / "media")),
         defaults=GenerationDefaults(backend="seeded"),
-        turn=TurnGuard(max_tool_calls=4),
+        guard=TurnGuard(max_tool_calls=4),
     )
 
     def settings(**more: Any) -> Settings:

@@ -38,10 +38,10 @@ from pipelines.video.local_video import LocalStableVideo
 from tests.app_process import ADMIN_PASSWORD
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
-from tools.context import GenerationDefaults, ToolContext
+from tests.tool_helpers import tool_context, training_jobs
+from tools.context import GenerationDefaults
 from tools.generate_image import generate_image
 from tools.train_lora import train_lora
-from tools.training_jobs import TrainingJobs
 
 THREAD = "9e8d7c6b-5a49-4c38-b27a-16f5e4d3c2b1"
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ async def world(tmp_path: Path, engine: Any, tiny_sd_dir: Path):  # noqa: F811
     local = LocalDiffusers(
         model=str(tiny_sd_dir), device="cpu", lora_dir=tmp_path / "loras", models_dir=models
     )
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"local": local}),
@@ -100,7 +100,7 @@ async def world(tmp_path: Path, engine: Any, tiny_sd_dir: Path):  # noqa: F811
         prices=PriceTable.load(local_usd_per_gpu_second="0.001"),
         ledger=Ledger(engine),
         curations=CurationStore(engine),
-        trainings=TrainingJobs(LoraStore(engine), tmp_path / "loras"),
+        trainings=training_jobs(LoraStore(engine), tmp_path / "loras", local=local),
     )
     yield ctx, local, engine
     local.runner.shutdown()  # type: ignore[attr-defined]
@@ -123,7 +123,7 @@ async def test_every_way_in_refuses_paths_with_one_message(world, tmp_path, tiny
         with pytest.raises(InvalidInput) as info:
             await generate_image(ctx, "a cat", backend=f"local:{path}", size="64x64")
         by_tool[path] = info.value.message
-        backend, model = ctx.backends.resolve(f"local:{path}")  # the panel and /backend
+        backend, model = ctx.services.backends.resolve(f"local:{path}")  # the panel and /backend
         with pytest.raises(InvalidInput) as info:
             backend.capabilities(model)
         by_panel[path] = info.value.message

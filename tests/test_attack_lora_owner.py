@@ -41,13 +41,13 @@ from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for
 from tests.tiny_fixtures import LORA_NAME
+from tests.tool_helpers import tool_context, training_jobs
 from tools.context import GenerationDefaults, ToolContext
 from tools.edit_image import edit_image
 from tools.generate_image import generate_image
 from tools.generate_video import generate_video
 from tools.keep_image import keep_image
 from tools.train_lora import resume_training, stop_training, train_lora, training_status
-from tools.training_jobs import TrainingJobs
 
 ALICE_THREAD = "1a2b3c4d-1111-4a57-9a0e-3f1c2d4b5a60"
 BOB_THREAD = "1a2b3c4d-2222-4a57-9a0e-3f1c2d4b5a60"
@@ -111,16 +111,17 @@ async def world(
     token = fake_replicate.api_token or ""
     local = LocalDiffusers(model=str(tiny_sd_dir), device="cpu", lora_dir=lora_dir)
     media = MediaStore(tmp_path / "media")
-    jobs = TrainingJobs(
+    jobs = training_jobs(
         loras,
         lora_dir,
-        replicate_trainer=ReplicateLoraTrainer(
+        local=local,
+        replicate=ReplicateLoraTrainer(
             token, base_url=fake_replicate.base_url, poll_interval_s=0.01
         ),
     )
 
     def context(thread_id: str, user_id: str) -> ToolContext:
-        return ToolContext(
+        return tool_context(
             thread_id=thread_id,
             user_id=user_id,
             backends=BackendRegistry(
@@ -164,8 +165,8 @@ async def test_bob_cannot_apply_alices_lora_and_learns_nothing(world: World, tmp
         "trains one). Shared on this server: shared-style."
     )
     assert world.local.cache.loads == 0  # refused before the model was even loaded
-    assert await world.count(Image, bob.user_id) == 0
-    assert await world.count(LedgerEntry, bob.user_id) == 0
+    assert await world.count(Image, bob.turn.user_id) == 0
+    assert await world.count(LedgerEntry, bob.turn.user_id) == 0
 
 
 async def test_owners_use_their_own_and_everyone_the_operators(world: World):
@@ -196,8 +197,8 @@ async def test_alices_replicate_trained_lora_is_hers(world: World, fake_replicat
             bob, "bobfox", backend="replicate", destination="acme/fox-lora", images=["x", "y"]
         )
     assert fake_replicate.requests == []
-    assert await world.count(LoraModel, bob.user_id) == 0
-    assert await world.count(LedgerEntry, bob.user_id) == 0
+    assert await world.count(LoraModel, bob.turn.user_id) == 0
+    assert await world.count(LedgerEntry, bob.turn.user_id) == 0
     # Alice runs it.
     _, made = await generate_image(alice, "a fox", backend=f"replicate:{VERSION}")
     assert made.images and len(fake_replicate.creates()) == 1
@@ -225,4 +226,4 @@ async def test_other_per_user_lookups_are_owner_scoped(world: World, tmp_path: P
     with pytest.raises(InvalidInput, match="already a LoRA, a training or a shared") as info:
         await train_lora(bob, "inkfox", images=[image_id])
     _no_path(info.value.message, tmp_path)
-    assert await world.count(Image, bob.user_id) == 0
+    assert await world.count(Image, bob.turn.user_id) == 0

@@ -37,7 +37,13 @@ from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall
 from tests.test_tools import SeededBackend
-from tests.tool_helpers import SEEDED_PRICE_FILE, ledger_entries
+from tests.tool_helpers import (
+    SEEDED_PRICE_FILE,
+    ChatRecorder,
+    ledger_entries,
+    tool_context,
+    with_turn,
+)
 from tools.context import GenerationDefaults, ToolContext
 from tools.generate_image import generate_image
 from tools.spending import Declined
@@ -47,12 +53,11 @@ THREAD = "3f6c2b1a-7e4d-4c9b-8a1f-0d2e3c4b5a69"
 D = Decimal
 
 
-class SlowChat:
+class SlowChat(ChatRecorder):
     """Answers each question after a pause, so concurrent calls pile up behind it."""
 
     def __init__(self, answer: bool) -> None:
-        self.answer = answer
-        self.asked: list[str] = []
+        super().__init__(answer)
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -70,7 +75,7 @@ async def world(tmp_path: Path, engine: Any):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("mallory", "password-123")
     prices = tmp_path / "prices.toml"
     prices.write_text(SEEDED_PRICE_FILE)  # $0.10 an image
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"seeded": SeededBackend()}),
@@ -79,21 +84,23 @@ async def world(tmp_path: Path, engine: Any):  # noqa: F811
         prices=PriceTable.load(prices),
         ledger=Ledger(engine),
         operator_limits=OperatorLimits(confirm_above_usd=D("0.25")),
-        turn=TurnGuard(max_tool_calls=12),
+        guard=TurnGuard(max_tool_calls=12),
     )
     yield ctx, engine
 
 
 async def _ten_at_once(ctx: ToolContext) -> list[Any]:
     """Ten paid tool calls of one message, run concurrently (each its own call context)."""
-    calls = [generate_image(replace(ctx, message_id=None), f"a fox {i}", seed=i) for i in range(10)]
+    calls = [
+        generate_image(with_turn(ctx, message_id=None), f"a fox {i}", seed=i) for i in range(10)
+    ]
     return await asyncio.gather(*calls, return_exceptions=True)
 
 
 async def test_concurrent_calls_of_one_message_ask_once_and_cancel_stops_them_all(world):
     ctx, db = world
     chat = SlowChat(answer=False)
-    ctx.confirm = chat.confirm
+    ctx = replace(ctx, port=chat)
     results = await _ten_at_once(ctx)
     made = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, Declined)]
@@ -111,14 +118,14 @@ async def test_concurrent_calls_of_one_message_ask_once_and_cancel_stops_them_al
 async def test_confirming_allows_one_more_threshold_before_asking_again(world):
     ctx, db = world
     chat = SlowChat(answer=True)
-    ctx.confirm = chat.confirm
+    ctx = replace(ctx, port=chat)
     results = await _ten_at_once(ctx)
     assert not [r for r in results if isinstance(r, BaseException)], results
     # Asked at $0.30 (allowed to $0.55), at $0.60 (to $0.85), at $0.90: three questions.
     assert len(chat.asked) == 3 and chat.most_in_flight == 1
     assert len(await ledger_entries(db)) == 10
     # A new message starts a new total.
-    ctx.turn = TurnGuard()
+    ctx = with_turn(ctx, guard=TurnGuard())
     chat.asked.clear()
     await generate_image(ctx, "one more fox")
     assert chat.asked == []

@@ -42,7 +42,13 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.replicate_server import FakeReplicate
 from tests.lora_fixtures import picture
 from tests.replicate_fixtures import fetch_policy_for
-from tests.tool_helpers import ChatRecorder, ledger_entries
+from tests.tool_helpers import (
+    ChatRecorder,
+    ledger_entries,
+    tool_context,
+    training_jobs,
+    with_services,
+)
 from tools.context import GenerationDefaults, ToolContext
 from tools.curate_images import curate_images
 from tools.estimate_cost import estimate_cost
@@ -50,7 +56,6 @@ from tools.generate_image import generate_image
 from tools.generate_video import generate_video
 from tools.spending import Declined
 from tools.train_lora import train_lora
-from tools.training_jobs import TrainingJobs
 
 THREAD = "7d2a8c41-3b6e-4f0a-9c55-1e2f3a4b5c61"
 D = Decimal
@@ -76,15 +81,15 @@ async def world(
     token = fake_replicate.api_token or ""
     media = MediaStore(tmp_path / "media")
     chat = ChatRecorder()
-    jobs = TrainingJobs(
+    jobs = training_jobs(
         LoraStore(engine),
         tmp_path / "loras",
-        replicate_trainer=ReplicateLoraTrainer(
+        replicate=ReplicateLoraTrainer(
             token, base_url=fake_replicate.base_url, poll_interval_s=0.01
         ),
         publish_every_s=0.05,
     )
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=mallory.id,
         backends=BackendRegistry(
@@ -99,8 +104,7 @@ async def world(
         ledger=Ledger(engine),
         curations=CurationStore(engine),
         operator_limits=OperatorLimits(user_day_usd=D("1.00"), confirm_above_usd=D("5.00")),
-        confirm=chat.confirm,
-        announce=chat.announce,
+        port=chat,
         videos=VideoStore(engine, media),
         video_backends=VideoBackendRegistry({"replicate": ReplicateVideo(token, **hosted)}),
         trainings=jobs,
@@ -109,9 +113,10 @@ async def world(
     await jobs.stop_all()
 
 
-def _policy(ctx: ToolContext, policy: str, **more: Any) -> None:
-    limits = ctx.operator_limits or OperatorLimits()
-    ctx.operator_limits = OperatorLimits(**{**limits.__dict__, "unpriced_policy": policy, **more})
+def _policy(ctx: ToolContext, policy: str, **more: Any) -> ToolContext:
+    limits = ctx.services.operator_limits or OperatorLimits()
+    changed = OperatorLimits(**{**limits.__dict__, "unpriced_policy": policy, **more})
+    return with_services(ctx, operator_limits=changed)
 
 
 async def _image_count(db: Any) -> int:
@@ -121,24 +126,26 @@ async def _image_count(db: Any) -> int:
 
 async def _spend(ctx: ToolContext, usd: str) -> None:
     """Earlier spending today, as a settled ledger entry."""
-    assert ctx.ledger is not None
-    held = await ctx.ledger.reserve(
-        user_id=ctx.user_id,
-        thread_id=ctx.thread_id,
+    assert ctx.services.ledger is not None
+    held = await ctx.services.ledger.reserve(
+        user_id=ctx.turn.user_id,
+        thread_id=ctx.turn.thread_id,
         backend="openai",
         model="gpt-image-1.5",
         what="image",
         estimate_usd=D(usd),
     )
-    await ctx.ledger.settle(held.id, user_id=ctx.user_id, actual_usd=D(usd), source="table")
+    await ctx.services.ledger.settle(
+        held.id, user_id=ctx.turn.user_id, actual_usd=D(usd), source="table"
+    )
 
 
 async def _uploads(ctx: ToolContext, count: int) -> list[str]:
     ids = []
     for i in range(count):
-        record, _ = await ctx.images.record(
-            ctx.thread_id,
-            ctx.user_id,
+        record, _ = await ctx.services.images.record(
+            ctx.turn.thread_id,
+            ctx.turn.user_id,
             NewImage(picture(i, (64, 64)), "image/png", 64, 64, "mine", "", "upload", "", {}),
         )
         ids.append(record.id)
@@ -149,7 +156,10 @@ async def test_a_user_at_the_day_budget_cannot_run_an_unpriced_replicate_model(
     world, fake_replicate
 ):
     ctx, chat, db = world
-    assert ctx.prices is not None and ctx.prices.estimate("replicate", UNPRICED_MODEL).unpriced
+    assert (
+        ctx.services.prices is not None
+        and ctx.services.prices.estimate("replicate", UNPRICED_MODEL).unpriced
+    )
     await _spend(ctx, "0.80")  # $0.20 left: less than one output at the $0.50 ceiling
     with pytest.raises(BudgetExceeded, match=r"limit \$1\.00 \(set by the operator\)") as info:
         await generate_image(ctx, "a fox", backend=f"replicate:{UNPRICED_MODEL}")
@@ -163,12 +173,15 @@ async def test_a_user_at_the_day_budget_cannot_run_an_unpriced_replicate_model(
 
 async def test_an_unknown_openai_model_name_counts_too(world, fake_openai):
     ctx, chat, db = world
-    assert ctx.prices is not None and ctx.prices.estimate("openai", "dall-e-9-test").unpriced
+    assert (
+        ctx.services.prices is not None
+        and ctx.services.prices.estimate("openai", "dall-e-9-test").unpriced
+    )
     await _spend(ctx, "0.80")
     with pytest.raises(BudgetExceeded):
         await generate_image(ctx, "a fox", backend="openai:dall-e-9-test", n=2)
     # Under the limit, the ceiling still meets the confirmation threshold: Cancel spends nothing.
-    _policy(ctx, "reserve", user_day_usd=None, confirm_above_usd=D("0.40"))
+    ctx = _policy(ctx, "reserve", user_day_usd=None, confirm_above_usd=D("0.40"))
     chat.answer = False
     with pytest.raises(Declined):
         await generate_image(ctx, "a fox", backend="openai:dall-e-9-test")
@@ -189,16 +202,16 @@ async def test_reserve_charges_the_ceiling_per_output_never_zero(world, fake_rep
         await generate_image(ctx, "a fox", backend=f"replicate:{UNPRICED_MODEL}")
     assert len(fake_replicate.creates()) == 1
     # The report counts it as spent at the ceiling, not as free or unknown.
-    assert ctx.ledger is not None
-    [row] = await ctx.ledger.report(ctx.user_id)
+    assert ctx.services.ledger is not None
+    [row] = await ctx.services.ledger.report(ctx.turn.user_id)
     assert (row.usd, row.at_ceiling, row.unpriced) == (2 * CEILING, 1, 0)
 
 
 async def test_every_paid_path_is_counted_at_the_ceiling(world, fake_replicate):
     """Images, a curation, a video and a Replicate training, on a table with no prices."""
     ctx, chat, db = world
-    ctx.prices = PriceTable([], [])
-    _policy(ctx, "reserve", user_day_usd=D("100"), unpriced_reserve_usd=D("0.25"))
+    ctx = with_services(ctx, prices=PriceTable([], []))
+    ctx = _policy(ctx, "reserve", user_day_usd=D("100"), unpriced_reserve_usd=D("0.25"))
     await curate_images(ctx, "a fox", n=3)
     [source] = await _uploads(ctx, 1)
     await generate_video(ctx, "it runs", image_id=source, backend="replicate:minimax/video-01")
@@ -212,9 +225,9 @@ async def test_every_paid_path_is_counted_at_the_ceiling(world, fake_replicate):
         destination="mallory/foxes",
         images=await _uploads(ctx, 2),
     )
-    jobs = ctx.trainings
+    jobs = ctx.services.trainings
     assert jobs is not None
-    [record] = jobs.running(ctx.user_id)
+    [record] = jobs.running(ctx.turn.user_id)
     await asyncio.wait_for(jobs.wait(record.id), 60)
     entries = {e.what: e for e in await ledger_entries(db)}
     assert set(entries) == {"curation", "video", "training"}
@@ -228,8 +241,8 @@ async def test_every_paid_path_is_counted_at_the_ceiling(world, fake_replicate):
 
 async def test_refuse_policy_runs_nothing_on_any_path(world, fake_replicate, fake_openai):
     ctx, chat, db = world
-    ctx.prices = PriceTable([], [])
-    _policy(ctx, "refuse")
+    ctx = with_services(ctx, prices=PriceTable([], []))
+    ctx = _policy(ctx, "refuse")
     [source] = await _uploads(ctx, 1)
     attempts = [
         generate_image(ctx, "a fox", backend=f"replicate:{UNPRICED_MODEL}"),

@@ -119,6 +119,22 @@ class RawUpload:
         self.sock.close()
 
 
+def send_zeros(
+    app: AppProcess, chat: ChatSession, size: int, *, declared: bool
+) -> tuple[int, bytes, int, int]:
+    """Upload `size` bytes of zeros, with the length declared or chunked, until the server
+    answers: (status, body, bytes sent, how far the server's peak memory rose)."""
+    length = len(_preamble()) + size + len(EPILOGUE) if declared else None
+    with PeakMemory(app) as memory:
+        raw = RawUpload(app, chat.cookie, chat.session_id, length)
+        raw.send(_preamble())
+        for block in _zeros(size):
+            if not raw.send(block):
+                break
+        status, _, body = raw.response()
+    return status, body, raw.sent, memory.growth
+
+
 def upload(app: AppProcess, cookie: str, session_id: str, data: bytes, name: str, mime: str):
     return httpx.post(
         f"{app.base_url}/project/file",
@@ -240,32 +256,18 @@ async def _session(app: AppProcess, user: str, password: str) -> ChatSession:
 @pytest.mark.slow
 async def test_a_300_mb_upload_is_refused_with_memory_bounded(app: AppProcess) -> None:
     chat = await _session(app, "admin", ADMIN_PASSWORD)
-    size = 300 * MB
-    length = len(_preamble()) + size + len(EPILOGUE)
 
     # Declared too large: answered 413 before the body is read.
-    with PeakMemory(app) as memory:
-        raw = RawUpload(app, chat.cookie, chat.session_id, length)
-        raw.send(_preamble())
-        for block in _zeros(size):
-            if not raw.send(block):
-                break
-        status, _, body = raw.response()
+    status, body, sent, growth = send_zeros(app, chat, 300 * MB, declared=True)
     assert status == 413 and b"upload limit of 100 MB" in body
-    assert raw.sent < 100 * MB
-    assert memory.growth < MEMORY_BOUND, f"memory grew by {memory.growth / MB:.0f} MB"
+    assert sent < 100 * MB
+    assert growth < MEMORY_BOUND, f"memory grew by {growth / MB:.0f} MB"
 
     # No length given (chunked): counted while reading, stopped past the limit.
-    with PeakMemory(app) as memory:
-        raw = RawUpload(app, chat.cookie, chat.session_id, None)
-        raw.send(_preamble())
-        for block in _zeros(size):
-            if not raw.send(block):
-                break
-        status, _, body = raw.response()
+    status, body, sent, growth = send_zeros(app, chat, 300 * MB, declared=False)
     assert status == 413 and b"upload limit of 100 MB" in body
-    assert raw.sent < 200 * MB  # it stopped well before the end
-    assert memory.growth < MEMORY_BOUND, f"memory grew by {memory.growth / MB:.0f} MB"
+    assert sent < 200 * MB  # it stopped well before the end
+    assert growth < MEMORY_BOUND, f"memory grew by {growth / MB:.0f} MB"
     assert files_left(chat.session_id) == []  # nothing of it was kept
 
     # The session still takes an upload of a normal size, registered as Chainlit does.

@@ -20,8 +20,8 @@ from pipelines.images.openai_images import OpenAIImages
 from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.fakes.openai_server import DISC_TEST
+from tests.tool_helpers import tool_context
 from tools.check_quality import check_quality
-from tools.context import ToolContext
 from tools.curate_images import curate_images
 from tools.generate_image import generate_image
 from tools.keep_image import keep_image
@@ -33,7 +33,7 @@ THREAD = "8a0f6f6e-98f4-4b3c-9d55-2e0f0c7c1a11"
 async def ctx(tmp_path, fake_openai, engine):  # noqa: F811
     account = await UserStore(session_factory(engine)).add("eve", "password-123")
     backend = OpenAIImages("sk-test", "gpt-image-1.5", fake_openai.base_url)
-    return ToolContext(
+    return tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"openai": backend}),
@@ -47,7 +47,7 @@ async def test_crayon_curation_keeps_the_centred_single_disc(ctx, fake_openai):
     text, artifact = await curate_images(ctx, f"an apple {DISC_TEST}", n=4, style="crayon")
     records = [record for record, _ in artifact.images]
     assert len(records) == 4 and artifact.grid
-    curation = await ctx.curations.latest_with_image(records[0].id, ctx.user_id)
+    curation = await ctx.services.curations.latest_with_image(records[0].id, ctx.turn.user_id)
     by_id = {c.image_id: c for c in curation.candidates}
     # The fake drew candidate k as variant k: 0 off-centre, 1 centred, 2 two discs, 3 grey.
     made = sorted(records, key=lambda r: r.created_at)
@@ -68,11 +68,13 @@ async def test_crayon_curation_keeps_the_centred_single_disc(ctx, fake_openai):
 
 async def test_overruling_is_stored_and_displaces_the_scored_choice(ctx):
     _, artifact = await curate_images(ctx, f"an apple {DISC_TEST}", n=4, style="crayon")
-    curation = await ctx.curations.latest_with_image(artifact.images[0][0].id, ctx.user_id)
+    curation = await ctx.services.curations.latest_with_image(
+        artifact.images[0][0].id, ctx.turn.user_id
+    )
     first_kept = curation.kept[0].image_id
     third = next(c for c in curation.candidates if c.rank == 3).image_id
     text, _ = await keep_image(ctx, third)
-    after = await ctx.curations.get(curation.id, ctx.user_id)
+    after = await ctx.services.curations.get(curation.id, ctx.turn.user_id)
     verdicts = {c.image_id: (c.verdict, c.decided_by) for c in after.candidates}
     assert verdicts[third] == ("kept", "user")
     assert verdicts[first_kept] == ("rejected", "user")
@@ -85,7 +87,7 @@ async def test_ranking_existing_images_and_checking_one(ctx):
     _, made = await generate_image(ctx, f"{DISC_TEST} disc", n=4)
     ids = [record.id for record, _ in made.images]
     await curate_images(ctx, image_ids=ids, criteria=["centring", "single_object"])
-    curation = await ctx.curations.latest_with_image(ids[0], ctx.user_id)
+    curation = await ctx.services.curations.latest_with_image(ids[0], ctx.turn.user_id)
     # CLIP is off in this context, so only the named checks rank (and the chat says so).
     assert curation.weights == {"centring": 1.0, "single_object": 1.0}
     assert [c.image_id for c in curation.kept] == [ids[1]]
@@ -93,7 +95,7 @@ async def test_ranking_existing_images_and_checking_one(ctx):
     assert "passed every check" in text and "background" in report.text
     text, _ = await check_quality(ctx, ids[3], style="crayon")
     assert "failed: background" in text
-    stored = await ctx.curations.scores_for_image(ids[3], ctx.user_id)
+    stored = await ctx.services.curations.scores_for_image(ids[3], ctx.turn.user_id)
     assert {s.criterion for s in stored} >= {"background", "centring", "single_object"}
 
 
@@ -118,12 +120,12 @@ async def test_images_of_another_user_cannot_be_curated(ctx, engine):  # noqa: F
     _, made = await generate_image(ctx, "a pear", n=2)
     ids = [record.id for record, _ in made.images]
     other = await UserStore(session_factory(engine)).add("mallory", "password-456")
-    intruder = ToolContext(
+    intruder = tool_context(
         thread_id="9b0f6f6e-98f4-4b3c-9d55-2e0f0c7c1a12",
         user_id=other.id,
-        backends=ctx.backends,
-        images=ctx.images,
-        curations=ctx.curations,
+        backends=ctx.services.backends,
+        images=ctx.services.images,
+        curations=ctx.services.curations,
     )
     with pytest.raises(NotFound):
         await curate_images(intruder, image_ids=ids)

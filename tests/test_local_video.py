@@ -247,6 +247,7 @@ def test_video_and_image_jobs_share_one_queue_per_machine(tmp_path: Path) -> Non
         local_video_model="stabilityai/stable-video-diffusion-img2vid-xt",
         local_device="cpu",
         resolved_lora_dir=tmp_path,
+        local_models_dir=None,
         replicate_api_token=None,
     )
     images = BackendRegistry({"local": LocalDiffusers(device="cpu")})

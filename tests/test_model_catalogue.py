@@ -29,7 +29,7 @@ from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.openai_images import OpenAIImages
 from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
-from tests.tool_helpers import ChatRecorder, ledger_entries
+from tests.tool_helpers import ChatRecorder, ledger_entries, tool_context, with_services
 from tools.context import GenerationDefaults, ToolContext
 from tools.estimate_cost import estimate_cost
 from tools.generate_image import generate_image
@@ -155,7 +155,7 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
             {"openai": OpenAIImages("sk-test", model, fake_openai.base_url, max_retries=0)},
             catalogue_on(day),
         )
-        return ToolContext(
+        return tool_context(
             thread_id=THREAD,
             user_id=account.id,
             backends=registry,
@@ -164,8 +164,7 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
             prices=PriceTable.load(),
             ledger=Ledger(engine),
             operator_limits=OperatorLimits(confirm_above_usd=Decimal("1.00")),
-            confirm=chat.confirm,
-            announce=chat.announce,
+            port=chat,
         )
 
     yield context, chat, engine
@@ -236,7 +235,7 @@ def _runtime(day: dt.date, **env: str) -> SimpleNamespace:
         {"openai": OpenAIImages("sk-test", settings.image_model, "http://127.0.0.1:9/v1")},
         catalogue_on(day),
     )
-    return SimpleNamespace(settings=settings, backends=registry)
+    return SimpleNamespace(settings=settings, services=SimpleNamespace(backends=registry))
 
 
 def test_the_settings_panel_offers_only_live_models() -> None:
@@ -256,7 +255,7 @@ def test_the_settings_panel_offers_only_live_models() -> None:
 def test_a_retired_chat_model_is_refused_and_doctor_lines_say_why() -> None:
     runtime = _runtime(dt.date(2026, 12, 11), llm_model="gpt-5-mini")
     with pytest.raises(ModelRetired) as caught:
-        require_chat_model(runtime.backends.catalogue, runtime.settings)
+        require_chat_model(runtime.services.backends.catalogue, runtime.settings)
     assert "ATELIER_LLM_MODEL=gpt-6.1-terra" in caught.value.message
     lines = {
         configured.role: status.summary()
@@ -274,8 +273,8 @@ async def test_an_estimate_for_a_named_model_follows_the_catalogue_without_crede
     """/estimate prices a model even where its backend has no key; not a retired one."""
     context, _, _ = world
     for day in (EVE, SHUTDOWN):
-        ctx = context(day)
-        ctx.backends = BackendRegistry({}, catalogue_on(day))  # no OpenAI key here
+        no_key = BackendRegistry({}, catalogue_on(day))  # no OpenAI key here
+        ctx = with_services(context(day), backends=no_key)
         call = estimate_cost(ctx, n=4, quality="low", backend="openai:gpt-image-1.5")
         if day == EVE:
             text, _ = await call

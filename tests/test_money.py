@@ -34,7 +34,8 @@ from pipelines.images.base import (
 )
 from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
-from tools.context import GenerationDefaults, ToolContext
+from tests.tool_helpers import tool_context
+from tools.context import GenerationDefaults
 from tools.generate_image import generate_image
 
 D = Decimal
@@ -136,7 +137,7 @@ async def test_three_images_cost_exactly_what_the_ledger_settled(tmp_path: Path,
     account = await UserStore(session_factory(engine)).add("ada", "password-123")
     prices = tmp_path / "prices.toml"
     prices.write_text(TIMED_PRICES)
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"timed": TimedBackend()}),
@@ -151,7 +152,8 @@ async def test_three_images_cost_exactly_what_the_ledger_settled(tmp_path: Path,
     async with engine.connect() as conn:
         [entry] = (await conn.execute(select(LedgerEntry))).all()
     assert entry.status == "settled" and entry.actual_usd == D("0.010000")
-    records = [await ctx.images.get(record.id, ctx.user_id) for record, _ in artifact.images]
+    images = ctx.services.images
+    records = [await images.get(record.id, ctx.turn.user_id) for record, _ in artifact.images]
     shares = [record.cost_usd for record in records]
     assert shares == [D("0.003334"), D("0.003333"), D("0.003333")]
     assert sum(shares) == entry.actual_usd

@@ -23,7 +23,7 @@ from memory.png_metadata import read_embedded
 from pipelines.images.base import ImageRequest, InputImage
 from pipelines.images.openai_images import OpenAIImages
 from pipelines.images.registry import BackendRegistry
-from tools.context import ToolContext
+from tests.tool_helpers import tool_context
 from tools.generate_image import generate_image
 
 
@@ -97,7 +97,7 @@ async def test_tool_records_lineage_and_embeds_parameters(fake_openai, tmp_path)
 
     account = await UserStore(session_factory(engine)).add("eve", "password-123")
     images = ImageStore(engine, MediaStore(tmp_path / "media"))
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id="8a0f6f6e-98f4-4b3c-9d55-2e0f0c7c1a11",
         user_id=account.id,
         backends=BackendRegistry({"openai": backend(fake_openai)}),

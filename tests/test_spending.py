@@ -28,8 +28,8 @@ from pipelines.images.openai_images import OpenAIImages
 from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
 from tests.test_tools import SeededBackend
-from tests.tool_helpers import SEEDED_PRICE_FILE, ChatRecorder, ledger_entries
-from tools.context import GenerationDefaults, ToolContext
+from tests.tool_helpers import SEEDED_PRICE_FILE, ChatRecorder, ledger_entries, tool_context
+from tools.context import GenerationDefaults
 from tools.curate_images import curate_images
 from tools.estimate_cost import estimate_cost
 from tools.generate_image import generate_image
@@ -46,7 +46,7 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
     prices_file.write_text(SEEDED_PRICE_FILE)  # $0.10 an image
     seeded = SeededBackend()
     chat = ChatRecorder()
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry(
@@ -61,8 +61,7 @@ async def world(tmp_path: Path, fake_openai, engine):  # noqa: F811
         ledger=Ledger(engine),
         curations=CurationStore(engine),
         operator_limits=OperatorLimits(confirm_above_usd=D("1.00")),
-        confirm=chat.confirm,
-        announce=chat.announce,
+        port=chat,
     )
     yield ctx, chat, seeded, engine
 
@@ -88,8 +87,8 @@ async def test_estimate_is_shown_then_the_reported_cost_is_settled(world, fake_o
 
 async def test_cancel_at_the_confirmation_runs_nothing_and_spends_nothing(world):
     ctx, chat, seeded, db = world
-    await ctx.ledger.set_budget(
-        "user_day", ctx.user_id, None, user_id=ctx.user_id, confirm_above_usd=D("0.15")
+    await ctx.services.ledger.set_budget(
+        "user_day", ctx.turn.user_id, None, user_id=ctx.turn.user_id, confirm_above_usd=D("0.15")
     )
     chat.answer = False
     with pytest.raises(Declined, match=r"did not run and nothing was spent"):
@@ -110,7 +109,7 @@ async def test_cancel_at_the_confirmation_runs_nothing_and_spends_nothing(world)
 
 async def test_the_hard_limit_refuses_with_the_numbers(world):
     ctx, chat, seeded, db = world
-    await ctx.ledger.set_budget("thread", THREAD, D("0.25"), user_id=ctx.user_id)
+    await ctx.services.ledger.set_budget("thread", THREAD, D("0.25"), user_id=ctx.turn.user_id)
     await generate_image(ctx, "a lantern", n=2)
     with pytest.raises(BudgetExceeded) as refused:
         await generate_image(ctx, "a lantern", n=1)
@@ -133,8 +132,8 @@ async def test_a_failed_action_gives_its_reservation_back(world, fake_openai):
 async def test_a_curation_is_one_question_and_one_reservation(world):
     ctx, chat, seeded, db = world
     chat.answer = True
-    await ctx.ledger.set_budget(
-        "user_day", ctx.user_id, None, user_id=ctx.user_id, confirm_above_usd=D("0.50")
+    await ctx.services.ledger.set_budget(
+        "user_day", ctx.turn.user_id, None, user_id=ctx.turn.user_id, confirm_above_usd=D("0.50")
     )
     await curate_images(ctx, "a red apple", n=6, keep=1)  # 2 batches of the 4-image limit
     assert len(seeded.requests) == 2 and len(chat.asked) == 1 and len(chat.announced) == 1
@@ -149,7 +148,7 @@ async def test_a_curation_is_one_question_and_one_reservation(world):
 
 async def test_twenty_concurrent_requests_against_a_budget_for_ten(world):
     ctx, _, seeded, db = world
-    await ctx.ledger.set_budget("thread", THREAD, D("1.00"), user_id=ctx.user_id)
+    await ctx.services.ledger.set_budget("thread", THREAD, D("1.00"), user_id=ctx.turn.user_id)
     results = await asyncio.gather(
         *(generate_image(ctx, f"lantern {i}") for i in range(20)), return_exceptions=True
     )
@@ -163,7 +162,9 @@ async def test_twenty_concurrent_requests_against_a_budget_for_ten(world):
 async def test_estimate_cost_equals_the_table_and_spends_nothing(world):
     ctx, _, seeded, db = world
     text, _ = await estimate_cost(ctx, n=20, quality="high", size="1024x1024", backend="openai")
-    row_price = ctx.prices.estimate("openai", "gpt-image-1.5", quality="high", size="1024x1024")
+    row_price = ctx.services.prices.estimate(
+        "openai", "gpt-image-1.5", quality="high", size="1024x1024"
+    )
     assert f"${row_price.usd * 20:.4f}" in text  # 20 × the per-image row
     assert "20 × gpt-image-1.5 high 1024x1024" in text and "Nothing was made or spent" in text
     text, _ = await estimate_cost(ctx, n=20, quality="high", backend="openai")

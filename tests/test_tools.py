@@ -30,7 +30,8 @@ from pipelines.images.base import (
 from pipelines.images.openai_images import OpenAIImages
 from pipelines.images.registry import BackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401, F811 - fixtures
-from tools.context import GenerationDefaults, ToolContext
+from tests.tool_helpers import tool_context, with_services, with_turn
+from tools.context import GenerationDefaults
 from tools.edit_image import edit_image
 from tools.fork_image import fork_image
 from tools.generate_image import generate_image
@@ -102,7 +103,7 @@ async def world(tmp_path, fake_openai, engine):  # noqa: F811
     registry = BackendRegistry(
         {"seeded": seeded, "openai": OpenAIImages("sk-test", "gpt-image-1.5", fake_openai.base_url)}
     )
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=registry,
@@ -114,7 +115,9 @@ async def world(tmp_path, fake_openai, engine):  # noqa: F811
 
 async def test_panel_defaults_apply_and_misfits_are_noted_not_refused(world):
     ctx, seeded = world
-    ctx.defaults = GenerationDefaults(backend="seeded", size="768x768", steps=7, seed=5)
+    ctx = with_turn(
+        ctx, defaults=GenerationDefaults(backend="seeded", size="768x768", steps=7, seed=5)
+    )
     _, artifact = await generate_image(ctx, "a lantern")
     record = artifact.images[0][0]
     assert (record.width, record.seed) == (768, 5) and seeded.requests[-1].steps == 7
@@ -177,7 +180,7 @@ async def test_refine_shows_both_and_records_the_rewrite_as_sent(world):
         assert "crayon" in instructions.lower()
         return f'  "{prompt}, drawn in wax crayon on white paper"  '
 
-    ctx.rewrite = rewriter
+    ctx = with_services(ctx, rewrite=rewriter)
     _, artifact = await refine_prompt(ctx, "a red apple", style="crayon")
     record = artifact.images[0][0]
     assert record.prompt_typed == "a red apple"
@@ -197,12 +200,12 @@ async def test_refine_without_a_chat_model_applies_the_template(world):
 async def test_images_of_other_users_are_not_found(world):
     ctx, _ = world
     _, made = await generate_image(ctx, "a red barn")
-    other = ToolContext(
+    other = tool_context(
         thread_id="9b0f6f6e-98f4-4b3c-9d55-2e0f0c7c1a12",
         user_id="00000000-0000-4000-8000-000000000000",
-        backends=ctx.backends,
-        images=ctx.images,
-        defaults=ctx.defaults,
+        backends=ctx.services.backends,
+        images=ctx.services.images,
+        defaults=ctx.turn.defaults,
     )
     with pytest.raises(Exception, match="No image"):
         await fork_image(other, made.images[0][0].id)
@@ -227,7 +230,7 @@ async def test_actual_cost_is_recorded_from_the_providers_usage(world):
     from pipelines.catalogue.pricing import PriceTable
 
     ctx, _ = world
-    ctx.prices = PriceTable.load()
+    ctx = with_services(ctx, prices=PriceTable.load())
     _, artifact = await generate_image(ctx, "a kite", n=2, quality="high", backend="openai")
     first, second = (record for record, _ in artifact.images)
     cost = first.parameters["cost"]
@@ -235,7 +238,7 @@ async def test_actual_cost_is_recorded_from_the_providers_usage(world):
     # Exact shares of the reported total (the first carries any odd micro-dollar).
     assert first.cost_usd + second.cost_usd == Decimal(cost["usd"])
     assert 0 <= first.cost_usd - second.cost_usd <= Decimal("0.000001")
-    again = await ctx.images.get(first.id, ctx.user_id)
+    again = await ctx.services.images.get(first.id, ctx.turn.user_id)
     assert again.cost_usd == first.cost_usd > 0
     # A backend the table does not know is recorded as unpriced, not as free.
     _, artifact = await generate_image(ctx, "a kite", backend="seeded")

@@ -29,31 +29,27 @@ from memory.users import UserStore
 from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.local_diffusers import LocalDiffusers
 from pipelines.images.registry import BackendRegistry
+from pipelines.training.registry import TrainingBackendRegistry
 from pipelines.training.replicate_training import ReplicateLoraTrainer
 from tests.db_fixtures import *  # noqa: F403
 from tests.lora_fixtures import picture
+from tests.tool_helpers import ChatRecorder, tool_context, training_jobs, with_turn
 from tools import spending
 from tools.context import ToolContext
 from tools.generate_image import generate_image
 from tools.train_lora import describe_status, resume_training, stop_training, train_lora
-from tools.training_jobs import TrainingJobs
 
 THREAD = "6b1f3c52-8f0e-4a57-9a0e-3f1c2d4b5a60"
 
 
-class Chat:
+class Chat(ChatRecorder):
     """Records what the chat would show, and answers the confirmation."""
 
     def __init__(self) -> None:
-        self.asked: list[str] = []
-        self.answer = True
+        super().__init__(answer=True)
         self.updates: list[tuple[int, int, str]] = []
         self.samples: list[int] = []
         self.ended: list[str] = []
-
-    async def confirm(self, question: str) -> bool:
-        self.asked.append(question)
-        return self.answer
 
     async def watcher(self, record: Any, text: str) -> Chat:
         self.ended.clear()
@@ -76,10 +72,10 @@ async def world(tmp_path: Path, engine, tiny_sd_dir: Path):  # noqa: F811
     lora_dir = tmp_path / "loras"
     local = LocalDiffusers(model=str(tiny_sd_dir), device="cpu", lora_dir=lora_dir)
     chat = Chat()
-    jobs = TrainingJobs(
-        LoraStore(engine), lora_dir, watcher_factory=chat.watcher, publish_every_s=0.05
+    jobs = training_jobs(
+        LoraStore(engine), lora_dir, local=local, watcher_factory=chat.watcher, publish_every_s=0.05
     )
-    ctx = ToolContext(
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=account.id,
         backends=BackendRegistry({"local": local}),
@@ -87,7 +83,7 @@ async def world(tmp_path: Path, engine, tiny_sd_dir: Path):  # noqa: F811
         curations=CurationStore(engine),
         prices=PriceTable.load(local_usd_per_gpu_second="0.001"),
         ledger=Ledger(engine),
-        confirm=chat.confirm,
+        port=chat,
         trainings=jobs,
     )
     yield ctx, chat, jobs, engine
@@ -110,9 +106,9 @@ async def _keep(ctx: ToolContext, ids: list[str], kept: int) -> None:
         CandidateRecord(i, rank, 1.0 / rank, "kept" if rank <= kept else "rejected", "", "user", [])
         for rank, i in enumerate(ids, start=1)
     ]
-    await ctx.curation_store().record(
-        thread_id=ctx.thread_id,
-        user_id=ctx.user_id,
+    await ctx.services.curation_store().record(
+        thread_id=ctx.turn.thread_id,
+        user_id=ctx.turn.user_id,
         message_id=None,
         prompt="houses",
         style=None,
@@ -132,14 +128,14 @@ async def test_kept_images_train_in_the_background_then_the_trigger_word_uses_it
     await _keep(ctx, ids, kept=2)
     text, _ = await train_lora(ctx, "mystyle", trigger_word="TOK", steps=8, resolution=32)
     # The tool returned at once; the job runs on.
-    [record] = jobs.running(ctx.user_id)
+    [record] = jobs.running(ctx.turn.user_id)
     assert "Training 'mystyle' started: 8 steps" in text and "/train stop" in text
     assert record.status in ("queued", "running") and record.name == "mystyle"
     [question] = chat.asked
     assert "Train the LoRA 'mystyle'" in question and "2 images (2 generated here" in question
     assert "memory" in question and "cost $" in question and "Estimate: ~" in question
     await asyncio.wait_for(jobs.wait(record.id), 120)
-    done = await jobs.loras.get(ctx.user_id, "mystyle")
+    done = await jobs.loras.get(ctx.turn.user_id, "mystyle")
     assert done.status == "succeeded" and done.step == done.total_steps == 8
     assert done.files["diffusers"] == "mystyle.safetensors"
     assert done.files["kohya"] == "mystyle/mystyle.kohya.safetensors"
@@ -184,7 +180,7 @@ async def test_cancel_at_the_confirmation_starts_nothing(world):
     chat.answer = False
     with pytest.raises(spending.Declined, match="did not start"):
         await train_lora(ctx, "nope", images=ids, steps=8, resolution=32)
-    assert await jobs.loras.for_user(ctx.user_id) == []
+    assert await jobs.loras.for_user(ctx.turn.user_id) == []
     assert not (jobs.lora_dir / "nope").exists()  # the name is free again
     async with engine.connect() as conn:
         entries = (await conn.execute(select(LedgerEntry))).all()
@@ -199,13 +195,13 @@ async def test_images_attached_to_the_message_are_the_default_training_set(world
     for colour in ((200, 120, 40), (90, 60, 20)):
         buffer = io.BytesIO()
         Image.new("RGB", (48, 48), colour).save(buffer, "PNG")
-        record, _ = await ctx.images.record(
-            ctx.thread_id,
-            ctx.user_id,
+        record, _ = await ctx.services.images.record(
+            ctx.turn.thread_id,
+            ctx.turn.user_id,
             NewImage(buffer.getvalue(), "image/png", 48, 48, "my dog", "", "upload", "", {}),
         )
         uploads.append(record.id)
-    ctx.attached_images = tuple(uploads)
+    ctx = with_turn(ctx, attached_images=tuple(uploads))
     chat.answer = False
     with pytest.raises(spending.Declined):
         await train_lora(ctx, "dog", steps=8, resolution=32, licence="mine")
@@ -216,9 +212,9 @@ async def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(world):
     ctx, chat, jobs, _ = world
     ids = await _images(ctx, 2)
     await train_lora(ctx, "long", images=ids, trigger_word="TOK", steps=400, resolution=32)
-    [record] = jobs.running(ctx.user_id)
+    [record] = jobs.running(ctx.turn.user_id)
     for _ in range(600):
-        row = await jobs.loras.get(ctx.user_id, "long")
+        row = await jobs.loras.get(ctx.turn.user_id, "long")
         if row.step >= 2:
             break
         await asyncio.sleep(0.05)
@@ -227,7 +223,7 @@ async def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(world):
     text, _ = await stop_training(ctx, "long")
     assert "checkpoint is kept" in text
     await asyncio.wait_for(jobs.wait(record.id), 60)
-    stopped = await jobs.loras.get(ctx.user_id, "long")
+    stopped = await jobs.loras.get(ctx.turn.user_id, "long")
     assert stopped.status == "cancelled" and stopped.step >= 2
     assert "/train resume long" in chat.ended[0]
     at = stopped.step
@@ -235,7 +231,7 @@ async def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(world):
     text, _ = await resume_training(ctx, "long", steps=at + 3)
     assert f"resumed from step {at}" in text and "Resume training LoRA 'long'" in chat.asked[-1]
     await asyncio.wait_for(jobs.wait(record.id), 60)
-    done = await jobs.loras.get(ctx.user_id, "long")
+    done = await jobs.loras.get(ctx.turn.user_id, "long")
     assert done.status == "succeeded" and done.metrics["resumed_from"] == at
     assert done.step == at + 3 and done.losses[-1][0] == at + 3
 
@@ -244,12 +240,12 @@ async def test_a_job_left_running_by_a_dead_process_is_interrupted(world):
     ctx, _, jobs, _ = world
     store = jobs.loras
     row = await store.create(
-        ctx.user_id,
+        ctx.turn.user_id,
         NewLora("crashed", "local", "m", "TOK", 100, {}, {}, thread_id=None),
     )
     await store.progress(row.id, step=40, losses=[[40, 0.1]])
     assert await store.mark_interrupted() == 1  # what Runtime.start does
-    after = await store.get(ctx.user_id, "crashed")
+    after = await store.get(ctx.turn.user_id, "crashed")
     assert after.status == "interrupted" and after.step == 40
     assert "interrupted (`/train resume crashed`)" in describe_status([after])
     assert jobs.untold_interrupted([after]) == [after]
@@ -267,12 +263,12 @@ async def test_bad_inputs_are_refused_with_a_reason(world, engine):  # noqa: F81
         await train_lora(ctx, "single", images=[one], steps=8, resolution=32)
     # Someone else's image is not found.
     other_user = await UserStore(session_factory(engine)).add("sam", "password-456")
-    other_ctx = ToolContext(**{**ctx.__dict__, "user_id": other_user.id})
+    other_ctx = with_turn(ctx, user_id=other_user.id)
     with pytest.raises(NotFound):
         other_id = one[:-1] + ("1" if one.endswith("0") else "0")  # never the same id
         await train_lora(other_ctx, "theirs", images=[one, other_id], steps=8)
     # Names already used: in the registry, or on disk.
-    await jobs.loras.create(ctx.user_id, NewLora("Taken", "local", "m", "TOK", 8, {}, {}))
+    await jobs.loras.create(ctx.turn.user_id, NewLora("Taken", "local", "m", "TOK", 8, {}, {}))
     with pytest.raises(InvalidInput, match="already have a LoRA"):
         await train_lora(ctx, "taken", images=[one], steps=8)
     (jobs.lora_dir / "ondisk.safetensors").parent.mkdir(parents=True, exist_ok=True)
@@ -290,18 +286,24 @@ async def test_bad_inputs_are_refused_with_a_reason(world, engine):  # noqa: F81
         with zipfile.ZipFile(out, "w") as archive:
             for name, data in entries.items():
                 archive.writestr(name, data)
+        zipped = with_turn(ctx, attached_zips=(("upload.zip", out.getvalue()),))
         with pytest.raises(InvalidInput, match=reason):
-            await train_lora(ctx, "zipped", zips=[("upload.zip", out.getvalue())], steps=8)
+            await train_lora(zipped, "zipped", steps=8)
     with pytest.raises(InvalidInput, match="steps must be"):
         await train_lora(ctx, "zero", images=[one], steps=0)
     assert chat.asked == []  # nothing got as far as the question
-    assert [r.name for r in await jobs.loras.for_user(ctx.user_id)] == ["Taken"]
+    assert [r.name for r in await jobs.loras.for_user(ctx.turn.user_id)] == ["Taken"]
 
 
 async def test_uploaded_zip_with_licence_trains_on_replicate(world, fake_replicate):
     ctx, chat, jobs, engine = world
-    jobs.replicate_trainer = ReplicateLoraTrainer(
-        fake_replicate.api_token, base_url=fake_replicate.base_url, poll_interval_s=0.01
+    jobs.backends = TrainingBackendRegistry(
+        {
+            "local": jobs.backends.get("local"),
+            "replicate": ReplicateLoraTrainer(
+                fake_replicate.api_token, base_url=fake_replicate.base_url, poll_interval_s=0.01
+            ),
+        }
     )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
@@ -309,15 +311,16 @@ async def test_uploaded_zip_with_licence_trains_on_replicate(world, fake_replica
             archive.writestr(f"dog{i}.png", picture(i, (64, 64)))
         archive.writestr("dog0.txt", "my dog on grass")
     # An uploaded image in the chat counts as uploaded too.
-    upload, _ = await ctx.images.record(
-        ctx.thread_id,
-        ctx.user_id,
+    upload, _ = await ctx.services.images.record(
+        ctx.turn.thread_id,
+        ctx.turn.user_id,
         NewImage(picture(9, (64, 64)), "image/png", 64, 64, "learn my dog", "", "upload", "", {}),
     )
+    zipped = with_turn(ctx, attached_zips=(("dogs.zip", out.getvalue()),))
     with pytest.raises(InvalidInput, match="destination"):
-        await train_lora(ctx, "dog", backend="replicate", zips=[("dogs.zip", out.getvalue())])
+        await train_lora(zipped, "dog", backend="replicate")
     await train_lora(
-        ctx,
+        zipped,
         "dog",
         trigger_word="DOGGO",
         backend="replicate",
@@ -326,12 +329,11 @@ async def test_uploaded_zip_with_licence_trains_on_replicate(world, fake_replica
         licence="own photos",
         destination="me/my-dog",
         images=[upload.id],
-        zips=[("dogs.zip", out.getvalue())],
     )
     assert "on Replicate" in chat.asked[-1] and "4 uploaded" in chat.asked[-1]
-    [record] = jobs.running(ctx.user_id)
+    [record] = jobs.running(ctx.turn.user_id)
     await asyncio.wait_for(jobs.wait(record.id), 60)
-    done = await jobs.loras.get(ctx.user_id, "dog")
+    done = await jobs.loras.get(ctx.turn.user_id, "dog")
     assert done.status == "succeeded", done.error
     assert done.replicate_version.startswith("me/my-dog:")
     assert fake_replicate.versions  # runnable as replicate:<version>

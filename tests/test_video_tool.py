@@ -36,8 +36,9 @@ from pipelines.video.video_registry import VideoBackendRegistry
 from tests.db_fixtures import db_url, engine  # noqa: F401 - fixtures
 from tests.fakes.replicate_server import FakeReplicate
 from tests.replicate_fixtures import fetch_policy_for
+from tests.tool_helpers import ChatRecorder, tool_context, with_services
 from tests.waiting import wait_until
-from tools.context import GenerationDefaults, ToolArtifact, ToolContext
+from tools.context import GenerationDefaults, ToolContext
 from tools.generate_image import generate_image
 from tools.generate_video import generate_video
 
@@ -51,10 +52,10 @@ def _log_to_this_tests_stderr() -> None:
 
 
 class World:
-    def __init__(self, ctx: ToolContext, database: Any, media: MediaStore) -> None:
-        self.ctx, self.engine, self.media = ctx, database, media
-        self.shown: list[ToolArtifact] = []
-        self.announced: list[str] = []
+    def __init__(
+        self, ctx: ToolContext, database: Any, media: MediaStore, chat: ChatRecorder
+    ) -> None:
+        self.ctx, self.engine, self.media, self.chat = ctx, database, media, chat
 
     async def rows(self, model: type) -> list[Any]:
         async with session_factory(self.engine)() as session:
@@ -86,7 +87,8 @@ async def world(
     images = ReplicateImages(token, **hosted)
     clips = ReplicateVideo(token, **hosted)
     local = LocalStableVideo(model=str(tiny_svd_dir), device="cpu")
-    ctx = ToolContext(
+    chat = ChatRecorder(answer=False, shows=True)  # a live chat that shows keyframes at once
+    ctx = tool_context(
         thread_id=THREAD,
         user_id=eve.id,
         backends=BackendRegistry({"replicate": images}),
@@ -96,16 +98,9 @@ async def world(
         ledger=Ledger(engine),
         videos=VideoStore(engine, media),
         video_backends=VideoBackendRegistry({"replicate": clips, "local": local}),
+        port=chat,
     )
-    world = World(ctx, engine, media)
-
-    async def show(artifact: ToolArtifact) -> None:
-        world.shown.append(artifact)
-
-    async def announce(text: str) -> None:
-        world.announced.append(text)
-
-    ctx.show, ctx.announce = show, announce
+    world = World(ctx, engine, media, chat)
     yield world
     local.runner.shutdown()  # type: ignore[attr-defined]
     await images.aclose()
@@ -135,11 +130,11 @@ async def test_animate_the_latest_image_locally_and_keep_its_lineage(world, tmp_
     [(record, data)] = artifact.videos
     assert f"[{record.id}]" in text and f"from image {fox.id}" in text
     assert "takes no prompt" in text  # SVD animates without text: said, not hidden
-    stored = await ctx.videos.get(record.id, ctx.user_id)
+    stored = await ctx.services.videos.get(record.id, ctx.turn.user_id)
     assert stored.source_image_id == fox.id
     assert (stored.backend, stored.model) == (
         "local",
-        ctx.video_backends.get("local").default_model,
+        ctx.services.video_backends.get("local").default_model,
     )
     assert (stored.seconds, stored.fps, stored.frames, stored.seed) == (1.0, 4.0, 4, 3)
     assert (stored.width, stored.height, stored.mime) == (32, 32, "video/mp4")
@@ -155,15 +150,16 @@ async def test_animate_the_latest_image_locally_and_keep_its_lineage(world, tmp_
     # The local GPU is free by default; the cost is the measured time at $0.
     assert stored.cost_usd == Decimal(0) and stored.parameters["cost"]["source"] == "reported"
     # What is stored is what was shown, and it plays: 4 frames of 32x32.
-    assert ctx.videos.read(stored) == data
+    assert ctx.services.videos.read(stored) == data
     assert frames_of(data, tmp_path) == ((32, 32), 4)
     # Both files are claimed for Eve's thread, so the media route serves them to her only.
-    assert await ctx.images.media_owner_ok(stored.media_key, ctx.user_id) == "video/mp4"
-    assert await ctx.images.media_owner_ok(stored.poster_key, ctx.user_id) == "image/png"
+    images = ctx.services.images
+    assert await images.media_owner_ok(stored.media_key, ctx.turn.user_id) == "video/mp4"
+    assert await images.media_owner_ok(stored.poster_key, ctx.turn.user_id) == "image/png"
     mallory = await UserStore(session_factory(world.engine)).add("mallory", "password-456")
-    assert await ctx.images.media_owner_ok(stored.media_key, mallory.id) is None
+    assert await images.media_owner_ok(stored.media_key, mallory.id) is None
     with pytest.raises(NotFound):
-        await ctx.videos.get(record.id, mallory.id)
+        await ctx.services.videos.get(record.id, mallory.id)
 
 
 async def test_any_image_of_the_thread_by_id(world) -> None:
@@ -176,7 +172,7 @@ async def test_any_image_of_the_thread_by_id(world) -> None:
     assert artifact.videos[0][0].source_image_id == heron.id
     # With neither an image nor a prompt, "animate it": the most recent image.
     _, artifact = await generate_video(ctx, backend="local", **SMALL)
-    frog = (await ctx.images.for_thread(ctx.thread_id, ctx.user_id))[-1]
+    frog = (await ctx.services.images.for_thread(ctx.turn.thread_id, ctx.turn.user_id))[-1]
     assert artifact.videos[0][0].source_image_id == frog.id != heron.id
 
 
@@ -194,7 +190,7 @@ async def test_text_to_video_directly_on_a_model_that_does_it(world, fake_replic
     assert record.source_image_id is None and await world.count(Image) == 0
     assert (record.seconds, record.fps, record.frames) == (6.0, 25.0, 150)
     # Priced from the table before it ran, settled in the ledger after.
-    assert world.announced and "$0.5000" in world.announced[0]
+    assert world.chat.announced and "$0.5000" in world.chat.announced[0]
     assert record.cost_usd == Decimal("0.5") and record.parameters["cost"]["source"] == "table"
     [entry] = await world.rows(LedgerEntry)
     assert (entry.what, entry.status, entry.backend, entry.model) == (
@@ -217,7 +213,7 @@ async def test_text_to_video_on_an_image_only_model_draws_a_keyframe_first(world
     assert keyframe.prompt_typed == "a lighthouse at night"
     assert keyframe.model == "black-forest-labs/flux-schnell"  # the conversation's image backend
     # The keyframe was shown before the clip was made, with a caption saying so.
-    [shown] = world.shown
+    [shown] = world.chat.shown
     assert shown.images[0][0].id == keyframe.id and "Keyframe for the clip" in shown.caption
     record = artifact.videos[0][0]
     assert record.source_image_id == keyframe.id and record.parameters["keyframe"] is True
@@ -226,7 +222,7 @@ async def test_text_to_video_on_an_image_only_model_draws_a_keyframe_first(world
 
 
 async def test_without_a_live_chat_the_keyframe_comes_with_the_clip(world) -> None:
-    world.ctx.show = None
+    world.chat.shows = False  # nobody watches: nothing is shown mid-call
     _, artifact = await generate_video(world.ctx, prompt="a windmill", backend="local", **SMALL)
     assert [record.id for record, _ in artifact.images] == [artifact.videos[0][0].source_image_id]
 
@@ -270,13 +266,13 @@ async def test_an_image_that_is_not_yours_is_not_found(world, tiny_svd_dir) -> N
     await generate_image(ctx, "eve's fox")
     eves_fox = (await world.rows(Image))[0]
     mallory = await UserStore(session_factory(world.engine)).add("mallory", "password-456")
-    intruder = ToolContext(
+    intruder = tool_context(
         thread_id="0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5",
         user_id=mallory.id,
-        backends=ctx.backends,
-        images=ctx.images,
-        videos=ctx.videos,
-        video_backends=ctx.video_backends,
+        backends=ctx.services.backends,
+        images=ctx.services.images,
+        videos=ctx.services.videos,
+        video_backends=ctx.services.video_backends,
     )
     with pytest.raises(NotFound, match="No image with id"):
         await generate_video(intruder, image_id=eves_fox.id, backend="local", **SMALL)
@@ -314,7 +310,7 @@ async def test_text_to_video_model_needs_a_prompt_image_model_needs_an_image(wor
 
 
 async def test_no_video_backend_configured(world) -> None:
-    world.ctx.video_backends = VideoBackendRegistry({})
+    world.ctx = with_services(world.ctx, video_backends=VideoBackendRegistry({}))
     with pytest.raises(BackendNotConfigured, match="No video backend is configured"):
         await generate_video(world.ctx, prompt="waves")
     with pytest.raises(BackendNotConfigured, match="local video backend is not configured"):

@@ -1,10 +1,15 @@
-"""What a tool call may touch, passed explicitly rather than found in globals."""
+"""What a tool call may touch, passed explicitly rather than found in globals.
+
+Three parts that live for different lengths of time: the process's `Services` (built
+once), the message's `Turn`, and the `Port` to whoever asked (the chat, a script, an
+HTTP handler). A tool runs anywhere a ToolContext can be built.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import InvalidInput
 from memory.curations import CurationStore
@@ -23,14 +28,6 @@ if TYPE_CHECKING:
 
 # (instructions, prompt) -> rewritten prompt; None when no chat model is configured.
 PromptRewriter = Callable[[str, str], Awaitable[str]]
-# label -> a Progress whose reports the chat displays.
-ProgressFactory = Callable[[str], Progress]
-# question -> True to go ahead; False (or no answer) to cancel.
-Confirmer = Callable[[str], Awaitable[bool]]
-# text -> shown in the chat before a paid action runs.
-Announcer = Callable[[str], Awaitable[None]]
-# artifact -> shown in the chat at once, mid-call (a keyframe before it is animated).
-ArtifactShower = Callable[["ToolArtifact"], Awaitable[None]]
 
 
 @dataclass
@@ -60,48 +57,104 @@ class GenerationDefaults:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-@dataclass
-class ToolContext:
-    thread_id: str
-    user_id: str
+@dataclass(frozen=True)
+class Services:
+    """What the process builds once and every tool call shares: stores, backends, prices.
+
+    Optional ones are features the operator left off: a tool that needs one refuses
+    with a message that says so (no curation store, no video store, no trainings).
+    """
+
     backends: BackendRegistry
     images: ImageStore
-    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     styles: StyleLibrary = field(default_factory=StyleLibrary.builtin)
-    rewrite: PromptRewriter | None = None
-    progress: ProgressFactory | None = None
-    message_id: str | None = None
+    rewrite: PromptRewriter | None = None  # None: no chat model to refine prompts
     curations: CurationStore | None = None
     clip_model: str | None = None  # None: text–image agreement is not scored
     prices: PriceTable | None = None  # None: costs are not recorded
     ledger: Ledger | None = None  # None: no budgets are kept (see tools/spending.py)
     operator_limits: OperatorLimits | None = None
-    confirm: Confirmer | None = None  # asks the user Confirm / Cancel
-    announce: Announcer | None = None  # shows the estimate before a paid action
     videos: VideoStore | None = None  # None: video tools refuse (no store to keep clips)
     video_backends: VideoBackendRegistry | None = None
-    show: ArtifactShower | None = None  # None: everything is shown when the call ends
-    # What the user attached to this message: a training started now trains on them.
-    attached_images: tuple[str, ...] = ()
-    attached_zips: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes)
     trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
-    # The message's tool-call count and running spend; None: each paid action alone.
-    turn: TurnGuard | None = None
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:
-            raise RuntimeError("ToolContext.curations is not set: build it with a CurationStore.")
+            raise RuntimeError("Services.curations is not set: build it with a CurationStore.")
         return self.curations
 
-    def new_progress(self, label: str) -> Progress | None:
-        return self.progress(label) if self.progress else None
+
+@dataclass(frozen=True)
+class Turn:
+    """Who asks, in which conversation, with what attached: one message's facts."""
+
+    user_id: str
+    thread_id: str
+    message_id: str | None = None  # the step the results hang under
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    # What the user attached to this message: a training started now trains on them.
+    attached_images: tuple[str, ...] = ()
+    attached_zips: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes)
+    # The message's tool-call count and running spend; None: each paid action alone.
+    guard: TurnGuard | None = None
+
+
+class Port(Protocol):
+    """How a tool talks to the person while it runs; the chat is one port, a script another."""
+
+    async def confirm(self, question: str) -> bool:
+        """True to go ahead with a paid action; False (or no answer) cancels it."""
+        ...
+
+    async def announce(self, text: str) -> None:
+        """Show the estimate before a paid action runs."""
+        ...
+
+    async def show(self, artifact: ToolArtifact) -> bool:
+        """Show an artifact at once, mid-call; False: the caller keeps it for the end."""
+        ...
+
+    def progress(self, label: str) -> Progress | None:
+        """A progress whose reports the person sees; None: nobody watches."""
+        ...
+
+
+class QuietPort:
+    """Nobody is watching (a script, a background job): no questions are answered, so a
+    paid action that needs a yes is refused, and everything is shown at the end."""
+
+    async def confirm(self, question: str) -> bool:
+        return False
+
+    async def announce(self, text: str) -> None:
+        return None
+
+    async def show(self, artifact: ToolArtifact) -> bool:
+        return False
+
+    def progress(self, label: str) -> Progress | None:
+        return None
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """One tool call's world: the process's services, the turn, and the port to the person.
+
+    Frozen: a call that needs another port or step gets a copy (`replace`), so one
+    call never changes what a concurrent one sees.
+    """
+
+    services: Services
+    turn: Turn
+    port: Port = field(default_factory=QuietPort)
 
     async def image(self, image_id: str | None) -> ImageRecord:
         """The named image, or the conversation's most recent one."""
         if image_id:
-            record = await self.images.get(image_id, self.user_id)
-            return record
-        recent = await self.images.for_thread(self.thread_id, self.user_id, limit=1)
+            return await self.services.images.get(image_id, self.turn.user_id)
+        recent = await self.services.images.for_thread(
+            self.turn.thread_id, self.turn.user_id, limit=1
+        )
         if not recent:
             raise InvalidInput("This conversation has no image yet: make one first, or upload one.")
         return recent[-1]

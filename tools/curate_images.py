@@ -8,6 +8,7 @@ overrule them (keep_image) and a resumed thread shows the same result.
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +18,7 @@ from memory.images import ImageRecord
 from pipelines.scoring import image_scoring
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 
 
 class CurateImagesArgs(BaseModel):
@@ -35,7 +37,7 @@ class CurateImagesArgs(BaseModel):
     style: str | None = Field(
         None, description="A style preset (e.g. crayon): its template and ranking weights."
     )
-    image_ids: list[str] | None = Field(
+    image_ids: Annotated[list[str] | None, Option(flag="images", image=True)] = Field(
         None, description="Rank these existing images instead of generating new ones."
     )
     size: str | None = Field(None, description="WIDTHxHEIGHT of generated candidates.")
@@ -152,34 +154,25 @@ def summary(curation: CurationRecord) -> str:
     return "\n".join(lines)
 
 
-async def curate_images(
-    ctx: ToolContext,
-    prompt: str | None = None,
-    n: int = 4,
-    keep: int = 1,
-    criteria: list[str] | None = None,
-    style: str | None = None,
-    image_ids: list[str] | None = None,
-    size: str | None = None,
-) -> tuple[str, ToolArtifact]:
-    chosen = ctx.styles.get(style) if style else None
-    weights = image_scoring.weights_for(criteria, chosen.weights if chosen else None)
-    if image_ids:
-        if len(set(image_ids)) < 2:
+async def _curate_images(ctx: ToolContext, args: CurateImagesArgs) -> tuple[str, ToolArtifact]:
+    chosen = ctx.services.styles.get(args.style) if args.style else None
+    weights = image_scoring.weights_for(args.criteria, chosen.weights if chosen else None)
+    if args.image_ids:
+        if len(set(args.image_ids)) < 2:
             raise InvalidInput("Give at least two different image ids to rank.")
-        image_scoring.check_count(len(image_ids), keep)
-        records = [await ctx.image(image_id) for image_id in dict.fromkeys(image_ids)]
+        image_scoring.check_count(len(args.image_ids), args.keep)
+        records = [await ctx.image(image_id) for image_id in dict.fromkeys(args.image_ids)]
         candidates = [(r, await image_jobs.input_image(ctx, r)) for r in records]
         pairs = [(record, image.data) for record, image in candidates]
-        text_prompt = prompt or records[0].prompt_typed or records[0].prompt_sent
+        text_prompt = args.prompt or records[0].prompt_typed or records[0].prompt_sent
     else:
-        if not (prompt or "").strip():
+        if not (args.prompt or "").strip():
             raise InvalidInput("Say what to draw, e.g. 'a red apple', or give image_ids to rank.")
-        image_scoring.check_count(n, keep)
-        sent = chosen.apply(prompt) if chosen else prompt.strip()
-        pairs = await _generate(ctx, sent, n, size, chosen.negative if chosen else None)
-        text_prompt = prompt.strip()
-    clip = image_scoring.clip_for(ctx.clip_model)
+        image_scoring.check_count(args.n, args.keep)
+        sent = chosen.apply(args.prompt) if chosen else args.prompt.strip()
+        pairs = await _generate(ctx, sent, args.n, args.size, chosen.negative if chosen else None)
+        text_prompt = args.prompt.strip()
+    clip = image_scoring.clip_for(ctx.services.clip_model)
     ranked, notes, weights = await asyncio.to_thread(
         image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
     )
@@ -189,23 +182,23 @@ async def curate_images(
             image_id=pairs[item.index][0].id,
             rank=rank,
             combined=item.combined,
-            verdict="kept" if rank <= keep else "rejected",
+            verdict="kept" if rank <= args.keep else "rejected",
             reason="Best by the scores."
-            if rank <= keep
+            if rank <= args.keep
             else image_scoring.loss_reason(item, best, weights),
             decided_by="scores",
             scores=list(item.scores),
         )
         for rank, item in enumerate(ranked, start=1)
     ]
-    curation = await ctx.curation_store().record(
-        thread_id=ctx.thread_id,
-        user_id=ctx.user_id,
-        message_id=ctx.message_id,
+    curation = await ctx.services.curation_store().record(
+        thread_id=ctx.turn.thread_id,
+        user_id=ctx.turn.user_id,
+        message_id=ctx.turn.message_id,
         prompt=text_prompt,
         style=chosen.name if chosen else None,
         weights={k: v for k, v in weights.items() if v > 0},
-        keep=keep,
+        keep=args.keep,
         candidates=candidates,
     )
     order = {c.image_id: c.rank for c in curation.candidates}
@@ -215,3 +208,19 @@ async def curate_images(
         grid=True,
     )
     return summary(curation), artifact
+
+
+curate_images = Tool(
+    name="curate_images",
+    description=DESCRIPTION,
+    args=CurateImagesArgs,
+    run=_curate_images,
+    commands=(
+        Command(
+            "curate",
+            "trophy",
+            "Best of N: /curate an apple --n 6 --keep 2 --style crayon [--criteria centring,clip]",
+            text="prompt",
+        ),
+    ),
+)

@@ -10,6 +10,7 @@ told which backends can.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -18,18 +19,19 @@ from memory.images import ImageRecord
 from pipelines.images.base import Capabilities
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 
 
 class EditImageArgs(BaseModel):
     instruction: str = Field(description="The change to make, e.g. 'make the sky bluer'.")
-    image_id: str | None = Field(
+    image_id: Annotated[str | None, Option(flag="image", image=True)] = Field(
         None, description="The image to edit; omit for the conversation's most recent image."
     )
-    mask_id: str | None = Field(
+    mask_id: Annotated[str | None, Option(flag="mask", image=True)] = Field(
         None,
         description="An uploaded mask image (same size; transparent = repaint) to limit the edit.",
     )
-    extra_image_ids: list[str] = Field(
+    extra_image_ids: Annotated[list[str], Option(flag="extra", image=True)] = Field(
         default_factory=list, description="More reference images (backends that take several)."
     )
     strength: float | None = Field(
@@ -46,32 +48,29 @@ DESCRIPTION = (
 )
 
 
-async def edit_image(
-    ctx: ToolContext,
-    instruction: str,
-    image_id: str | None = None,
-    mask_id: str | None = None,
-    extra_image_ids: list[str] | None = None,
-    strength: float | None = None,
-    seed: int | None = None,
-    backend: str | None = None,
-) -> tuple[str, ToolArtifact]:
-    instruction = (instruction or "").strip()
+async def _edit_image(ctx: ToolContext, args: EditImageArgs) -> tuple[str, ToolArtifact]:
+    instruction = args.instruction.strip()
     if not instruction:
         raise InvalidInput("Say what to change, e.g. 'make the sky bluer'.")
-    source = await ctx.image(image_id)
-    extras = [await ctx.image(extra) for extra in extra_image_ids or []]
-    mask = await ctx.image(mask_id) if mask_id else None
-    planned = image_jobs.plan(ctx, instruction, backend, strength=strength, seed=seed)
+    source = await ctx.image(args.image_id)
+    extras = [await ctx.image(extra) for extra in args.extra_image_ids or []]
+    mask = await ctx.image(args.mask_id) if args.mask_id else None
+    planned = image_jobs.plan(
+        ctx, instruction, args.backend, strength=args.strength, seed=args.seed
+    )
     caps = planned.backend.capabilities(planned.request.model)
     edit_model = getattr(planned.backend, "edit_model", None)
     if caps.edit == "none" and edit_model:
         planned = image_jobs.plan(
-            ctx, instruction, f"{planned.backend.id}:{edit_model}", strength=strength, seed=seed
+            ctx,
+            instruction,
+            f"{planned.backend.id}:{edit_model}",
+            strength=args.strength,
+            seed=args.seed,
         )
         caps = planned.backend.capabilities(edit_model)
     if caps.edit == "none":
-        able = [b.id for b in ctx.backends.available() if b.capabilities().edit != "none"]
+        able = [b.id for b in ctx.services.backends.available() if b.capabilities().edit != "none"]
         raise InvalidInput(
             f"{planned.label} cannot edit images. "
             + (
@@ -104,7 +103,7 @@ async def edit_image(
             "references": [r.id for r in extras],
             "mask": mask.id if mask else None,
         },
-        seed_requested=seed,
+        seed_requested=args.seed,
     )
     artifact.before.append((source, images[0].data))
     return image_jobs.summary("Edited into", artifact, planned.label), artifact
@@ -114,3 +113,20 @@ def _source_size(caps: Capabilities, source: ImageRecord) -> str | None:
     """Keep the source's size when the model can make it; else the model's default."""
     size = f"{source.width}x{source.height}"
     return size if caps.allows_size(size) else None
+
+
+edit_image = Tool(
+    name="edit_image",
+    description=DESCRIPTION,
+    args=EditImageArgs,
+    run=_edit_image,
+    commands=(
+        Command(
+            "edit",
+            "pencil",
+            "Edit the latest image: /edit make the sky bluer [--image ID] [--mask ID]",
+            text="instruction",
+            needs_text="Say what to change, e.g. /edit make the sky bluer.",
+        ),
+    ),
+)

@@ -16,6 +16,7 @@ from core.errors import AtelierError, InvalidInput, ModelRetired
 from pipelines.catalogue.pricing import Estimate
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Tool
 
 MAX_COUNT = 1000
 
@@ -62,7 +63,7 @@ def _price(
 
     A retired model is refused here as a real request would be (model catalogue).
     """
-    assert ctx.prices is not None
+    assert ctx.services.prices is not None
     try:
         planned = image_jobs.checked(
             image_jobs.plan(ctx, "estimate", backend, quality=quality, size=size)
@@ -80,20 +81,22 @@ def _price(
             raise
         backend_id, model = backend_id.strip().lower(), model.strip()
         label = f"{backend_id} {model}"
-    status = ctx.backends.check_model(backend_id, model, "image model")
+    status = ctx.services.backends.check_model(backend_id, model, "image model")
     warning = status.warning() if status is not None else None
-    estimate = ctx.prices.estimate(
+    estimate = ctx.services.prices.estimate(
         backend_id, model, n=n, quality=quality, size=size, seconds=seconds
     )
     return estimate, label, [warning] if warning else []
 
 
 async def _budget_lines(ctx: ToolContext, usd: Decimal) -> list[str]:
-    if ctx.ledger is None:
+    if ctx.services.ledger is None:
         return []
     lines = []
-    for usage in await ctx.ledger.usage(
-        user_id=ctx.user_id, thread_id=ctx.thread_id, operator_limits=ctx.operator_limits
+    for usage in await ctx.services.ledger.usage(
+        user_id=ctx.turn.user_id,
+        thread_id=ctx.turn.thread_id,
+        operator_limits=ctx.services.operator_limits,
     ):
         where = "this conversation" if usage.scope == "thread" else "today (UTC)"
         used = usage.spent_usd + usage.reserved_usd
@@ -114,34 +117,45 @@ async def _budget_lines(ctx: ToolContext, usd: Decimal) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-async def estimate_cost(
-    ctx: ToolContext,
-    n: int = 1,
-    quality: str | None = None,
-    size: str | None = None,
-    seconds: float | None = None,
-    backend: str | None = None,
-) -> tuple[str, ToolArtifact]:
-    _check(n, seconds)
-    if ctx.prices is None:
+async def _estimate_cost(ctx: ToolContext, args: EstimateCostArgs) -> tuple[str, ToolArtifact]:
+    _check(args.n, args.seconds)
+    if ctx.services.prices is None:
         raise InvalidInput("Prices are not loaded in this app, so nothing can be estimated.")
-    estimate, label, notes = _price(ctx, n, quality, size, seconds, backend)
+    estimate, label, notes = _price(
+        ctx, args.n, args.quality, args.size, args.seconds, args.backend
+    )
     if estimate.unpriced:
         # What a real request would do: refused, or counted at the operator's ceiling.
         try:
             estimate = spending.for_budget(
-                estimate, ctx.operator_limits, backend="", model=label, units=n
+                estimate, ctx.services.operator_limits, backend="", model=label, units=args.n
             )
         except InvalidInput:
             text = (
-                f"**Cost of {n} × {label}: unknown.** It has no price here, and models "
+                f"**Cost of {args.n} × {label}: unknown.** It has no price here, and models "
                 "without a price are not run on this server; the operator can price it in "
                 "the file named by ATELIER_PRICES_FILE.\n\n_Nothing was made or spent._"
             )
             return text, ToolArtifact(text=text)
-    text = spending.describe(estimate, f"{n} × {label}")
+    text = spending.describe(estimate, f"{args.n} × {label}")
     if estimate.usd > 0 or not estimate.unpriced:
         text += "\n\n" + "\n".join(await _budget_lines(ctx, estimate.usd))
     text += "".join(f"\n\n_{note}_" for note in notes)
     text = text.strip() + "\n\n_Nothing was made or spent._"
     return text, ToolArtifact(text=text)
+
+
+estimate_cost = Tool(
+    name="estimate_cost",
+    description=DESCRIPTION,
+    args=EstimateCostArgs,
+    run=_estimate_cost,
+    commands=(
+        Command(
+            "estimate",
+            "calculator",
+            "Price a request first: /estimate 20 --quality high [--size ..] [--backend ..]",
+            text="n",
+        ),
+    ),
+)

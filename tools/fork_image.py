@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from core.errors import InvalidInput
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 
 
 class ForkImageArgs(BaseModel):
-    image_id: str = Field(description="The earlier image to start from.")
-    prompt: str | None = Field(None, description="A new full prompt; omit to keep the old one.")
+    image_id: Annotated[str, Option(image=True)] = Field(
+        description="The earlier image to start from."
+    )
+    prompt: Annotated[str | None, Option(words=True)] = Field(
+        None, description="A new full prompt; omit to keep the old one."
+    )
     size: str | None = Field(None, description="New WIDTHxHEIGHT, e.g. 1536x1024 for wider.")
     quality: str | None = Field(None, description="New quality.")
     seed: int | None = Field(None, description="New seed (omit to keep the old one).")
     steps: int | None = Field(None, description="New step count (diffusion models).")
     guidance: float | None = Field(None, description="New guidance scale (diffusion models).")
-    negative_prompt: str | None = Field(None, description="New negative prompt.")
+    negative_prompt: Annotated[str | None, Option(words=True)] = Field(
+        None, description="New negative prompt."
+    )
     n: int = Field(1, description="How many images (1-4).")
     backend: str | None = Field(
         None, description="Another backend/model to redo it with, e.g. 'replicate:owner/name'."
@@ -31,54 +40,44 @@ DESCRIPTION = (
 )
 
 
-async def fork_image(
-    ctx: ToolContext,
-    image_id: str,
-    prompt: str | None = None,
-    size: str | None = None,
-    quality: str | None = None,
-    seed: int | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    negative_prompt: str | None = None,
-    n: int = 1,
-    backend: str | None = None,
-) -> tuple[str, ToolArtifact]:
-    source = await ctx.image(image_id)
-    if source.backend == "upload" and not prompt:
+async def _fork_image(ctx: ToolContext, args: ForkImageArgs) -> tuple[str, ToolArtifact]:
+    source = await ctx.image(args.image_id)
+    if source.backend == "upload" and not args.prompt:
         raise InvalidInput(
             "That image was uploaded, so it has no prompt to redo; give a prompt, or use "
             "edit_image on it."
         )
     inherited = image_jobs.replay_request(source)
-    if seed is None and source.seed is not None:
+    if args.seed is None and source.seed is not None:
         inherited["seed"] = source.seed
-    spec = backend or (None if source.backend == "upload" else f"{source.backend}:{source.model}")
+    spec = args.backend or (
+        None if source.backend == "upload" else f"{source.backend}:{source.model}"
+    )
     planned = image_jobs.plan(
         ctx,
-        prompt or source.prompt_sent,
+        args.prompt or source.prompt_sent,
         spec,
         inherited=inherited,
         use_panel=False,
-        n=n,
-        size=size,
-        quality=quality,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        negative_prompt=negative_prompt,
+        n=args.n,
+        size=args.size,
+        quality=args.quality,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
     )
     changed = {
         k: v
         for k, v in {
-            "prompt": prompt,
-            "size": size,
-            "quality": quality,
-            "seed": seed,
-            "steps": steps,
-            "guidance": guidance,
-            "negative_prompt": negative_prompt,
-            "backend": backend,
+            "prompt": args.prompt,
+            "size": args.size,
+            "quality": args.quality,
+            "seed": args.seed,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "negative_prompt": args.negative_prompt,
+            "backend": args.backend,
         }.items()
         if v is not None
     }
@@ -86,9 +85,26 @@ async def fork_image(
     artifact = await image_jobs.run(
         ctx,
         planned,
-        prompt_typed=prompt or source.prompt_typed,
+        prompt_typed=args.prompt or source.prompt_typed,
         parent_id=source.id,
         lineage={"operation": "fork", "source": source.id, "changed": changed},
         seed_requested=planned.request.seed,
     )
     return image_jobs.summary("Forked into", artifact, planned.label), artifact
+
+
+fork_image = Tool(
+    name="fork_image",
+    description=DESCRIPTION,
+    args=ForkImageArgs,
+    run=_fork_image,
+    commands=(
+        Command(
+            "fork",
+            "git-branch",
+            "Redo an earlier image with changes: /fork ID --size 1536x1024 [--prompt ...]",
+            text="image_id",
+            needs_text="Name the image to fork from, e.g. /fork 1a2b3c4d --size 1536x1024.",
+        ),
+    ),
+)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +35,7 @@ from pipelines.video.video_base import (
 from pipelines.video.video_registry import VideoBackendRegistry
 from tools import image_jobs, lora_access, spending
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 
 LATEST = "latest"
 # Stands in for a keyframe not drawn yet, so the clip's request is checked (and refused
@@ -50,7 +51,7 @@ class GenerateVideoArgs(BaseModel):
             "whole scene."
         ),
     )
-    image_id: str | None = Field(
+    image_id: Annotated[str | None, Option(flag="image", image=True)] = Field(
         None,
         description=(
             "The image to animate: its full id, or 'latest' for the conversation's most "
@@ -80,12 +81,12 @@ DESCRIPTION = (
 
 
 def _stores(ctx: ToolContext) -> tuple[VideoStore, VideoBackendRegistry]:
-    if ctx.videos is None or ctx.video_backends is None:
+    if ctx.services.videos is None or ctx.services.video_backends is None:
         raise RuntimeError(
-            "ToolContext.videos and .video_backends are not set: build it with a VideoStore "
+            "Services.videos and .video_backends are not set: build them with a VideoStore "
             "and a VideoBackendRegistry."
         )
-    return ctx.videos, ctx.video_backends
+    return ctx.services.videos, ctx.services.video_backends
 
 
 def choose_backend(
@@ -94,42 +95,32 @@ def choose_backend(
     """The asked backend, else the conversation's image backend if it makes video."""
     if spec:
         return registry.resolve(spec)
-    image_spec = ctx.defaults.backend or ""
+    image_spec = ctx.turn.defaults.backend or ""
     backend = registry.default_for(image_spec.partition(":")[0].strip().lower() or None)
     return backend, backend.default_model
 
 
-async def generate_video(
-    ctx: ToolContext,
-    prompt: str | None = None,
-    image_id: str | None = None,
-    seconds: float | None = None,
-    fps: int | None = None,
-    size: str | None = None,
-    seed: int | None = None,
-    steps: int | None = None,
-    backend: str | None = None,
-) -> tuple[str, ToolArtifact]:
+async def _generate_video(ctx: ToolContext, args: GenerateVideoArgs) -> tuple[str, ToolArtifact]:
     store, registry = _stores(ctx)
-    video_backend, model = choose_backend(ctx, registry, backend)
+    video_backend, model = choose_backend(ctx, registry, args.backend)
     # Another user's Replicate-trained LoRA model is theirs alone (tools/lora_access.py).
     await lora_access.authorise(ctx, video_backend.id, model, ())
     notes: list[str] = []
-    status = ctx.backends.check_model(video_backend.id, model, "video model")
+    status = ctx.services.backends.check_model(video_backend.id, model, "video model")
     warning = status.warning() if status is not None else None
     if warning:
         notes.append(warning)
     caps = video_backend.capabilities(model)
     label = f"{video_backend.label} {model}"
-    prompt = (prompt or "").strip() or None
-    animate = bool(image_id) or prompt is None
+    prompt = (args.prompt or "").strip() or None
+    animate = bool(args.image_id) or prompt is None
     keyframe_needed = not animate and not caps.text_to_video
 
     # 1. The source image (the user's own, or one to draw), and the clip's request,
     #    checked before anything runs.
     source: ImageRecord | None = None
     if animate:
-        source = await ctx.image(None if image_id in (None, LATEST) else image_id)
+        source = await ctx.image(None if args.image_id in (None, LATEST) else args.image_id)
     sent_prompt = prompt
     if prompt and caps.prompt == "none" and (animate or keyframe_needed):
         sent_prompt = None
@@ -138,19 +129,19 @@ async def generate_video(
                 f"{label} takes no prompt: the motion comes from the image alone, so "
                 f"{prompt!r} was recorded but not used."
             )
-    if seed is not None and not caps.seed:
+    if args.seed is not None and not caps.seed:
         notes.append(
-            f"{label} has no seed parameter: seed {seed} was recorded but not used, so this "
+            f"{label} has no seed parameter: seed {args.seed} was recorded but not used, so this "
             "clip cannot be reproduced exactly."
         )
     request = VideoRequest(
         prompt=sent_prompt,
         model=model,
-        seconds=seconds,
-        fps=fps,
-        size=size,
-        seed=seed if caps.seed else None,
-        steps=steps,
+        seconds=args.seconds,
+        fps=args.fps,
+        size=args.size,
+        seed=args.seed if caps.seed else None,
+        steps=args.steps,
     )
     first_frame = _KEYFRAME_TO_COME if keyframe_needed else None
     if source is not None:
@@ -161,17 +152,21 @@ async def generate_video(
     artifact = ToolArtifact(notes=notes)
     if keyframe_needed:
         assert prompt is not None
-        source, keyframe = await _draw_keyframe(ctx, prompt, label)
+        source, keyframe, shown = await _draw_keyframe(ctx, prompt, label)
         notes.append(
             f"{label} animates images only, so a keyframe was drawn first (image {source.id[:8]})."
         )
-        if ctx.show is None:
+        if not shown:
             artifact.images.extend(keyframe.images)
         first_frame = await image_jobs.input_image(ctx, source)
     request = replace(request, image=first_frame)
 
     # 3. Price it, then run it as a paid action and record it.
-    estimate = ctx.prices.estimate(video_backend.id, model, n=1) if ctx.prices is not None else None
+    estimate = (
+        ctx.services.prices.estimate(video_backend.id, model, n=1)
+        if ctx.services.prices is not None
+        else None
+    )
     if estimate is None:
         record, data = await _make(
             ctx, store, video_backend, request, prompt, source, keyframe_needed, None
@@ -194,21 +189,22 @@ async def generate_video(
 
 async def _draw_keyframe(
     ctx: ToolContext, prompt: str, video_label: str
-) -> tuple[ImageRecord, ToolArtifact]:
-    """A first frame from the conversation's image backend, shown before the clip runs."""
+) -> tuple[ImageRecord, ToolArtifact, bool]:
+    """A first frame from the conversation's image backend, shown before the clip runs.
+
+    The flag says whether the port showed it now; if not, it goes out with the clip.
+    """
     planned = image_jobs.plan(ctx, prompt)
     keyframe = await image_jobs.run(ctx, planned, prompt_typed=prompt)
     record = keyframe.images[0][0]
-    if ctx.show is not None:
-        shown = replace(
-            keyframe,
-            caption=(
-                f"Keyframe for the clip: *{record.prompt_sent[:300]}* (image "
-                f"`{record.id[:8]}`, {planned.label}). Animating it with {video_label}…"
-            ),
-        )
-        await ctx.show(shown)
-    return record, keyframe
+    captioned = replace(
+        keyframe,
+        caption=(
+            f"Keyframe for the clip: *{record.prompt_sent[:300]}* (image "
+            f"`{record.id[:8]}`, {planned.label}). Animating it with {video_label}…"
+        ),
+    )
+    return record, keyframe, await ctx.port.show(captioned)
 
 
 async def _make(
@@ -222,7 +218,7 @@ async def _make(
     charge: spending.Charge | None,
 ) -> tuple[VideoRecord, bytes]:
     """Generate, price, and store the clip with its lineage."""
-    progress = ctx.new_progress(f"{backend.label} {request.model}")
+    progress = ctx.port.progress(f"{backend.label} {request.model}")
     started = time.perf_counter()
     result = await backend.generate(request, progress)
     duration_ms = int((time.perf_counter() - started) * 1000)
@@ -258,8 +254,8 @@ async def _make(
             "lines": cost.lines,
         }
     record = await store.record(
-        ctx.thread_id,
-        ctx.user_id,
+        ctx.turn.thread_id,
+        ctx.turn.user_id,
         NewVideo(
             data=video.data,
             poster=video.poster,
@@ -276,7 +272,7 @@ async def _make(
             parameters=parameters,
             seed=result.seed,
             source_image_id=source.id if source is not None else None,
-            message_id=ctx.message_id,
+            message_id=ctx.turn.message_id,
             cost_usd=None if cost is None or cost.unpriced else cost.usd,
             duration_ms=duration_ms,
         ),
@@ -285,9 +281,9 @@ async def _make(
 
 
 def _actual_cost(ctx: ToolContext, result: VideoResult, duration_ms: int) -> Cost | None:
-    if ctx.prices is None:
+    if ctx.services.prices is None:
         return None
-    return ctx.prices.actual(
+    return ctx.services.prices.actual(
         result.backend,
         result.model,
         n=1,
@@ -311,3 +307,26 @@ def summary(record: VideoRecord, label: str, notes: list[str]) -> str:
     if notes:
         text += "\nNote: " + " ".join(notes)
     return text
+
+
+generate_video = Tool(
+    name="generate_video",
+    description=DESCRIPTION,
+    args=GenerateVideoArgs,
+    run=_generate_video,
+    commands=(
+        Command(
+            "video",
+            "clapperboard",
+            "Make a clip: /video a fox running in snow [--image ID|latest] --seconds 5 --fps 24",
+            text="prompt",
+        ),
+        Command(
+            "animate",
+            "film",
+            "Animate the latest image: /animate the fox turns its head [--image ID] --seconds 4",
+            text="prompt",
+            preset={"image_id": LATEST},
+        ),
+    ),
+)

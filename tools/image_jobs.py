@@ -16,8 +16,8 @@ from typing import Any
 
 from core import money
 from core.errors import InvalidInput, ModelUnavailable
+from core.image_decoding import open_image
 from memory.images import ImageRecord, NewImage
-from memory.png_metadata import open_image
 from pipelines.catalogue.pricing import Estimate
 from pipelines.images.base import (
     Capabilities,
@@ -102,14 +102,14 @@ def plan(
     panel defaults, an inherited value the chosen model cannot take is left out with a
     note, because the user did not ask for it in this call.
     """
-    defaults = ctx.defaults
-    spec = backend_spec or defaults.backend or ctx.backends.default_id()
-    backend, model = ctx.backends.resolve(spec)
+    defaults = ctx.turn.defaults
+    spec = backend_spec or defaults.backend or ctx.services.backends.default_id()
+    backend, model = ctx.services.backends.resolve(spec)
     if not backend_spec and defaults.model and ":" not in (defaults.backend or ""):
         model = defaults.model
     notes: list[str] = []
     # A retired model is refused here, before anything is priced, reserved or sent.
-    status = ctx.backends.check_model(backend.id, model, "image model")
+    status = ctx.services.backends.check_model(backend.id, model, "image model")
     warning = status.warning() if status is not None else None
     if warning:
         notes.append(warning)
@@ -145,7 +145,7 @@ def _show(value: Any) -> str:
 
 
 async def input_image(ctx: ToolContext, record: ImageRecord) -> InputImage:
-    data = await asyncio.to_thread(ctx.images.read, record)
+    data = await asyncio.to_thread(ctx.services.images.read, record)
     return InputImage(
         data=data, mime=record.mime, width=record.width, height=record.height, image_id=record.id
     )
@@ -190,10 +190,10 @@ async def authorised(ctx: ToolContext, planned: Plan) -> Plan:
 
 def estimate(ctx: ToolContext, planned: Plan, n: int | None = None) -> Estimate | None:
     """The table's price for a planned request (`n` overrides its count, for batches)."""
-    if ctx.prices is None:
+    if ctx.services.prices is None:
         return None
     request = planned.request
-    return ctx.prices.estimate(
+    return ctx.services.prices.estimate(
         planned.backend.id,
         request.model,
         n=n or request.n,
@@ -259,12 +259,12 @@ async def _generate(
     charge: spending.Charge | None,
 ) -> ToolArtifact:
     backend, request = planned.backend, planned.request
-    progress = ctx.new_progress(f"{backend.label} {request.model}")
+    progress = ctx.port.progress(f"{backend.label} {request.model}")
     started = time.perf_counter()
     try:
         result = await backend.generate(request, progress)
     except ModelUnavailable as exc:
-        catalogue = ctx.backends.catalogue
+        catalogue = ctx.services.backends.catalogue
         hint = catalogue.replacement_hint(exc.backend, exc.model) if catalogue else ""
         raise ModelUnavailable(exc.message + hint, exc.backend, exc.model) from exc
     duration_ms = int((time.perf_counter() - started) * 1000)
@@ -288,8 +288,8 @@ async def _generate(
     }
     costs_each: list[Decimal | None] = [None] * len(result.images)
     cost = None
-    if ctx.prices is not None and result.images:
-        cost = ctx.prices.actual(
+    if ctx.services.prices is not None and result.images:
+        cost = ctx.services.prices.actual(
             result.backend,
             result.model,
             n=len(result.images),
@@ -315,9 +315,9 @@ async def _generate(
             "mask": request.mask.image_id if request.mask else None,
         }
     for image, cost_each in zip(result.images, costs_each, strict=True):
-        record, stored = await ctx.images.record(
-            ctx.thread_id,
-            ctx.user_id,
+        record, stored = await ctx.services.images.record(
+            ctx.turn.thread_id,
+            ctx.turn.user_id,
             NewImage(
                 data=image.data,
                 mime=image.mime,
@@ -330,7 +330,7 @@ async def _generate(
                 parameters=parameters,
                 seed=image.seed,
                 parent_id=parent_id,
-                message_id=ctx.message_id,
+                message_id=ctx.turn.message_id,
                 duration_ms=duration_ms,
                 cost_usd=cost_each,
             ),

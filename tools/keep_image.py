@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from tools import curate_images
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 
 
 class KeepImageArgs(BaseModel):
-    image_id: str = Field(description="The candidate to keep (its full id from the curation).")
+    image_id: Annotated[str, Option(image=True)] = Field(
+        description="The candidate to keep (its full id from the curation)."
+    )
 
 
 DESCRIPTION = (
@@ -19,12 +24,32 @@ DESCRIPTION = (
 )
 
 
-async def keep_image(ctx: ToolContext, image_id: str) -> tuple[str, ToolArtifact]:
-    await ctx.image(image_id)  # not found unless it is this user's image
-    curation, displaced = await ctx.curation_store().overrule(image_id, ctx.user_id)
+async def _keep_image(ctx: ToolContext, args: KeepImageArgs) -> tuple[str, ToolArtifact]:
+    await ctx.image(args.image_id)  # not found unless it is this user's image
+    curation, displaced = await ctx.services.curation_store().overrule(
+        args.image_id, ctx.turn.user_id
+    )
     note = f"Image {displaced[:8]} is no longer kept." if displaced else ""
     text = curate_images.describe(curation, [note] if note else [])
     return (
-        f"Kept image {image_id} by the user's choice. {note}\n" + curate_images.summary(curation),
+        f"Kept image {args.image_id} by the user's choice. {note}\n"
+        + curate_images.summary(curation),
         ToolArtifact(text=text),
     )
+
+
+keep_image = Tool(
+    name="keep_image",
+    description=DESCRIPTION,
+    args=KeepImageArgs,
+    run=_keep_image,
+    commands=(
+        Command(
+            "keep",
+            "check",
+            "Overrule a curation: /keep ID",
+            text="image_id",
+            needs_text="Name the candidate to keep, e.g. /keep 1a2b3c4d.",
+        ),
+    ),
+)

@@ -37,15 +37,15 @@ async def authorise(
 
     Also refuses a Replicate model that another user's LoRA training claims.
     """
-    store = ctx.trainings.loras if ctx.trainings is not None else None
+    store = ctx.services.trainings.loras if ctx.services.trainings is not None else None
     if backend_id == "replicate" and store is not None:
-        await check_replicate_model(store, ctx.user_id, model)
+        await check_replicate_model(store, ctx.turn.user_id, model)
     if not loras:
         return loras
     lora_dir = _lora_dir(ctx)
     own = {}
     if store is not None:
-        for record in await store.for_user(ctx.user_id):
+        for record in await store.for_user(ctx.turn.user_id):
             if record.backend == "local":
                 own[record.name.lower()] = record.name
     taken = await store.names_in_use() if store is not None else set()
@@ -82,10 +82,10 @@ async def check_destination(store: LoraStore, user_id: str, destination: str) ->
 
 
 def _lora_dir(ctx: ToolContext) -> Path | None:
-    if ctx.trainings is not None:
-        return ctx.trainings.lora_dir
+    if ctx.services.trainings is not None:
+        return ctx.services.trainings.lora_dir
     try:
-        backend = ctx.backends.get("local")
+        backend = ctx.services.backends.get("local")
     except AtelierError:  # no local backend: no LoRA files to apply either
         return None
     return getattr(backend, "lora_dir", None)
@@ -123,7 +123,7 @@ async def _unknown(
     if store is not None:
         mine = [
             r.name
-            for r in await store.for_user(ctx.user_id, status="succeeded")
+            for r in await store.for_user(ctx.turn.user_id, status="succeeded")
             if r.backend == "local"
         ]
     shared = await asyncio.to_thread(shared_names, lora_dir, taken)

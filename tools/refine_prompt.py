@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from core.errors import InvalidInput
 from tools import image_jobs
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Tool
 from tools.styles import Style
 
 MAX_REWRITE_CHARS = 2000
@@ -42,7 +43,7 @@ DESCRIPTION = (
 
 
 async def rewrite(ctx: ToolContext, prompt: str, style: Style | None) -> str:
-    if ctx.rewrite is None:
+    if ctx.services.rewrite is None:
         return style.apply(prompt) if style else prompt
     instructions = INSTRUCTIONS
     if style:
@@ -50,35 +51,28 @@ async def rewrite(ctx: ToolContext, prompt: str, style: Style | None) -> str:
             f"\nStyle to apply: {style.description}. {style.guidance or ''}\n"
             f"Include these style words: {style.apply('').strip(', ')}"
         )
-    text = (await ctx.rewrite(instructions, prompt)).strip().strip('"').strip()
+    text = (await ctx.services.rewrite(instructions, prompt)).strip().strip('"').strip()
     if not text:
         raise InvalidInput("The chat model returned an empty rewrite; try again.")
     return text[:MAX_REWRITE_CHARS]
 
 
-async def refine_prompt(
-    ctx: ToolContext,
-    prompt: str,
-    style: str | None = None,
-    generate: bool = True,
-    n: int = 1,
-    size: str | None = None,
-) -> tuple[str, ToolArtifact]:
-    prompt = (prompt or "").strip()
+async def _refine_prompt(ctx: ToolContext, args: RefinePromptArgs) -> tuple[str, ToolArtifact]:
+    prompt = args.prompt.strip()
     if not prompt:
         raise InvalidInput("Give a prompt to refine, e.g. 'a red apple'.")
-    chosen = ctx.styles.get(style) if style else None
+    chosen = ctx.services.styles.get(args.style) if args.style else None
     rewritten = await rewrite(ctx, prompt, chosen)
     shown = f"**Original:** {prompt}\n\n**Rewritten{f' ({chosen.name})' if chosen else ''}:** "
     shown += rewritten
-    if not generate:
+    if not args.generate:
         return f"Rewrote the prompt to: {rewritten}", ToolArtifact(text=shown)
     negative = chosen.negative if chosen else None
     lineage = {"operation": "refine", "style": chosen.name if chosen else None}
 
     async def draw(negative_prompt: str | None) -> ToolArtifact:
         planned = image_jobs.plan(
-            ctx, rewritten, None, n=n, size=size, negative_prompt=negative_prompt
+            ctx, rewritten, None, n=args.n, size=args.size, negative_prompt=negative_prompt
         )
         return await image_jobs.run(
             ctx,
@@ -88,7 +82,7 @@ async def refine_prompt(
             seed_requested=planned.request.seed,
         )
 
-    planned = image_jobs.plan(ctx, rewritten, None, n=n, size=size)
+    planned = image_jobs.plan(ctx, rewritten, None, n=args.n, size=args.size)
     if negative and planned.backend.capabilities(planned.request.model).negative_prompt:
         try:
             artifact = await draw(negative)
@@ -105,3 +99,20 @@ async def refine_prompt(
     return image_jobs.summary("Generated from the refined prompt", artifact, planned.label), (
         artifact
     )
+
+
+refine_prompt = Tool(
+    name="refine_prompt",
+    description=DESCRIPTION,
+    args=RefinePromptArgs,
+    run=_refine_prompt,
+    commands=(
+        Command(
+            "refine",
+            "sparkles",
+            "Improve a prompt, then draw it: /refine a red apple --style crayon",
+            text="prompt",
+            needs_text="Give a prompt to refine, e.g. /refine a red apple --style crayon.",
+        ),
+    ),
+)

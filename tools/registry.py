@@ -1,17 +1,13 @@
-"""The agent's tools as langchain-core tools, bound to one conversation's context.
+"""The agent's tools, in the order the model sees them.
 
-Adding a tool is one module (an args model, a description, an async function taking the
-ToolContext first) plus one line in `TOOLS`.
+Adding a tool is one module that declares a `Tool` (tools/declaration.py: an arguments
+model, a description, `run(ctx, args)` and its slash commands) plus one line here.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any
-
-from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel
 
 from tools import (
     check_quality,
@@ -26,79 +22,43 @@ from tools import (
     train_lora,
     variations,
 )
-from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Tool
 
-ToolFunction = Callable[..., Awaitable[tuple[str, ToolArtifact]]]
-
-TOOLS: list[tuple[str, str, type[BaseModel], ToolFunction]] = [
-    (
-        "generate_image",
-        generate_image.DESCRIPTION,
-        generate_image.GenerateImageArgs,
-        generate_image.generate_image,
-    ),
-    ("edit_image", edit_image.DESCRIPTION, edit_image.EditImageArgs, edit_image.edit_image),
-    (
-        "generate_video",
-        generate_video.DESCRIPTION,
-        generate_video.GenerateVideoArgs,
-        generate_video.generate_video,
-    ),
-    (
-        "refine_prompt",
-        refine_prompt.DESCRIPTION,
-        refine_prompt.RefinePromptArgs,
-        refine_prompt.refine_prompt,
-    ),
-    ("variations", variations.DESCRIPTION, variations.VariationsArgs, variations.variations),
-    ("fork_image", fork_image.DESCRIPTION, fork_image.ForkImageArgs, fork_image.fork_image),
-    (
-        "curate_images",
-        curate_images.DESCRIPTION,
-        curate_images.CurateImagesArgs,
-        curate_images.curate_images,
-    ),
-    ("keep_image", keep_image.DESCRIPTION, keep_image.KeepImageArgs, keep_image.keep_image),
-    (
-        "estimate_cost",
-        estimate_cost.DESCRIPTION,
-        estimate_cost.EstimateCostArgs,
-        estimate_cost.estimate_cost,
-    ),
-    (
-        "check_quality",
-        check_quality.DESCRIPTION,
-        check_quality.CheckQualityArgs,
-        check_quality.check_quality,
-    ),
-    ("train_lora", train_lora.DESCRIPTION, train_lora.TrainLoraArgs, train_lora.train_lora),
-    (
-        "stop_training",
-        train_lora.STOP_DESCRIPTION,
-        train_lora.StopTrainingArgs,
-        train_lora.stop_training,
-    ),
-    (
-        "resume_training",
-        train_lora.RESUME_DESCRIPTION,
-        train_lora.ResumeTrainingArgs,
-        train_lora.resume_training,
-    ),
-]
+TOOLS: tuple[Tool[Any], ...] = (
+    generate_image.generate_image,
+    edit_image.edit_image,
+    generate_video.generate_video,
+    refine_prompt.refine_prompt,
+    variations.variations,
+    fork_image.fork_image,
+    curate_images.curate_images,
+    keep_image.keep_image,
+    estimate_cost.estimate_cost,
+    check_quality.check_quality,
+    train_lora.train_lora,
+    train_lora.stop_training,
+    train_lora.resume_training,
+)
+BY_NAME: dict[str, Tool[Any]] = {tool.name: tool for tool in TOOLS}
 
 
-def build_tools(ctx: ToolContext) -> list[BaseTool]:
-    """Tools whose results are (text for the model, artifact for the chat)."""
-    tools: list[BaseTool] = []
-    for name, description, args, function in TOOLS:
-        bound: Callable[..., Awaitable[Any]] = functools.partial(function, ctx)
-        tools.append(
-            StructuredTool.from_function(
-                coroutine=bound,
-                name=name,
-                description=description,
-                args_schema=args,
-                response_format="content_and_artifact",
-            )
-        )
-    return tools
+@cache
+def schemas() -> list[dict[str, Any]]:
+    """What the chat model is shown: built once per process, not on every call."""
+    return [tool.schema for tool in TOOLS]
+
+
+def commands() -> list[tuple[Command, Tool[Any]]]:
+    """Every tool's slash commands, in the tools' order."""
+    return [(command, tool) for tool in TOOLS for command in tool.commands]
+
+
+def find_command(name: str, text: str) -> tuple[Command, Tool[Any], str] | None:
+    """`train`, `stop NAME` -> the `train stop` command and `NAME`; None if unknown."""
+    word, _, rest = text.partition(" ")
+    by_name = {command.name: (command, tool) for command, tool in commands()}
+    two_words = by_name.get(f"{name} {word.lower()}")
+    if two_words is not None:
+        return (*two_words, rest.strip())
+    one_word = by_name.get(name)
+    return (*one_word, text) if one_word is not None else None

@@ -180,30 +180,34 @@ async def paid_action(
     same message) and memory.ledger.BudgetExceeded past a hard limit, all before the
     body runs.
     """
-    estimate = for_budget(estimate, ctx.operator_limits, backend=backend, model=model, units=units)
+    estimate = for_budget(
+        estimate, ctx.services.operator_limits, backend=backend, model=model, units=units
+    )
     charge = Charge(estimate=estimate)
     if estimate.unpriced:
-        charge.unpriced_each = (ctx.operator_limits or OperatorLimits()).unpriced_reserve_usd
+        charge.unpriced_each = (
+            ctx.services.operator_limits or OperatorLimits()
+        ).unpriced_reserve_usd
     label = label or f"this {what}"
-    turn = ctx.turn if ctx.turn is not None else TurnGuard()
+    turn = ctx.turn.guard if ctx.turn.guard is not None else TurnGuard()
     _refuse_if_declined(turn, label)
-    if is_paid(estimate) and ctx.announce is not None:
-        await ctx.announce(describe(estimate, label))
-    ledger = ctx.ledger
+    if is_paid(estimate):
+        await ctx.port.announce(describe(estimate, label))
+    ledger = ctx.services.ledger
     if ledger is not None:
         # One decision at a time per message: its total and its reservations move together.
         async with turn.lock:
             _refuse_if_declined(turn, label)  # a call that waited here while the user said no
             await _confirm_if_above_threshold(ctx, ledger, turn, estimate, label, what)
             charge.reservation = await ledger.reserve(
-                user_id=ctx.user_id,
-                thread_id=ctx.thread_id,
+                user_id=ctx.turn.user_id,
+                thread_id=ctx.turn.thread_id,
                 backend=backend,
                 model=model,
                 what=what,
                 estimate_usd=estimate.usd,
-                operator_limits=ctx.operator_limits,
-                message_id=ctx.message_id,
+                operator_limits=ctx.services.operator_limits,
+                message_id=ctx.turn.message_id,
             )
             turn.committed_usd += estimate.usd
     try:
@@ -216,7 +220,7 @@ async def paid_action(
             if charge.costs:
                 await _settle(ctx, charge, turn)
             else:
-                await ledger.release(charge.reservation.id, user_id=ctx.user_id)
+                await ledger.release(charge.reservation.id, user_id=ctx.turn.user_id)
                 turn.committed_usd -= estimate.usd
         raise
     if ledger is not None and charge.reservation is not None:
@@ -241,7 +245,9 @@ async def _confirm_if_above_threshold(
 ) -> None:
     """Ask when this action alone, or the message's total with it, passes the threshold."""
     threshold = await ledger.confirmation_threshold(
-        user_id=ctx.user_id, thread_id=ctx.thread_id, operator_limits=ctx.operator_limits
+        user_id=ctx.turn.user_id,
+        thread_id=ctx.turn.thread_id,
+        operator_limits=ctx.services.operator_limits,
     )
     if threshold is None or not turn.needs_question(estimate.usd, threshold):
         return
@@ -260,7 +266,7 @@ async def _confirm_if_above_threshold(
             "threshold. Go ahead?"
         )
     # Without a way to ask (a caller with no chat), above the threshold means no.
-    confirmed = await ctx.confirm(question) if ctx.confirm is not None else False
+    confirmed = await ctx.port.confirm(question)
     if not confirmed:
         turn.declined = True
         log.info("paid_action_declined", what=what, estimate_usd=str(estimate.usd))
@@ -272,13 +278,13 @@ async def _confirm_if_above_threshold(
 
 
 async def _settle(ctx: ToolContext, charge: Charge, turn: TurnGuard) -> None:
-    assert ctx.ledger is not None and charge.reservation is not None
+    assert ctx.services.ledger is not None and charge.reservation is not None
     usd, source = charge.actual()
     if usd is not None:
         turn.committed_usd += usd - charge.estimate.usd
-    await ctx.ledger.settle(
+    await ctx.services.ledger.settle(
         charge.reservation.id,
-        user_id=ctx.user_id,
+        user_id=ctx.turn.user_id,
         actual_usd=usd,
         source=source if usd is not None else "unknown",
         image_id=charge.image_id,

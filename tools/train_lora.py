@@ -12,6 +12,9 @@ and this call returns at once; the chat stays usable. `stop_training` and
 Checks come first and name what is wrong: the name (free on disk and in the user's
 registry), the images (the user's own, at least two), the settings (the trainer's own
 checks), before the dataset is written or anything is asked.
+
+Length: starting and resuming share every check, the dataset handling and the estimate;
+the three training tools are declared here together so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 import shutil
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +43,7 @@ from pipelines.training.lora_dataset import (
 from pipelines.training.lora_formats import LoraLayout, check_lora_name
 from tools import lora_access, spending
 from tools.context import ToolArtifact, ToolContext
+from tools.declaration import Command, Option, Tool
 from tools.training_estimate import (
     TrainingEstimate,
     duration,
@@ -62,22 +66,24 @@ MAX_IMAGE_IDS = 200
 
 class TrainLoraArgs(BaseModel):
     name: str = Field(description="Name of the new LoRA: letters, digits, '-' or '_'.")
-    trigger_word: str | None = Field(
+    trigger_word: Annotated[str | None, Option(flag="trigger")] = Field(
         None,
         description="One rare word that calls up the style/subject in prompts, e.g. 'TOK'. "
         "Defaults to the name.",
     )
-    images: list[str] | None = Field(
+    images: Annotated[list[str] | None, Option(image=True)] = Field(
         None,
         description="Image ids to train on. Omit to use the images kept in this conversation.",
     )
     steps: int | None = Field(None, description="Training steps (default 1000).")
     rank: int | None = Field(None, description="LoRA rank (default 16).")
-    learning_rate: float | None = Field(None, description="Default 1e-4 local, 4e-4 Replicate.")
+    learning_rate: Annotated[float | None, Option(flag="lr")] = Field(
+        None, description="Default 1e-4 local, 4e-4 Replicate."
+    )
     resolution: int | None = Field(
         None, description="Training size in px (512 local, 1024 Replicate)."
     )
-    base_model: str | None = Field(
+    base_model: Annotated[str | None, Option(flag="base")] = Field(
         None, description="Model to train on (local: the local default; Replicate: the trainer)."
     )
     backend: Literal["local", "replicate"] = Field("local", description="local or replicate.")
@@ -112,74 +118,59 @@ RESUME_DESCRIPTION = "Continue a stopped or interrupted local LoRA training from
 
 
 def _jobs(ctx: ToolContext) -> TrainingJobs:
-    if ctx.trainings is None:
+    if ctx.services.trainings is None:
         raise InvalidInput("LoRA training is not available in this app.")
-    return ctx.trainings
+    return ctx.services.trainings
 
 
-async def train_lora(
-    ctx: ToolContext,
-    name: str,
-    trigger_word: str | None = None,
-    images: list[str] | None = None,
-    steps: int | None = None,
-    rank: int | None = None,
-    learning_rate: float | None = None,
-    resolution: int | None = None,
-    base_model: str | None = None,
-    backend: str = "local",
-    licence: str | None = None,
-    destination: str | None = None,
-    zips: list[tuple[str, bytes]] | None = None,
-) -> tuple[str, ToolArtifact]:
+async def _train_lora(ctx: ToolContext, args: TrainLoraArgs) -> tuple[str, ToolArtifact]:
     """Check, prepare the dataset, estimate, confirm, start in the background; return at once.
 
-    `zips` ((file name, bytes) of uploaded zip archives) comes from the chat's
-    attachments, never from the model.
+    Zip archives come from the message's attachments (`ctx.turn`), never from the model.
     """
     jobs = _jobs(ctx)
     # 1. Inputs that need nothing loaded.
-    if backend not in ("local", "replicate"):
-        raise InvalidInput(f"backend must be 'local' or 'replicate', not {backend!r}.")
-    layout = check_lora_name(name, jobs.lora_dir)
-    if await jobs.loras.find(ctx.user_id, name) is not None:
+    jobs.backends.get(args.backend)  # refuses an unconfigured backend, saying how to enable it
+    layout = check_lora_name(args.name, jobs.lora_dir)
+    if await jobs.loras.find(ctx.turn.user_id, args.name) is not None:
         raise InvalidInput(
-            f"You already have a LoRA (or a training) called {name!r}. Choose another name, "
+            f"You already have a LoRA (or a training) called {args.name!r}. Choose another name, "
             "or `/train resume NAME` to continue a stopped one."
         )
-    trigger = check_trigger_word(trigger_word or name[:40])
-    steps = DEFAULT_STEPS if steps is None else steps
-    rank = DEFAULT_RANK if rank is None else rank
-    learning_rate = DEFAULT_LEARNING_RATE[backend] if learning_rate is None else learning_rate
-    resolution = DEFAULT_RESOLUTION[backend] if resolution is None else resolution
-    if licence is not None and not licence.strip():
-        licence = None
+    trigger = check_trigger_word(args.trigger_word or args.name[:40])
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    rank = DEFAULT_RANK if args.rank is None else args.rank
+    learning_rate = (
+        DEFAULT_LEARNING_RATE[args.backend] if args.learning_rate is None else args.learning_rate
+    )
+    resolution = DEFAULT_RESOLUTION[args.backend] if args.resolution is None else args.resolution
+    licence = args.licence if args.licence is None or args.licence.strip() else None
     if licence is not None and len(licence) > 200:
         raise InvalidInput("The licence text is too long (200 characters at most).")
     # 2. Where it would run, and its own checks.
-    if backend == "local":
+    if args.backend == "local":
         local = _local_backend(ctx)
-        base = base_model or local.default_model
+        base = args.base_model or local.default_model
         local.model_source(base)  # a hub id, the operator's model or its models folder
         params = _local_params(steps, rank, learning_rate)
         _check_local_params(params)
         trainer_name = base
     else:
         params = None
-        base, trainer_name = _replicate_checks(jobs, base_model, destination, steps, rank)
-        assert destination is not None  # _replicate_checks refuses a missing one
-        await lora_access.check_destination(jobs.loras, ctx.user_id, destination)
-        ctx.backends.check_model("replicate", trainer_name, "LoRA trainer")
+        base, trainer_name = _replicate_checks(jobs, args.base_model, args.destination, steps, rank)
+        assert args.destination is not None  # _replicate_checks refuses a missing one
+        await lora_access.check_destination(jobs.loras, ctx.turn.user_id, args.destination)
+        ctx.services.backends.check_model("replicate", trainer_name, "LoRA trainer")
         # An unpriced trainer the operator refuses is refused before any work is done.
         spending.for_budget(
-            replicate_estimate(ctx.prices, trainer=trainer_name, steps=steps).cost,
-            ctx.operator_limits,
+            replicate_estimate(ctx.services.prices, trainer=trainer_name, steps=steps).cost,
+            ctx.services.operator_limits,
             backend="replicate",
             model=trainer_name,
             units=1,
         )
     # 3. The images, then the dataset on disk (next to where the LoRA will be).
-    items = await _dataset_images(ctx, images, licence, zips)
+    items = await _dataset_images(ctx, args.images, licence)
     limits = DatasetLimits()
     dataset = await asyncio.to_thread(
         prepare_dataset,
@@ -191,41 +182,47 @@ async def train_lora(
     )
     try:
         # 4. The estimate, and the user's yes.
-        if backend == "local":
+        if args.backend == "local":
             estimate = await _local_estimate(ctx, jobs, base, steps, resolution)
         else:
-            estimate = replicate_estimate(ctx.prices, trainer=trainer_name, steps=steps)
+            estimate = replicate_estimate(ctx.services.prices, trainer=trainer_name, steps=steps)
         # What the budgets will count: an unpriced run is the operator's ceiling.
         estimate = replace(
             estimate,
             cost=spending.for_budget(
-                estimate.cost, ctx.operator_limits, backend=backend, model=base, units=1
+                estimate.cost,
+                ctx.services.operator_limits,
+                backend=args.backend,
+                model=base,
+                units=1,
             ),
         )
-        question = _question(name, backend, base, dataset, steps, rank, learning_rate, estimate)
-        confirmed = await ctx.confirm(question) if ctx.confirm is not None else False
+        question = _question(
+            args.name, args.backend, base, dataset, steps, rank, learning_rate, estimate
+        )
+        confirmed = await ctx.port.confirm(question)
         if not confirmed:
             raise spending.Declined(
-                f"Cancelled: the training of '{name}' did not start and nothing was spent."
+                f"Cancelled: the training of '{args.name}' did not start and nothing was spent."
             )
         parameters = {
             "steps": steps,
             "rank": rank,
             "learning_rate": learning_rate,
             "resolution": resolution,
-            "destination": destination,
+            "destination": args.destination,
             **({"training": _params_dict(params)} if params is not None else {}),
         }
         spec = TrainingSpec(
-            name=name,
-            backend=backend,
+            name=args.name,
+            backend=args.backend,
             base_model=base,
             trigger_word=trigger,
             dataset=dataset,
             estimate=estimate,
             steps=steps,
             params=params,
-            destination=destination,
+            destination=args.destination,
             rank=rank,
             learning_rate=learning_rate,
             manifest=_manifest(dataset),
@@ -243,8 +240,8 @@ async def train_lora(
     return text + f" Trigger word: {trigger}.", ToolArtifact()
 
 
-async def stop_training(ctx: ToolContext, name: str | None = None) -> tuple[str, ToolArtifact]:
-    record = _jobs(ctx).stop(ctx.user_id, name)
+async def _stop_training(ctx: ToolContext, args: StopTrainingArgs) -> tuple[str, ToolArtifact]:
+    record = _jobs(ctx).stop(ctx.turn.user_id, args.name)
     text = f"Stopping the training of '{record.name}' after the current step; " + (
         f"its checkpoint is kept (`/train resume {record.name}` continues)."
         if record.backend == "local"
@@ -253,14 +250,12 @@ async def stop_training(ctx: ToolContext, name: str | None = None) -> tuple[str,
     return text, ToolArtifact()
 
 
-async def resume_training(
-    ctx: ToolContext, name: str, steps: int | None = None
-) -> tuple[str, ToolArtifact]:
+async def _resume_training(ctx: ToolContext, args: ResumeTrainingArgs) -> tuple[str, ToolArtifact]:
     """Continue a stopped/interrupted/failed local training from its newest checkpoint."""
     from pipelines.training.lora_training import LocalLoraTrainer
 
     jobs = _jobs(ctx)
-    record = await jobs.loras.get(ctx.user_id, name)
+    record = await jobs.loras.get(ctx.turn.user_id, args.name)
     if jobs.is_running(record.id):
         raise InvalidInput(f"The training of '{record.name}' is already running.")
     if record.status == "succeeded":
@@ -279,7 +274,7 @@ async def resume_training(
             f"The training of '{record.name}' left no checkpoint to resume from; start it "
             "again under another name."
         )
-    total = steps or record.total_steps
+    total = args.steps or record.total_steps
     if total <= at:
         raise InvalidInput(
             f"'{record.name}' is already at step {at}; ask for more than {at} steps to continue."
@@ -294,7 +289,7 @@ async def resume_training(
         f"Resume training LoRA '{record.name}' from step {at} to {total} "
         f"({total - at} steps). Estimate: {estimate.describe()}. Go ahead?"
     )
-    confirmed = await ctx.confirm(question) if ctx.confirm is not None else False
+    confirmed = await ctx.port.confirm(question)
     if not confirmed:
         raise spending.Declined(f"Cancelled: '{record.name}' was not resumed; nothing was spent.")
     spec = TrainingSpec(
@@ -352,7 +347,7 @@ def describe_status(records: list[LoraRecord]) -> str:
 
 
 async def training_status(ctx: ToolContext) -> str:
-    return describe_status(await _jobs(ctx).loras.for_user(ctx.user_id))
+    return describe_status(await _jobs(ctx).loras.for_user(ctx.turn.user_id))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -360,7 +355,7 @@ async def training_status(ctx: ToolContext) -> str:
 
 def _local_backend(ctx: ToolContext) -> Any:
     try:
-        backend = ctx.backends.get("local")
+        backend = ctx.services.backends.get("local")
     except AtelierError:  # not installed, or turned off
         backend = None
     if backend is None or getattr(backend, "lora_dir", None) is None:
@@ -411,14 +406,10 @@ def _params_from(stored: dict[str, Any], steps: int) -> TrainingParams:
 def _replicate_checks(
     jobs: TrainingJobs, base_model: str | None, destination: str | None, steps: int, rank: int
 ) -> tuple[str, str]:
-    from pipelines.training.replicate_training import DEFAULT_TRAINER, TRAINERS
+    from pipelines.training.replicate_training import DEFAULT_TRAINER
 
-    if jobs.replicate_trainer is None:
-        raise InvalidInput(
-            "Replicate is not configured (set REPLICATE_API_TOKEN), so it cannot train."
-        )
     trainer = base_model or DEFAULT_TRAINER
-    known = jobs.replicate_trainer.trainers if jobs.replicate_trainer else TRAINERS
+    known = jobs.backends.get("replicate").trainers
     if trainer not in known:
         raise InvalidInput(
             f"{trainer!r} is not a Replicate LoRA trainer Atelier knows. Known: "
@@ -442,21 +433,20 @@ async def _dataset_images(
     ctx: ToolContext,
     image_ids: list[str] | None,
     licence: str | None,
-    zips: list[tuple[str, bytes]] | None,
 ) -> list[DatasetImage]:
     """The named images (the user's own), else the ones attached to this message, else
-    the kept ones; plus the images of any zip (given, or attached to this message)."""
+    the kept ones; plus the images of any zip attached to this message."""
     items: list[DatasetImage] = []
-    if image_ids is None and ctx.attached_images:
-        image_ids = list(ctx.attached_images)
-    for upload_name, data in zips or list(ctx.attached_zips):
+    if image_ids is None and ctx.turn.attached_images:
+        image_ids = list(ctx.turn.attached_images)
+    for upload_name, data in ctx.turn.attached_zips:
         items += await asyncio.to_thread(
             images_from_zip, data, upload_name=upload_name, licence=licence
         )
     if image_ids is not None or not items:
         records = await _records(ctx, image_ids)
         for record in records:
-            data = await asyncio.to_thread(ctx.images.read, record)
+            data = await asyncio.to_thread(ctx.services.images.read, record)
             items.append(_item(record, data, licence))
     return items
 
@@ -467,11 +457,13 @@ async def _records(ctx: ToolContext, image_ids: list[str] | None) -> list[ImageR
             raise InvalidInput(f"At most {MAX_IMAGE_IDS} images can be named for one training.")
         if len(set(image_ids)) != len(image_ids):
             raise InvalidInput("An image is named twice; name each image once.")
-        return [await ctx.images.get(image_id, ctx.user_id) for image_id in image_ids]
-    if ctx.curations is None:
+        return [await ctx.services.images.get(image_id, ctx.turn.user_id) for image_id in image_ids]
+    if ctx.services.curations is None:
         kept_ids: list[str] = []
     else:
-        verdicts = await ctx.curations.verdicts_for_thread(ctx.thread_id, ctx.user_id)
+        verdicts = await ctx.services.curations.verdicts_for_thread(
+            ctx.turn.thread_id, ctx.turn.user_id
+        )
         kept_ids = [image_id for image_id, (verdict, *_) in verdicts.items() if verdict == "kept"]
     if not kept_ids:
         raise InvalidInput(
@@ -479,7 +471,9 @@ async def _records(ctx: ToolContext, image_ids: list[str] | None) -> list[ImageR
             "`/keep ID`), name the images to train on (images=[ids], or `/train NAME --images "
             "id1,id2`), or upload a zip of them."
         )
-    thread_images = await ctx.images.for_thread(ctx.thread_id, ctx.user_id, limit=500)
+    thread_images = await ctx.services.images.for_thread(
+        ctx.turn.thread_id, ctx.turn.user_id, limit=500
+    )
     by_id = {record.id: record for record in thread_images}
     return [by_id[i] for i in kept_ids if i in by_id]
 
@@ -502,7 +496,7 @@ async def _local_estimate(
     previous = next(
         (
             r
-            for r in await jobs.loras.for_user(ctx.user_id, status="succeeded")
+            for r in await jobs.loras.for_user(ctx.turn.user_id, status="succeeded")
             if r.backend == "local"
             and r.base_model == base
             and r.metrics.get("device") == plan.device
@@ -511,7 +505,7 @@ async def _local_estimate(
     )
     return await asyncio.to_thread(
         local_estimate,
-        ctx.prices,
+        ctx.services.prices,
         base_model=base,
         device=plan.device,
         dtype=plan.dtype,
@@ -571,14 +565,58 @@ async def triggered_loras(ctx: ToolContext, prompt: str) -> list[LoraRecord]:
     Lets "draw TOK on a beach" use the LoRA that TOK calls up without naming it; only
     LoRAs whose file is in the local LoRA folder count, so a match always loads.
     """
-    if ctx.trainings is None:
+    if ctx.services.trainings is None:
         return []
-    jobs = ctx.trainings
+    jobs = ctx.services.trainings
     words = {word.lower() for word in re.findall(r"[A-Za-z0-9_-]+", prompt)}
     found = []
-    for record in await jobs.loras.for_user(ctx.user_id, status="succeeded"):
+    for record in await jobs.loras.for_user(ctx.turn.user_id, status="succeeded"):
         if record.backend != "local" or record.trigger_word.lower() not in words:
             continue
         if (jobs.lora_dir / f"{record.name}.safetensors").is_file():
             found.append(record)
     return found
+
+
+train_lora = Tool(
+    name="train_lora",
+    description=DESCRIPTION,
+    args=TrainLoraArgs,
+    run=_train_lora,
+    commands=(
+        Command(
+            "train",
+            "graduation-cap",
+            "Train a LoRA from kept images: /train NAME --trigger TOK [--steps N] [--images id,id]"
+            " · /train status · /train stop [NAME] · /train resume NAME",
+            text="name",
+            needs_text="Name the LoRA: /train NAME --trigger TOK (see /help).",
+        ),
+    ),
+)
+
+
+stop_training = Tool(
+    name="stop_training",
+    description=STOP_DESCRIPTION,
+    args=StopTrainingArgs,
+    run=_stop_training,
+    commands=(Command("train stop", "square", "Stop a training: /train stop [NAME]", text="name"),),
+)
+
+
+resume_training = Tool(
+    name="resume_training",
+    description=RESUME_DESCRIPTION,
+    args=ResumeTrainingArgs,
+    run=_resume_training,
+    commands=(
+        Command(
+            "train resume",
+            "play",
+            "Continue a training: /train resume NAME [--steps N]",
+            text="name",
+            needs_text="Name the training to resume: /train resume NAME.",
+        ),
+    ),
+)

@@ -17,6 +17,9 @@ loss history to the row (so a reloaded page and `/train status` read them from t
 database) and tells the watcher, which updates the chat message and its loss chart.
 On start-up, rows left queued/running by a dead process become "interrupted"
 (`LoraStore.mark_interrupted`); local ones resume from their newest checkpoint.
+
+Length: a job's life (start, publish, stop, finish, interrupt) is one state machine
+over one row and one reservation; split, its transitions would be in several places.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from core.logging_setup import get_logger
 from memory.loras import LoraRecord, LoraStore, NewLora
 from pipelines.catalogue.pricing import Cost
 from pipelines.training.lora_dataset import PreparedDataset
+from pipelines.training.registry import TrainingBackendRegistry
 from tools import spending
+from tools.context import QuietPort
 from tools.training_estimate import TrainingEstimate, duration
 
 if TYPE_CHECKING:
     from pipelines.training.lora_training import TrainingParams, TrainingProgress
-    from pipelines.training.replicate_training import ReplicateLoraTrainer
     from tools.context import ToolContext
 
 log = get_logger(__name__)
@@ -104,9 +108,12 @@ class _Outcome:
     text: str
 
 
-async def _already_confirmed(_question: str) -> bool:
-    # The training confirmation already showed this estimate and the user said yes.
-    return True
+class _ConfirmedPort(QuietPort):
+    """A training runs on after its message: nobody watches, and the user already said
+    yes to this estimate in the training's own confirmation."""
+
+    async def confirm(self, question: str) -> bool:
+        return True
 
 
 class TrainingJobs:
@@ -115,13 +122,14 @@ class TrainingJobs:
         loras: LoraStore,
         lora_dir: Path,
         *,
-        replicate_trainer: ReplicateLoraTrainer | None = None,
+        backends: TrainingBackendRegistry | None = None,
         watcher_factory: WatcherFactory | None = None,
         publish_every_s: float = 1.0,
     ) -> None:
         self.loras = loras
         self.lora_dir = lora_dir  # where datasets, checkpoints and local LoRAs live
-        self.replicate_trainer = replicate_trainer
+        # Which trainers are configured (pipelines/training/registry.py); none: all refuse.
+        self.backends = backends or TrainingBackendRegistry({})
         self.watcher_factory = watcher_factory
         self.publish_every_s = publish_every_s
         self._jobs: dict[str, _Job] = {}
@@ -135,7 +143,7 @@ class TrainingJobs:
 
         Raises what the reservation raises (a budget exceeded) before anything runs.
         """
-        job = _Job(spec=spec, ctx=replace(ctx, confirm=_already_confirmed, progress=None))
+        job = _Job(spec=spec, ctx=replace(ctx, port=_ConfirmedPort()))
         started: asyncio.Future[LoraRecord] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(self._run(job, started), name=f"training-{spec.name}")
         self._tasks.add(task)
@@ -239,7 +247,7 @@ class TrainingJobs:
         if spec.resume is not None:
             return await self.loras.update(
                 spec.resume.id,
-                ctx.user_id,
+                ctx.turn.user_id,
                 status="running",
                 error=None,
                 finished_at=None,
@@ -247,7 +255,7 @@ class TrainingJobs:
                 parameters={**spec.resume.parameters, **spec.parameters},
             )
         return await self.loras.create(
-            ctx.user_id,
+            ctx.turn.user_id,
             NewLora(
                 name=spec.name,
                 backend=spec.backend,
@@ -256,7 +264,7 @@ class TrainingJobs:
                 total_steps=spec.steps,
                 dataset=spec.manifest,
                 parameters=spec.parameters,
-                thread_id=ctx.thread_id,
+                thread_id=ctx.turn.thread_id,
             ),
         )
 
@@ -291,20 +299,19 @@ class TrainingJobs:
         job.train_started = time.monotonic()
         publisher = asyncio.create_task(self._publish_loop(job))
         try:
-            if job.spec.backend == "local":
-                return await self._train_local(job)
-            return await self._train_replicate(job)
+            run = {"local": self._train_local, "replicate": self._train_replicate}
+            return await run[job.spec.backend](job)
         finally:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             await self._publish(job)
 
     async def _train_local(self, job: _Job) -> _Outcome:
-        from pipelines.training.lora_training import LocalLoraTrainer, LocalTrainingRequest
+        from pipelines.training.lora_training import LocalTrainingRequest
 
         spec, ctx = job.spec, job.ctx
-        backend: Any = ctx.backends.get("local")
-        trainer = LocalLoraTrainer(backend.runner, backend.device, backend.lora_dir)
+        backend: Any = ctx.services.backends.get("local")
+        trainer = self.backends.get("local")
         assert spec.params is not None and job.progress is not None
         request = LocalTrainingRequest(
             spec.name,
@@ -339,8 +346,10 @@ class TrainingJobs:
             "samples": [_relative(path, lora_dir) for _, path in result.samples],
         }
         cost = None
-        if ctx.prices is not None:
-            cost = ctx.prices.actual("local", spec.base_model, gpu_seconds=round(seconds, 3))
+        if ctx.services.prices is not None:
+            cost = ctx.services.prices.actual(
+                "local", spec.base_model, gpu_seconds=round(seconds, 3)
+            )
         text = (
             f"✅ **LoRA '{spec.name}' is trained** ({spec.steps} steps in "
             f"{duration(seconds)}, final loss {metrics['final_loss']}). Use it now: "
@@ -356,8 +365,7 @@ class TrainingJobs:
         from pipelines.training.replicate_training import ReplicateTrainingRequest
 
         spec = job.spec
-        if self.replicate_trainer is None:
-            raise InvalidInput("Replicate is not configured (set REPLICATE_API_TOKEN).")
+        trainer = self.backends.get("replicate")
         assert spec.destination is not None and job.progress is not None
         request = ReplicateTrainingRequest(
             destination=spec.destination,
@@ -367,7 +375,7 @@ class TrainingJobs:
             rank=spec.rank,
             trainer=spec.base_model,
         )
-        result = await self.replicate_trainer.train(request, job.progress)
+        result = await trainer.train(request, job.progress)
         seconds = job.elapsed()
         losses = [[step, round(loss, 6)] for step, loss in result.losses]
         metrics = {
@@ -396,7 +404,7 @@ class TrainingJobs:
 
     def _cost_so_far(self, job: _Job) -> Cost:
         """What a stopped or failed run used: its GPU time so far (or nothing)."""
-        spec, prices = job.spec, job.ctx.prices
+        spec, prices = job.spec, job.ctx.services.prices
         seconds = round(job.elapsed(), 3) if job.train_started else 0.0
         if prices is None:
             return Cost(Decimal(0), "estimate", ["no price table"])
@@ -453,11 +461,8 @@ class TrainingJobs:
         spec = job.spec
         stopped = job.stop_requested or isinstance(failure, asyncio.CancelledError)
         checkpoint = None
-        if spec.backend == "local":
-            from pipelines.training.lora_training import LocalLoraTrainer
-
-            backend: Any = job.ctx.backends.get("local")
-            checkpoint = LocalLoraTrainer(lora_dir=backend.lora_dir).checkpoint_step(spec.name)
+        if spec.backend == "local" and self.backends.configured("local"):
+            checkpoint = self.backends.get("local").checkpoint_step(spec.name)
         step = checkpoint or 0
         if stopped:
             status = "cancelled"

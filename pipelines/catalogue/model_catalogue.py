@@ -334,4 +334,3 @@ def fixed_clock(day: dt.date | str) -> Clock:
     """A clock that always says `day` (tests, and ATELIER_MODELS_DATE)."""
     value = dt.date.fromisoformat(day) if isinstance(day, str) else day
     return lambda: value
-

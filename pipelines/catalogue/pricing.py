@@ -12,6 +12,10 @@ figure handed out is rounded half-up to whole micro-dollars (6 places): sums in 
 ledger stay exact, and `micro_usd` gives the same figure as an integer for storage.
 
 Only the standard library is imported, so pricing a request never loads a backend.
+
+Length: the table, its TOML rows' checks and the arithmetic per unit (image, token,
+second, GPU-second) are one contract with prices.toml; each unit's rule is short, but
+they share the row lookup and the rounding.
 """
 
 from __future__ import annotations

@@ -1,2 +1,1 @@
-"""The one guarded downloader every URL the server fetches goes through, and its policy.
-"""
+"""The one guarded downloader every URL the server fetches goes through, and its policy."""

@@ -115,9 +115,7 @@ class Capabilities:
             if on
         ]
         if self.edit != "none":
-            features.append(
-                f"editing ({self.edit}, up to {self.max_input_images} input image(s))"
-            )
+            features.append(f"editing ({self.edit}, up to {self.max_input_images} input image(s))")
         if features:
             parts.append("supports " + ", ".join(features))
         return "; ".join(parts)
@@ -236,9 +234,7 @@ def _refuse_unsupported(label: str, caps: Capabilities, request: ImageRequest) -
     ]
     for what, value, supported in asked:
         if value not in (None, (), {}) and not supported:
-            raise InvalidInput(
-                f"{label} does not take {what}. It can do: {caps.summary()}."
-            )
+            raise InvalidInput(f"{label} does not take {what}. It can do: {caps.summary()}.")
 
 
 def check_request(backend: ImageBackend, request: ImageRequest) -> ImageRequest:

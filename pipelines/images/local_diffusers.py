@@ -30,6 +30,9 @@ operator's model, folders inside the operator's models folder), checked in
 
 torch, diffusers and peft are imported only inside the job: importing this module (the
 registry does, at start-up) costs nothing for people who use hosted backends only.
+
+Length: text-to-image, img2img and inpainting share loading, seeding, progress and LoRA
+handling; the three modes differ by a few lines each.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 
 from core.errors import ContentRefused, InvalidInput
 from pipelines import devices
+from pipelines.backend_settings import BackendSettings
 from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
@@ -479,7 +483,7 @@ def _png(image: Any, seed: int) -> GeneratedImage:
     )
 
 
-def create_backend(settings: Any) -> LocalDiffusers | None:
+def create_backend(settings: BackendSettings) -> LocalDiffusers | None:
     """None when turned off or when the local extra (torch, diffusers) is not installed."""
     if not settings.local_enabled or not (_installed("torch") and _installed("diffusers")):
         return None
@@ -487,5 +491,5 @@ def create_backend(settings: Any) -> LocalDiffusers | None:
         model=settings.local_model,
         device=settings.local_device,
         lora_dir=settings.resolved_lora_dir,
-        models_dir=getattr(settings, "local_models_dir", None),
+        models_dir=settings.local_models_dir,
     )

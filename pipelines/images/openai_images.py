@@ -26,6 +26,7 @@ from core.errors import (
     QuotaExhausted,
     RateLimited,
 )
+from pipelines.backend_settings import BackendSettings
 from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
@@ -285,7 +286,7 @@ def _decode(b64: str) -> GeneratedImage:
     return GeneratedImage(data=data, mime=mime, width=width, height=height)
 
 
-def create_backend(settings: Any) -> OpenAIImages | None:
+def create_backend(settings: BackendSettings) -> OpenAIImages | None:
     if settings.openai_api_key is None:
         return None
     return OpenAIImages(

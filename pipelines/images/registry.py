@@ -11,8 +11,7 @@ A *spec* names a backend and optionally a model: "replicate:black-forest-labs/fl
 
 from __future__ import annotations
 
-from typing import Any
-
+from pipelines.backend_settings import BackendSettings
 from pipelines.backend_table import BackendTable, build
 from pipelines.catalogue.model_catalogue import ModelCatalogue, ModelStatus
 from pipelines.images.base import ImageBackend
@@ -48,7 +47,7 @@ class BackendRegistry(BackendTable[ImageBackend]):
 
     @classmethod
     def from_settings(
-        cls, settings: Any, catalogue: ModelCatalogue | None = None
+        cls, settings: BackendSettings, catalogue: ModelCatalogue | None = None
     ) -> BackendRegistry:
         return cls(build(BACKEND_MODULES, "create_backend", settings), catalogue)
 

@@ -20,7 +20,8 @@ from PIL import Image
 from replicate.helpers import transform_output
 
 from core.errors import BackendFailed, InvalidInput
-from memory.png_metadata import open_image
+from core.image_decoding import open_image
+from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.guarded_fetch import GuardedFetcher, refused
 from pipelines.images import replicate_models
 from pipelines.images.base import (
@@ -30,8 +31,9 @@ from pipelines.images.base import (
     ImageResult,
     check_request,
 )
-from pipelines.images.replicate_models import ModelRef, ReplicateModel
+from pipelines.images.replicate_models import ReplicateModel
 from pipelines.progress import Progress
+from pipelines.replicate_api.model_refs import ModelRef, parse_ref
 from pipelines.replicate_api.replicate_client import (
     ClientOptions,
     Connections,
@@ -77,7 +79,7 @@ class ReplicateImages:
     ) -> ImageResult:
         # 1. Refuse what cannot be honoured, before anything is spent.
         model = (request.model or self.default_model).strip()
-        ref = replicate_models.parse_ref(model)
+        ref = parse_ref(model)
         spec = replicate_models.lookup(model)
         checked = check_request(self, replace(request, model=model))
         label = f"{self.label} {model}"
@@ -242,7 +244,7 @@ def _probe(data: bytes, url: str, label: str) -> tuple[str, int, int]:
         raise BackendFailed(f"{label} returned a file that is not a usable image: {exc}") from None
 
 
-def create_backend(settings: Any) -> ReplicateImages | None:
+def create_backend(settings: BackendSettings) -> ReplicateImages | None:
     found = configured(settings)
     return (
         None if found is None else ReplicateImages(found[0], settings.replicate_model, **found[1])

@@ -14,7 +14,6 @@ pages on replicate.com (2026); pinned versions say where they came from.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,12 +97,6 @@ SDXL_SCHEDULERS = (
 # replicate.com/stability-ai/sdxl/versions, latest as of 2026: SDXL has no official-model
 # endpoint, so a prediction must name a version.
 SDXL_VERSION = "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc"
-
-MODEL_REF = re.compile(
-    r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})"
-    r"(?::(?P<version>[^\s]*))?$"
-)
-VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -310,34 +303,6 @@ MODELS: dict[str, ReplicateModel] = {
     "ideogram-ai/ideogram-v3-balanced": IDEOGRAM_V3,
     "ideogram-ai/ideogram-v3-quality": IDEOGRAM_V3,
 }
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    owner: str
-    name: str
-    version: str | None = None
-
-    @property
-    def slug(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-
-def parse_ref(model: str) -> ModelRef:
-    """'owner/name' or 'owner/name:version' (64 hex characters), or a clear refusal."""
-    match = MODEL_REF.match(model.strip())
-    if not match:
-        raise InvalidInput(
-            f"{model!r} is not a Replicate model name. Use owner/name (for example "
-            "black-forest-labs/flux-schnell) or owner/name:version."
-        )
-    version = match["version"]
-    if version is not None and not VERSION_ID.match(version):
-        raise InvalidInput(
-            f"{version!r} is not a Replicate version id: a version is 64 lowercase hex "
-            f"characters (see replicate.com/{match['owner']}/{match['name']}/versions)."
-        )
-    return ModelRef(match["owner"], match["name"], version)
 
 
 def lookup(model: str) -> ReplicateModel:

@@ -29,6 +29,9 @@ What a model's input is, and what its result means, stays with the backends
 About 450 lines, over the ~400 the project aims for: create, poll and cancel are one
 policy (what is retried, when a run must be cancelled, which stop message applies) and
 read best in one place; the wording of errors and the payload helpers are already apart.
+
+Length: create, poll, cancel and download are one lifecycle with one retry and cancel
+policy; this is the module that keeps them from existing three times.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ from replicate.training import Training
 
 from core.errors import BackendFailed, BackendUnavailable, InvalidInput
 from core.logging_setup import get_logger
+from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.fetch_policy import FetchPolicy
 from pipelines.downloads.guarded_fetch import GuardedFetcher
-from pipelines.images.replicate_models import ModelRef
 from pipelines.progress import Progress
+from pipelines.replicate_api.model_refs import ModelRef
 from pipelines.replicate_api.replicate_errors import (
     api_error,
     busy,
@@ -139,7 +143,7 @@ class ClientOptions(TypedDict, total=False):
     fetch_policy: FetchPolicy | None
 
 
-def configured(settings: Any) -> tuple[str, ClientOptions] | None:
+def configured(settings: BackendSettings) -> tuple[str, ClientOptions] | None:
     """The API token and client options the app's settings give; None without a token
     (no Replicate backend, rather than one that fails on first use)."""
     token = settings.replicate_api_token

@@ -1,2 +1,1 @@
-"""Judging images: text–image agreement (CLIP) and the style presets' quality rules.
-"""
+"""Judging images: text–image agreement (CLIP) and the style presets' quality rules."""

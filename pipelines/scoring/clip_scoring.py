@@ -35,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from core.errors import BackendNotConfigured, InvalidInput
-from memory.png_metadata import open_image
+from core.image_decoding import open_image
 from pipelines.devices import DevicePlan, pick_dtype, resolve_device
 from pipelines.images.pipeline_cache import is_local_path
 

@@ -90,10 +90,7 @@ def score_images(
     notes: list[str] = []
     checks = [name for name in CHECKS if weights.get(name, 0) > 0] or list(CHECKS)
     per_image: list[list[Score]] = [
-        [
-            Score(r.name, r.value, r.score, r.passed, r.reason)
-            for r in run_checks(data, checks)
-        ]
+        [Score(r.name, r.value, r.score, r.passed, r.reason) for r in run_checks(data, checks)]
         for data in images
     ]
     weights = dict(weights)

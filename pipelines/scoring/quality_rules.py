@@ -20,6 +20,9 @@ are the *objects* the checks talk about. Transparent pixels count as white paper
 Every result carries a score in 0..1 that is exactly 0.5 at the check's threshold, higher
 is better, and passes exactly when the score is at least 0.5; ranking uses the score, the
 verdict uses the threshold, and the two never disagree.
+
+Length: five checks share one segmentation of the image (background, objects); each
+check is short, and separating them would recompute or pass around that state.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from PIL import Image
 from scipy import ndimage
 
 from core.errors import InvalidInput
-from memory.png_metadata import open_image
+from core.image_decoding import open_image
 
 # --------------------------------------------------------------------- thresholds (data)
 

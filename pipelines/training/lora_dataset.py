@@ -21,10 +21,13 @@ total uncompressed size, each entry's size (`max_image_bytes`) and each entry's
 compression ratio -- each checked from the directory before inflating and counted again
 while inflating, a megabyte at a time, so a lying directory cannot make one entry take
 more memory than one image may; and images opened through
-`memory.png_metadata.open_image`, which refuses decompression bombs. Nothing is ever
+`core.image_decoding.open_image`, which refuses decompression bombs. Nothing is ever
 extracted under an entry's own name.
 
 This is plain Pillow work, but blocking: call it from a worker thread (asyncio.to_thread).
+
+Length: most of it is the hostile-upload handling of zips (names, sizes, ratios,
+streaming inflate), which must be read as a whole to be trusted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Literal
 from PIL import Image, ImageOps
 
 from core.errors import InvalidInput
-from memory.png_metadata import open_image
+from core.image_decoding import open_image
 
 Origin = Literal["generated", "uploaded"]
 ORIGINS: tuple[str, ...] = ("generated", "uploaded")

@@ -32,6 +32,10 @@ finished LoRA is `<lora dir>/<name>.safetensors`, written last, so it can be use
 (`LoraSpec(name)`) the moment `train` returns; see lora_formats for the whole layout.
 
 torch, diffusers and peft are imported only inside the job.
+
+Length: the training loop, its checkpointing and its resume check read and write the
+same state (generator, optimizer, LoRA weights) and are only correct together, so they
+stay one module.
 """
 
 from __future__ import annotations
@@ -49,16 +53,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInput
 from pipelines import devices
+from pipelines.backend_settings import BackendSettings
 from pipelines.images.pipeline_cache import load_text2img
 from pipelines.job_queue import JobCancelled, JobQueue, JobRunner
 from pipelines.progress import Listener, Progress
 from pipelines.training import lora_checkpoints
 from pipelines.training.lora_dataset import PreparedDataset
 from pipelines.training.lora_formats import LoraLayout, LoraMetadata, save_lora
+
+if TYPE_CHECKING:
+    from pipelines.images.registry import BackendRegistry
 
 TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
 PROBE_SEED_OFFSET = 7919  # the probe's noise must not be the training's first draws
@@ -163,12 +171,19 @@ class LocalLoraTrainer:
     backend.lora_dir)`) so that training and generation queue for the device together.
     """
 
+    id = "local"
+
     def __init__(
-        self, runner: JobRunner | None = None, device: str = "auto", lora_dir: Path | None = None
+        self,
+        runner: JobRunner | None = None,
+        device: str = "auto",
+        lora_dir: Path | None = None,
+        default_model: str = "",
     ) -> None:
         self.runner: JobRunner = runner or JobQueue()
         self.device = device
         self.lora_dir = lora_dir
+        self.default_model = default_model  # the base model a training uses unless named
 
     def checkpoint_step(self, name: str) -> int | None:
         """Where `resume=True` would continue `name` from; None when it cannot."""
@@ -720,3 +735,15 @@ def _save(run: _Run, timings: dict[str, float], resumed_from: int | None) -> Lor
         dtype=job.plan.dtype,
         timings=timings,
     )
+
+
+def create_training_backend(
+    settings: BackendSettings, images: BackendRegistry | None = None
+) -> LocalLoraTrainer | None:
+    """Trains on the local image backend's device and queue; None without that backend."""
+    local = next((b for b in images.available() if b.id == "local"), None) if images else None
+    lora_dir = getattr(local, "lora_dir", None)
+    if local is None or lora_dir is None:
+        return None
+    runner = getattr(local, "runner", None)
+    return LocalLoraTrainer(runner, getattr(local, "device", "auto"), lora_dir, local.default_model)

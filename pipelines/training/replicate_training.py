@@ -40,8 +40,9 @@ from replicate.training import Training
 
 from core.errors import BackendFailed, InvalidInput
 from core.logging_setup import get_logger
-from pipelines.images.replicate_models import parse_ref
+from pipelines.backend_settings import BackendSettings
 from pipelines.progress import Progress
+from pipelines.replicate_api.model_refs import parse_ref
 from pipelines.replicate_api.replicate_client import (
     TRAININGS,
     ClientOptions,
@@ -123,6 +124,9 @@ TRAINING_CLIENT_OPTIONS = ClientOptions(
 
 
 class ReplicateLoraTrainer:
+    id = "replicate"
+    default_model = DEFAULT_TRAINER
+
     def __init__(
         self,
         api_token: str,
@@ -357,7 +361,9 @@ def _not_found(
     )
 
 
-def create_trainer(settings: Any) -> ReplicateLoraTrainer | None:
+def create_training_backend(
+    settings: BackendSettings, images: object = None
+) -> ReplicateLoraTrainer | None:
     """None without a Replicate token, as for the image backend."""
     found = configured(settings)
     if found is None:

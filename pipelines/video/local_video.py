@@ -35,6 +35,7 @@ from typing import Any
 
 from core.errors import InvalidInput
 from pipelines import devices
+from pipelines.backend_settings import BackendSettings
 from pipelines.images.base import InputImage, SizeRange
 from pipelines.images.pipeline_cache import PipelineCache, _dtype_argument, _source, load_error
 from pipelines.job_queue import JobCancelled, JobQueue, JobRunner
@@ -291,7 +292,7 @@ def _decode(image: InputImage) -> Any:
         raise InvalidInput(f"The input image ({image.mime}) could not be read.") from exc
 
 
-def create_video_backend(settings: Any, images: Any = None) -> LocalStableVideo | None:
+def create_video_backend(settings: BackendSettings, images: Any = None) -> LocalStableVideo | None:
     """None when turned off or when the local extra (torch, diffusers) is not installed.
 
     The image backend's job queue is reused when there is one, so a clip and an image
@@ -304,5 +305,5 @@ def create_video_backend(settings: Any, images: Any = None) -> LocalStableVideo 
         model=settings.local_video_model,
         device=settings.local_device,
         runner=getattr(shared, "runner", None),
-        models_dir=getattr(settings, "local_models_dir", None),
+        models_dir=settings.local_models_dir,
     )

@@ -23,10 +23,10 @@ from typing import Any, Unpack
 from replicate.helpers import transform_output
 
 from core.errors import BackendFailed, InvalidInput
+from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.guarded_fetch import refused
-from pipelines.images import replicate_models
-from pipelines.images.replicate_models import ModelRef
 from pipelines.progress import Progress
+from pipelines.replicate_api.model_refs import ModelRef, parse_ref
 from pipelines.replicate_api.replicate_client import (
     ClientOptions,
     ReplicateClient,
@@ -75,7 +75,7 @@ class ReplicateVideo:
     ) -> VideoResult:
         # 1. Refuse what cannot be honoured, before anything is spent.
         model = (request.model or self.default_model).strip()
-        ref = replicate_models.parse_ref(model)
+        ref = parse_ref(model)
         spec = replicate_video_models.lookup(model)
         checked = check_video_request(self, replace(request, model=model))
         label = f"{self.label} {model}"
@@ -151,7 +151,7 @@ def _checked_video(data: bytes, url: str, label: str) -> EncodedVideo:
         raise BackendFailed(f"{label} returned a file that is not a usable video: {exc}") from None
 
 
-def create_video_backend(settings: Any, images: Any = None) -> ReplicateVideo | None:
+def create_video_backend(settings: BackendSettings, images: Any = None) -> ReplicateVideo | None:
     found = configured(settings)
     if found is None:
         return None

@@ -12,11 +12,9 @@ A spec names a backend and optionally a model: "replicate:minimax/video-01", "lo
 
 from __future__ import annotations
 
-from typing import Any
-
 from core.errors import BackendNotConfigured
-from pipelines.backend_table import BackendTable, build
-from pipelines.images.registry import BACKEND_MODULES, BackendRegistry
+from pipelines.backend_table import BackendTable
+from pipelines.images.registry import BACKEND_MODULES
 from pipelines.video.video_base import VideoBackend
 
 # In order of preference when the conversation's image backend makes no video: hosted
@@ -36,12 +34,7 @@ class VideoBackendRegistry(BackendTable[VideoBackend]):
     kind = "video"
     modules = VIDEO_BACKEND_MODULES
     how_to_enable = HOW_TO_ENABLE
-
-    @classmethod
-    def from_settings(
-        cls, settings: Any, images: BackendRegistry | None = None
-    ) -> VideoBackendRegistry:
-        return cls(build(VIDEO_BACKEND_MODULES, "create_video_backend", settings, images))
+    factory = "create_video_backend"  # (settings, image registry): local reuses its queue
 
     def unknown(self, backend_id: str) -> str:
         known = ", ".join(sorted(VIDEO_BACKEND_MODULES))
