@@ -2,7 +2,9 @@
 
 Works against OpenAI and OpenAI-compatible servers (Ollama, vLLM, llama.cpp): the Chat
 Completions API is pinned, and a server that fails at streaming gets one non-streamed
-retry. Malformed tool calls are reported to the user and answered to the model as
+retry. An answer that is not a chat completion (not JSON, no `choices`) ends the turn
+with a message naming the chat model server (`unreadable_answer`), not a crash.
+Malformed tool calls are reported to the user and answered to the model as
 errors, so a confused model cannot crash the turn or loop forever. One message runs at
 most `ATELIER_MAX_TOOL_CALLS_PER_TURN` tool calls (tools/turn_guard.py): a model that asks
 for more is refused call by call, the user is told once, and a model that keeps calling
@@ -11,6 +13,8 @@ after that ends the turn.
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +33,13 @@ from langchain_openai import ChatOpenAI
 from chat_app import rendering
 from chat_app.settings import Settings
 from chat_app.tool_runner import run_tool_call
-from core.errors import AtelierError, BackendNotConfigured, BackendUnavailable, RateLimited
+from core.errors import (
+    AtelierError,
+    BackendFailed,
+    BackendNotConfigured,
+    BackendUnavailable,
+    RateLimited,
+)
 from core.logging_setup import get_logger
 from core.redact import redact_urls
 from tools.context import PromptRewriter, ToolContext
@@ -38,6 +48,10 @@ from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
 MAX_ROUNDS = 5
+# What the openai client and langchain raise reading an answer that is not a chat
+# completion: a body that is not JSON (JSONDecodeError), a text body ("Unexpected response
+# type", a ValueError), no `choices` (TypeError), an odd chunk (AttributeError, KeyError).
+_UNREADABLE = (ValueError, TypeError, AttributeError, KeyError)
 
 
 def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
@@ -53,9 +67,36 @@ def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
     )
 
 
-def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
+def _where(settings: Settings) -> str:
     base, _ = settings.llm_endpoint
-    where = redact_urls(base) if base else "api.openai.com"  # user:pass@ never shown
+    return redact_urls(base) if base else "api.openai.com"  # user:pass@ never shown
+
+
+def unreadable_answer(exc: Exception, settings: Settings) -> BackendFailed:
+    """The chat model server answered, but not with a chat completion."""
+    log.warning("llm_answer_unreadable", error=type(exc).__name__, detail=str(exc)[:200])
+    what = "not valid JSON" if isinstance(exc, json.JSONDecodeError) else "not a chat completion"
+    return BackendFailed(
+        f"The chat model server at {_where(settings)} sent an answer that is {what}, so this "
+        "turn stopped. Try again; if it keeps happening, check that the server is "
+        "OpenAI-compatible (ATELIER_LLM_BASE_URL)."
+    )
+
+
+async def _read(stream: AsyncIterator[AIMessageChunk], settings: Settings) -> Any:
+    """The chunks of `stream`; an answer that is not a chat completion becomes
+    `unreadable_answer` (only the stream's own errors: the consumer's are not seen here)."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except _UNREADABLE as exc:
+        raise unreadable_answer(exc, settings) from exc
+
+
+def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
+    where = _where(settings)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return unreadable_answer(exc, settings)
     if isinstance(exc, openai.AuthenticationError):
         return BackendNotConfigured(
             f"The chat model server at {where} rejected the API key "
@@ -85,6 +126,8 @@ def prompt_rewriter(settings: Settings) -> PromptRewriter | None:
             )
         except openai.OpenAIError as exc:
             raise llm_error(exc, settings) from exc
+        except _UNREADABLE as exc:
+            raise unreadable_answer(exc, settings) from exc
         return reply.content if isinstance(reply.content, str) else str(reply.content)
 
     return rewrite
@@ -98,13 +141,14 @@ async def _complete(
     if settings.llm_stream:
         full: AIMessageChunk | None = None
         try:
-            async for chunk in chat_model(settings, True).bind_tools(tools).astream(messages):
+            stream = chat_model(settings, True).bind_tools(tools).astream(messages)
+            async for chunk in _read(stream, settings):
                 full = chunk if full is None else full + chunk
                 if isinstance(chunk.content, str) and chunk.content:
                     await reply.stream_token(chunk.content)
         except (openai.AuthenticationError, openai.RateLimitError, openai.APIConnectionError):
             raise
-        except openai.APIError as exc:
+        except (openai.APIError, BackendFailed) as exc:  # BackendFailed: from `_read`
             if reply.content:
                 raise
             log.warning("llm_stream_failed_falling_back", error=type(exc).__name__)
@@ -118,7 +162,10 @@ async def _complete(
                 invalid_tool_calls=full.invalid_tool_calls,
                 id=full.id,
             )
-    result = await chat_model(settings, False).bind_tools(tools).ainvoke(messages)
+    try:
+        result = await chat_model(settings, False).bind_tools(tools).ainvoke(messages)
+    except _UNREADABLE as exc:
+        raise unreadable_answer(exc, settings) from exc
     if isinstance(result.content, str) and result.content:
         reply.content = result.content
         await reply.send()

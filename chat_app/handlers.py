@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import chainlit as cl
 from chainlit.types import ThreadDict
 
 from chat_app import commands, rendering, settings_panel
-from chat_app.runtime import get_runtime
+from chat_app.runtime import Runtime, get_runtime
 from chat_app.session_guard import SESSION_CLAIM
-from chat_app.turn import current_user_id, handle_message
+from chat_app.turn import current_user_id, handle_message, tell_interrupted_work
 from core.errors import AtelierError, NotFound
 from core.logging_setup import get_logger
 
@@ -59,7 +61,23 @@ async def _resume(thread: ThreadDict) -> None:
     # Chainlit restores the user session (and so the panel) from the thread's metadata.
     runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
-    await settings_panel.show(runtime, await current_user_id(runtime))
+    user_id = await current_user_id(runtime)
+    await settings_panel.show(runtime, user_id)
+    # Work a crash cut short here is told after the history: Chainlit sends the thread
+    # when this returns, and the browser replaces what it shows with it.
+    task = asyncio.create_task(_tell_after_resume(runtime, user_id, thread["id"]))
+    _notices.add(task)
+    task.add_done_callback(_notices.discard)
+
+
+_notices: set[asyncio.Task[None]] = set()  # running resume notices, kept from the GC
+
+
+async def _tell_after_resume(runtime: Runtime, user_id: str, thread_id: str) -> None:
+    try:
+        await tell_interrupted_work(runtime, user_id, thread_id)
+    except Exception:
+        log.exception("interruption_notice_failed")
 
 
 @cl.on_settings_update

@@ -6,9 +6,11 @@ ask `get_runtime()` for the Runtime that `create_app` installed. Tests build the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,11 +25,13 @@ from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
 from memory.images import ImageStore
+from memory.instances import AppInstances
 from memory.ledger import Ledger
 from memory.loras import LoraStore
 from memory.media_store import MediaStore
 from memory.users import UserStore
 from memory.videos import VideoStore
+from pipelines import provider_limits
 from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
 from pipelines.training.registry import TrainingBackendRegistry
@@ -38,8 +42,9 @@ from tools.training_jobs import TrainingJobs
 
 log = get_logger(__name__)
 
-# A reservation still open this long after it was made belongs to a process that died
-# mid-action: far longer than any image or video job takes.
+# The last resort for reservations no process owns (made before 0008 recorded owners):
+# one still open this long after it was made was left by a process that died mid-action.
+# Owned reservations are released as soon as their process is known dead (AppInstances).
 STALE_RESERVATION_AGE = timedelta(hours=6)
 
 
@@ -53,6 +58,9 @@ class Runtime:
     auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
     auth_secret: str
     services: Services  # what every tool call shares (stores, backends, prices, trainings)
+    # This process's heartbeat, which makes its reservations its own (set by start()).
+    instances: AppInstances | None = None
+    _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -65,9 +73,18 @@ class Runtime:
             interrupted = await self.services.trainings.loras.mark_interrupted()
             if interrupted:
                 log.warning("trainings_interrupted", count=interrupted)
-        released = await self.services.ledger.release_stale(STALE_RESERVATION_AGE)
-        if released:
-            log.warning("stale_reservations_released", count=released)
+        ledger = self.services.ledger
+        if ledger is not None:
+            # What processes that died mid-action held is given back before any turn runs,
+            # and marked interrupted so each user is told; live processes keep theirs.
+            self.instances = AppInstances(self.engine, ledger)
+            await self.instances.register()
+            await self.instances.release_dead()
+            released = await ledger.release_stale(STALE_RESERVATION_AGE)
+            if released:
+                log.warning("stale_reservations_released", count=released)
+            await self.instances.refresh_untold()
+            self._heartbeat = asyncio.create_task(self.instances.run(), name="heartbeat")
         log.info(
             "started",
             database=self.engine.dialect.name,
@@ -78,6 +95,18 @@ class Runtime:
     async def stop(self) -> None:
         if self.services.trainings is not None:
             await self.services.trainings.stop_all()  # local ones keep a checkpoint to resume from
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self.instances is not None:
+            # Whatever this process still holds is released by the next start-up (or any
+            # live process) at once: its owner is gone. Without the row (the database is
+            # down) the heartbeat ages out instead.
+            try:
+                await self.instances.unregister()
+            except Exception:
+                log.exception("instance_unregister_failed")
         await self.engine.dispose()
 
     async def _ensure_first_user(self) -> None:
@@ -110,6 +139,7 @@ def _login_lifetime() -> timedelta:
 def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     engine = create_engine(settings.resolved_database_url)
     media = MediaStore(settings.data_dir.resolve() / "media")
+    provider_limits.configure(settings.provider_concurrency)
     backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
     return Runtime(
         settings=settings,

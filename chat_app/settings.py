@@ -55,6 +55,19 @@ class Settings(BaseSettings):
     max_retries: Annotated[int, Field(ge=0, le=10)] = Field(
         2, validation_alias=_env("ATELIER_MAX_RETRIES")
     )
+    # How many image requests each provider gets at once, for the whole process (issue 14):
+    # a batch beyond one request's limit (curation, variations, --n) is sent this many at
+    # a time, and a 429 pauses all of a provider's requests (pipelines/provider_limits.py).
+    # The local backend runs one job per device anyway.
+    openai_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, validation_alias=_env("ATELIER_OPENAI_CONCURRENCY")
+    )
+    replicate_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, validation_alias=_env("ATELIER_REPLICATE_CONCURRENCY")
+    )
+    local_concurrency: Annotated[int, Field(ge=1, le=8)] = Field(
+        1, validation_alias=_env("ATELIER_LOCAL_CONCURRENCY")
+    )
 
     replicate_api_token: SecretStr | None = Field(
         None, validation_alias=_env("REPLICATE_API_TOKEN")
@@ -237,6 +250,15 @@ class Settings(BaseSettings):
     @property
     def openai_images_configured(self) -> bool:
         return self.openai_api_key is not None
+
+    @property
+    def provider_concurrency(self) -> dict[str, int]:
+        """Per backend id, for `pipelines.provider_limits.configure` at start-up."""
+        return {
+            "openai": self.openai_concurrency,
+            "replicate": self.replicate_concurrency,
+            "local": self.local_concurrency,
+        }
 
     @property
     def operator_limits(self) -> OperatorLimits:

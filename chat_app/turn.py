@@ -6,6 +6,7 @@ log gets the thread, user and request ids.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import chainlit as cl
@@ -16,9 +17,13 @@ from chat_app.chat_port import ChatPort
 from chat_app.conversation import build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
+from core import money
 from core.errors import AtelierError, InvalidInput
 from core.logging_setup import get_logger
-from tools.context import ToolContext, Turn
+from memory.images import ImageRecord
+from memory.instances import images_left_by, message_text
+from memory.ledger import Reservation
+from tools.context import ToolArtifact, ToolContext, Turn
 from tools.turn_guard import TurnGuard
 
 log = get_logger(__name__)
@@ -108,7 +113,9 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
 
 
 async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
-    """Once per process: trainings a restart cut short, and how to continue them."""
+    """Once per process: trainings a restart cut short, and how to continue them; once
+    ever: other work in this conversation that a crash cut short."""
+    await tell_interrupted_work(runtime, ctx.turn.user_id, ctx.turn.thread_id)
     if runtime.services.trainings is None:
         return
     trainings = runtime.services.trainings
@@ -118,6 +125,71 @@ async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
             f"The training of LoRA '{record.name}' was interrupted at step {record.step} "
             f"when the app stopped. `/train resume {record.name}` continues it."
         )
+
+
+async def tell_interrupted_work(runtime: Runtime, user_id: str, thread_id: str) -> None:
+    """Tell the user, once, what a crashed process left unfinished in this conversation:
+    what was asked, what it had already stored (shown), and how to redo it.
+
+    Looked up only for conversations the heartbeat found such work in, so an ordinary
+    turn costs no query.
+    """
+    instances, ledger = runtime.instances, runtime.services.ledger
+    if instances is None or ledger is None or thread_id not in instances.untold_threads:
+        return
+    instances.untold_threads.discard(thread_id)
+    for entry in await ledger.claim_interrupted(user_id=user_id, thread_id=thread_id):
+        if entry.what == "training":
+            continue  # the LoRA's own notice says how to resume it
+        records = await images_left_by(runtime.engine, entry)
+        text = interruption_notice(entry, records, await message_text(runtime.engine, entry))
+        log.info("interruption_told", entry=entry.id, what=entry.what, images=len(records))
+        if not records:
+            await rendering.notice(text)
+            continue
+        store = runtime.services.images
+        pairs = [(record, await asyncio.to_thread(store.read, record)) for record in records]
+        await rendering.images(ToolArtifact(images=pairs, caption=text, grid=len(pairs) > 1))
+
+
+def interruption_notice(entry: Reservation, records: list[ImageRecord], asked: str | None) -> str:
+    """What was cut short, what it left, that nothing was charged, and how to redo it."""
+    message = f" for your message “{_quote(asked)}”" if asked else ""
+    held = (
+        f"the {money.usd(entry.estimate_usd, 4)} held for it was released"
+        if entry.estimate_usd > 0
+        else "nothing was held for it"
+    )
+    charge = f"Nothing was counted against your budget: {held}."
+    ids = [record.id[:8] for record in records]
+    named = ", ".join(f"`{short}`" for short in ids)
+    if entry.what == "curation":
+        text = (
+            f"**A curation was interrupted**{message}: the app stopped while it ran "
+            f"({entry.backend} `{entry.model}`). {charge}"
+        )
+        if not records:
+            return text + " No candidate had been made yet; send your message again to redo it."
+        prompt = records[0].prompt_typed.strip()
+        shown = f"{prompt} " if prompt and "--" not in prompt and "\n" not in prompt else ""
+        return (
+            f"{text}\n\nIt had made {len(records)} candidate(s), kept and shown here: "
+            f"{named}. `/curate {shown}--images {','.join(ids)}` ranks the candidates that "
+            "were made (add `--keep N` or `--style NAME` as before); sending your message "
+            "again starts over."
+        )
+    text = (
+        f"**Your {entry.what} request was interrupted**{message}: the app stopped while it "
+        f"ran ({entry.backend} `{entry.model}`). {charge}"
+    )
+    if records:
+        text += f"\n\nIt had already stored {named} (shown here)."
+    return text + " Send your message again to redo it."
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:

@@ -386,21 +386,26 @@ class AtelierDataLayer(BaseDataLayer):
             if pagination.cursor:
                 cursor_id = require_uuid(pagination.cursor, "cursor")
                 anchor = await session.scalar(
-                    select(Thread.created_at).where(
+                    select(Thread.updated_at).where(
                         Thread.id == cursor_id, Thread.user_id == user_id
                     )
                 )
                 if anchor is None:
                     raise InvalidInput("Invalid cursor.")
                 query = query.where(
-                    tuple_(Thread.created_at, Thread.id) < tuple_(anchor, cursor_id)
+                    tuple_(Thread.updated_at, Thread.id) < tuple_(anchor, cursor_id)
                 )
-            query = query.order_by(Thread.created_at.desc(), Thread.id.desc()).limit(page_size + 1)
+            query = query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(page_size + 1)
             rows = (await session.execute(query)).all()
 
         has_next = len(rows) > page_size
         rows = rows[:page_size]
-        data = [_thread_dict(thread, identifier) for thread, identifier in rows]
+        # Newest activity first, and dated by it: the sidebar groups threads by this date
+        # ("Today", "Previous 7 days"), so a resumed conversation rises to "Today".
+        data = [
+            {**_thread_dict(thread, identifier), "createdAt": _iso(thread.updated_at) or ""}
+            for thread, identifier in rows
+        ]
         return PaginatedResponse(
             pageInfo=PageInfo(
                 hasNextPage=has_next,

@@ -17,6 +17,11 @@ transaction that serialises against every other reservation in the same scope.
 
 Every read and write is scoped to the user, like image lineage.
 
+Each reservation names the app process that holds it (`instance_id`, see
+memory/instances.py). A process that dies mid-action never settles; once it is known
+dead, any other process releases its reservations at once and marks them interrupted,
+so its user can be told what was cut short (once: `told_at`).
+
 Length: reserve, settle, release and the budget sums must agree on one locking and
 scoping scheme per database; kept together so that scheme is read in one place.
 """
@@ -31,7 +36,18 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -134,6 +150,9 @@ class Reservation:
     status: str  # reserved | settled | released
     created_at: datetime
     settled_at: datetime | None  # when it was settled or released
+    instance_id: str | None = None  # the app process holding it (memory/instances.py)
+    interrupted_at: datetime | None = None  # released because that process died
+    told_at: datetime | None = None  # when its user was told of the interruption
 
     @classmethod
     def from_row(cls, row: Any) -> Reservation:
@@ -152,6 +171,9 @@ class Reservation:
             status=row.status,
             created_at=row.created_at,
             settled_at=row.settled_at,
+            instance_id=row.instance_id,
+            interrupted_at=row.interrupted_at,
+            told_at=row.told_at,
         )
 
 
@@ -179,9 +201,12 @@ class CostRow:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, instance_id: str | None = None) -> None:
         self._engine = engine
         self._insert = media_claims.insert_for(engine)
+        # The app process whose reservations these are (Runtime.start sets it once the
+        # process is registered); None leaves them to the age-based sweep.
+        self.instance_id = instance_id
 
     @asynccontextmanager
     async def _serialised(self, *keys: str) -> AsyncIterator[AsyncConnection]:
@@ -235,6 +260,7 @@ class Ledger:
             "estimate_usd": estimate,
             "status": "reserved",
             "created_at": when,
+            "instance_id": self.instance_id,
         }
         day = when.date().isoformat()
         async with self._serialised(
@@ -278,7 +304,12 @@ class Ledger:
         }
         if image_id is not None:
             values["image_id"] = require_uuid(image_id, "image id")
-        return await self._close(reservation_id, user_id, values, again_ok=False)
+        # Released as interrupted while its process was only stalled (no heartbeat for
+        # too long): the action did finish, and what it cost was spent.
+        values["interrupted_at"] = None
+        return await self._close(
+            reservation_id, user_id, values, again_ok=False, reopen_interrupted=True
+        )
 
     async def release(
         self, reservation_id: str, *, user_id: str, now: datetime | None = None
@@ -294,17 +325,26 @@ class Ledger:
         return await self._close(reservation_id, user_id, values, again_ok=True)
 
     async def _close(
-        self, reservation_id: str, user_id: str, values: dict[str, Any], *, again_ok: bool
+        self,
+        reservation_id: str,
+        user_id: str,
+        values: dict[str, Any],
+        *,
+        again_ok: bool,
+        reopen_interrupted: bool = False,
     ) -> Reservation:
-        """Move an open reservation to settled or released; only an open one moves."""
+        """Move an open reservation to settled or released; only an open one moves
+        (and, to be settled, one released as interrupted)."""
+        movable = LedgerEntry.status == "reserved"
+        if reopen_interrupted:
+            interrupted = and_(
+                LedgerEntry.status == "released", LedgerEntry.interrupted_at.is_not(None)
+            )
+            movable = or_(movable, interrupted)
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(LedgerEntry)
-                .where(
-                    LedgerEntry.id == reservation_id,
-                    LedgerEntry.user_id == user_id,
-                    LedgerEntry.status == "reserved",
-                )
+                .where(LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id, movable)
                 .values(**values)
             )
             row = (
@@ -321,19 +361,93 @@ class Ledger:
         return Reservation.from_row(row)
 
     async def release_stale(self, older_than: timedelta, *, now: datetime | None = None) -> int:
-        """Release every reservation left open longer than `older_than`; returns how many.
+        """Release every reservation with no owning process left open longer than
+        `older_than`; returns how many.
 
-        A process that crashed mid-action never settles its reservations, and they would
-        hold budget forever. Run at start-up, with an age well beyond any action's length.
+        The last resort for entries no process owns (made before app instances existed,
+        or by a ledger without one), which would otherwise hold budget forever. Run at
+        start-up, with an age well beyond any action's length. Owned entries are never
+        touched here: `release_abandoned` releases them once their process is dead.
         """
-        cutoff = _utc(now) - older_than
+        when = _utc(now)
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(LedgerEntry)
-                .where(LedgerEntry.status == "reserved", LedgerEntry.created_at < cutoff)
-                .values(status="released", settled_at=_utc(now))
+                .where(
+                    LedgerEntry.status == "reserved",
+                    LedgerEntry.instance_id.is_(None),
+                    LedgerEntry.created_at < when - older_than,
+                )
+                .values(status="released", settled_at=when, interrupted_at=when)
             )
         return int(result.rowcount or 0)
+
+    async def release_abandoned(self, alive: Select[Any], *, now: datetime | None = None) -> int:
+        """Release every open reservation whose process is not among `alive` (a select of
+        app_instances ids), marking it interrupted; returns how many.
+
+        `alive` is evaluated inside the update, so a process that registered after the
+        caller looked keeps what it has reserved since.
+        """
+        when = _utc(now)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(LedgerEntry)
+                .where(
+                    LedgerEntry.status == "reserved",
+                    LedgerEntry.instance_id.is_not(None),
+                    LedgerEntry.instance_id.not_in(alive.scalar_subquery()),
+                )
+                .values(status="released", settled_at=when, interrupted_at=when)
+            )
+        return int(result.rowcount or 0)
+
+    async def untold_threads(self) -> set[str]:
+        """Conversations with interrupted work whose user has not been told yet."""
+        async with self._engine.connect() as conn:
+            rows = await conn.scalars(
+                select(LedgerEntry.thread_id)
+                .where(LedgerEntry.interrupted_at.is_not(None), LedgerEntry.told_at.is_(None))
+                .distinct()
+            )
+            return set(rows.all())
+
+    async def claim_interrupted(
+        self, *, user_id: str, thread_id: str, now: datetime | None = None
+    ) -> list[Reservation]:
+        """The conversation's interrupted entries not told yet, now marked told, oldest
+        first. Each is claimed by one caller only, so a notice is given once even when
+        two processes serve the same user."""
+        user_id = require_uuid(user_id, "user id")
+        thread_id = require_uuid(thread_id, "thread id")
+        when = _utc(now)
+        claimed: list[Reservation] = []
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(LedgerEntry)
+                    .where(
+                        LedgerEntry.thread_id == thread_id,
+                        LedgerEntry.user_id == user_id,
+                        LedgerEntry.interrupted_at.is_not(None),
+                        LedgerEntry.told_at.is_(None),
+                    )
+                    .order_by(LedgerEntry.created_at)
+                )
+            ).all()
+        if not rows:
+            return claimed
+        # Writes only, so SQLite takes its write lock (waiting its turn) at the first one.
+        async with self._engine.begin() as conn:
+            for row in rows:
+                result = await conn.execute(
+                    update(LedgerEntry)
+                    .where(LedgerEntry.id == row.id, LedgerEntry.told_at.is_(None))
+                    .values(told_at=when)
+                )
+                if result.rowcount == 1:
+                    claimed.append(Reservation.from_row(row))
+        return claimed
 
     async def entry(self, reservation_id: str, *, user_id: str) -> Reservation:
         reservation_id = require_uuid(reservation_id, "reservation id")

@@ -64,7 +64,10 @@ class User(Base):
 
 class Thread(Base):
     __tablename__ = "threads"
-    __table_args__ = (Index("ix_threads_user_created", "user_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_threads_user_created", "user_id", "created_at", "id"),
+        Index("ix_threads_user_updated", "user_id", "updated_at", "id"),  # the sidebar
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[str | None] = mapped_column(
@@ -280,6 +283,8 @@ class LedgerEntry(Base):
     __table_args__ = (
         Index("ix_ledger_entries_thread_created", "thread_id", "created_at"),
         Index("ix_ledger_entries_user_created", "user_id", "created_at"),
+        Index("ix_ledger_entries_status_instance", "status", "instance_id"),
+        Index("ix_ledger_entries_interrupted_told", "interrupted_at", "told_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -297,6 +302,30 @@ class LedgerEntry(Base):
     status: Mapped[str] = mapped_column(String(16), default="reserved")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The app process (app_instances.id) whose action holds it: only that process settles
+    # it, and once the process is dead any other releases it (memory/instances.py).
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    # Released because its process died mid-action; the user is told once (told_at).
+    interrupted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    told_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AppInstance(Base):
+    """One running app process: its heartbeat says it is alive, so its work is its own.
+
+    Several processes may share one database; each refreshes `heartbeat_at` while it runs
+    and deletes its row when it stops. `machine` names the kernel boot and process
+    namespace `pid` belongs to, so a process there can check the pid itself.
+    """
+
+    __tablename__ = "app_instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer)
+    machine: Mapped[str | None] = mapped_column(String(128))
 
 
 class Budget(Base):

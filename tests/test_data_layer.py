@@ -98,6 +98,24 @@ async def test_list_threads_paginates_newest_first_with_cursor(data_layer, users
     assert seen == created[::-1]
 
 
+async def test_the_sidebar_lists_by_last_activity(data_layer, users, requester):
+    """A conversation written to again rises to the top, dated by its last message."""
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    first, second, third = [await new_thread(data_layer, alice, f"t{i}") for i in range(3)]
+    assert await list_all(data_layer, alice) == [third, second, first]
+    await data_layer.create_step(step_dict(first, type="user_message", output="again"))
+
+    page = await data_layer.list_threads(Pagination(first=2), ThreadFilter(userId=alice.id))
+    assert [t["id"] for t in page.data] == [first, third]
+    resumed = (await data_layer.get_thread(first))["createdAt"]
+    assert page.data[0]["createdAt"] > resumed  # listed at its activity, not its creation
+    rest = await data_layer.list_threads(
+        Pagination(first=2, cursor=page.pageInfo.endCursor), ThreadFilter(userId=alice.id)
+    )
+    assert [t["id"] for t in rest.data] == [second]
+
+
 async def test_search_by_name_and_message_text(data_layer, users, requester):
     alice = await make_user(users, "alice")
     requester.act_as(alice)

@@ -143,7 +143,7 @@ async def test_commands_run_the_refinement_loop_with_short_ids(make_app, fake_op
         ("/fork zzzz", "No image in this conversation"),
         ("/edit", "Say what to change"),
         ("/image a cat --size 999x999", "Valid sizes"),
-        ("/image a cat --n 11", "1 to 10 images"),
+        ("/image a cat --n 101", "at most 100 images"),
         (
             "/image a cat --backend local:some/model-that-does-not-exist",
             "Could not download or load the model 'some/model-that-does-not-exist'",

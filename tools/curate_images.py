@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 
 from core.errors import InvalidInput
 from memory.curations import CandidateRecord, CurationRecord
-from memory.images import ImageRecord
 from pipelines.scoring import image_scoring
 from tools import image_jobs, spending
 from tools.context import ToolArtifact, ToolContext
@@ -53,50 +52,47 @@ DESCRIPTION = (
 
 async def _generate(
     ctx: ToolContext, prompt: str, n: int, size: str | None, negative: str | None
-) -> list[tuple[ImageRecord, bytes]]:
-    """n candidates, in as many requests as the model's per-request limit needs.
+) -> ToolArtifact:
+    """n candidates as one paid action: one estimate, one question, one reservation.
 
-    The whole batch is one paid action: one estimate, one question, one reservation.
+    They take as many requests as the model's per-request limit needs, sent in parallel
+    (tools/image_jobs.py); the candidates come back in request order, and one whose
+    request failed is missing (and not charged), with a note saying so.
     """
-    first = image_jobs.plan(ctx, prompt, None, n=1, size=size)
+    first = image_jobs.plan(ctx, prompt, None, n=n, size=size)
     caps = first.backend.capabilities(first.request.model)
-    made: list[tuple[ImageRecord, bytes]] = []
+    planned = image_jobs.plan(
+        ctx,
+        prompt,
+        None,
+        n=n,
+        size=size,
+        negative_prompt=negative if caps.negative_prompt else None,
+    )
+    planned = await image_jobs.authorised(ctx, planned)
+    priced = image_jobs.estimate(ctx, image_jobs.checked(planned))
 
-    async def draw(charge: spending.Charge | None) -> None:
-        while len(made) < n:
-            planned = image_jobs.plan(
-                ctx,
-                prompt,
-                None,
-                n=min(caps.max_n, n - len(made)),
-                size=size,
-                negative_prompt=negative if caps.negative_prompt else None,
-            )
-            artifact = await image_jobs.run(
-                ctx,
-                planned,
-                prompt_typed=prompt,
-                lineage={"operation": "curation candidate"},
-                charge=charge,
-            )
-            made.extend(artifact.images)
+    async def draw(charge: spending.Charge | None) -> ToolArtifact:
+        return await image_jobs.run(
+            ctx,
+            planned,
+            prompt_typed=prompt,
+            lineage={"operation": "curation candidate"},
+            charge=charge,
+        )
 
-    first = await image_jobs.authorised(ctx, first)
-    priced = image_jobs.estimate(ctx, image_jobs.checked(first), n=n)
     if priced is None:
-        await draw(None)
-        return made
+        return await draw(None)
     async with spending.paid_action(
         ctx,
-        backend=first.backend.id,
-        model=first.request.model,
+        backend=planned.backend.id,
+        model=planned.request.model,
         what="curation",
         estimate=priced,
-        label=f"{n} candidates with {first.label}",
+        label=f"{n} candidates with {planned.label}",
         units=n,
     ) as charge:
-        await draw(charge)
-    return made
+        return await draw(charge)
 
 
 def _table(curation: CurationRecord, short: dict[str, str]) -> str:
@@ -164,27 +160,31 @@ async def _curate_images(ctx: ToolContext, args: CurateImagesArgs) -> tuple[str,
         records = [await ctx.image(image_id) for image_id in dict.fromkeys(args.image_ids)]
         candidates = [(r, await image_jobs.input_image(ctx, r)) for r in records]
         pairs = [(record, image.data) for record, image in candidates]
+        made_notes: list[str] = []
         text_prompt = args.prompt or records[0].prompt_typed or records[0].prompt_sent
     else:
         if not (args.prompt or "").strip():
             raise InvalidInput("Say what to draw, e.g. 'a red apple', or give image_ids to rank.")
         image_scoring.check_count(args.n, args.keep)
         sent = chosen.apply(args.prompt) if chosen else args.prompt.strip()
-        pairs = await _generate(ctx, sent, args.n, args.size, chosen.negative if chosen else None)
+        made = await _generate(ctx, sent, args.n, args.size, chosen.negative if chosen else None)
+        pairs, made_notes = made.images, made.notes
         text_prompt = args.prompt.strip()
     clip = image_scoring.clip_for(ctx.services.clip_model)
     ranked, notes, weights = await asyncio.to_thread(
         image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
     )
+    notes = [*made_notes, *notes]
+    keep = min(args.keep, len(pairs))  # fewer when some candidates could not be made
     best = ranked[0]
     candidates = [
         CandidateRecord(
             image_id=pairs[item.index][0].id,
             rank=rank,
             combined=item.combined,
-            verdict="kept" if rank <= args.keep else "rejected",
+            verdict="kept" if rank <= keep else "rejected",
             reason="Best by the scores."
-            if rank <= args.keep
+            if rank <= keep
             else image_scoring.loss_reason(item, best, weights),
             decided_by="scores",
             scores=list(item.scores),
@@ -198,7 +198,7 @@ async def _curate_images(ctx: ToolContext, args: CurateImagesArgs) -> tuple[str,
         prompt=text_prompt,
         style=chosen.name if chosen else None,
         weights={k: v for k, v in weights.items() if v > 0},
-        keep=args.keep,
+        keep=keep,
         candidates=candidates,
     )
     order = {c.image_id: c.rank for c in curation.candidates}

@@ -17,7 +17,7 @@ class GenerateImageArgs(BaseModel):
     prompt: Annotated[str, Option(words=True)] = Field(
         description="What the image should show, in full; be specific."
     )
-    n: int = Field(1, description="How many images to make (1-4).")
+    n: int = Field(1, description="How many images to make (1-100; usually 1-4).")
     size: str | None = Field(
         None,
         description="WIDTHxHEIGHT, e.g. 1024x1024 (square), 1536x1024 (wide), 1024x1536 (tall).",

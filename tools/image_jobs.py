@@ -4,20 +4,28 @@ Planning merges three layers — the model's defaults, the conversation's settin
 and what this call asks for — and is honest about it: an explicit argument a model
 cannot honour is refused (by `check_request`), while a panel default that does not fit
 the chosen model is left out with a note, since the user never asked for it here.
+
+Running: a call for more images than the model makes per request (a curation's
+candidates, variations, `--n`) becomes several provider requests, sent in parallel
+through the provider's gate (pipelines/provider_limits.py: a per-provider limit and one
+shared pause on a 429). Results are recorded in request order whatever order they
+arrive in, each as soon as the ones before it are; a failed request does not stop the
+others (unless its error would fail them all) and is not charged; a stop cancels every
+request still in flight. The money is one paid action for the whole call, reserved
+once, with each request's cost recorded on it as it is stored (tools/spending.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any
 
-from core import money
-from core.errors import InvalidInput, ModelUnavailable
+from core.errors import (
+    InvalidInput,
+)
 from core.image_decoding import open_image
-from memory.images import ImageRecord, NewImage
+from memory.images import ImageRecord
 from pipelines.catalogue.pricing import Estimate
 from pipelines.images.base import (
     Capabilities,
@@ -27,21 +35,13 @@ from pipelines.images.base import (
     LoraSpec,
     check_request,
 )
-from tools import lora_access, spending
+from tools import image_parts, lora_access, spending
 from tools.context import ToolArtifact, ToolContext
+from tools.image_recording import REPLAYABLE, Recorder
 
-# Keys of ImageRequest that are stored with every image, so a fork can replay it.
-REPLAYABLE = (
-    "size",
-    "quality",
-    "steps",
-    "guidance",
-    "strength",
-    "scheduler",
-    "negative_prompt",
-    "background",
-    "output_format",
-)
+# The most images one call may ask for; beyond the model's per-request limit it is split
+# into parallel requests (`parts`).
+MAX_IMAGES = 100
 
 
 @dataclass
@@ -166,13 +166,30 @@ async def check_upload(data: bytes) -> tuple[str, int, int]:
     return await asyncio.to_thread(probe)
 
 
+def parts(planned: Plan) -> list[int]:
+    """How many images each provider request makes: the model's per-request limit each,
+    the rest in the last one (one request when the model takes them all at once)."""
+    n = planned.request.n
+    per = max(1, planned.backend.capabilities(planned.request.model).max_n)
+    return [min(per, n - start) for start in range(0, n, per)]
+
+
 def checked(planned: Plan) -> Plan:
     """The plan with what the model cannot do refused and its defaults filled in.
 
     Done before pricing or asking about money: a request that would be refused must not
     first be priced, and the estimate should price the model's own size and quality.
+    More images than one request takes are fine (they become parallel requests, each
+    checked like this one), up to MAX_IMAGES.
     """
-    return replace(planned, request=check_request(planned.backend, planned.request))
+    request = planned.request
+    if request.n > MAX_IMAGES:
+        raise InvalidInput(
+            f"One request makes at most {MAX_IMAGES} images; {request.n} were asked."
+        )
+    per = max(1, planned.backend.capabilities(request.model).max_n)
+    first = check_request(planned.backend, replace(request, n=min(request.n, per)))
+    return replace(planned, request=replace(first, n=request.n))
 
 
 async def authorised(ctx: ToolContext, planned: Plan) -> Plan:
@@ -259,85 +276,17 @@ async def _generate(
     charge: spending.Charge | None,
 ) -> ToolArtifact:
     backend, request = planned.backend, planned.request
-    progress = ctx.port.progress(f"{backend.label} {request.model}")
-    started = time.perf_counter()
-    try:
-        result = await backend.generate(request, progress)
-    except ModelUnavailable as exc:
-        catalogue = ctx.services.backends.catalogue
-        hint = catalogue.replacement_hint(exc.backend, exc.model) if catalogue else ""
-        raise ModelUnavailable(exc.message + hint, exc.backend, exc.model) from exc
-    duration_ms = int((time.perf_counter() - started) * 1000)
+    shown = ctx.port.progress(f"{backend.label} {request.model}")
     artifact = ToolArtifact(notes=list(planned.notes))
-    if seed_requested is not None and not result.seed_honoured:
-        artifact.notes.append(
-            f"{backend.label} {result.model} has no seed parameter: seed {seed_requested} was "
-            "recorded but not used, so this image cannot be reproduced exactly."
-        )
-    replay = {key: getattr(request, key) for key in REPLAYABLE if getattr(request, key) is not None}
-    if request.loras:
-        replay["loras"] = [[lora.name, lora.weight] for lora in request.loras]
-    parameters = {
-        **result.parameters,
-        "request": replay,
-        "usage": result.usage,
-        "metrics": result.metrics or None,
-        "seed_requested": seed_requested,
-        "seed_honoured": result.seed_honoured,
-        **({"lineage": lineage} if lineage else {}),
-    }
-    costs_each: list[Decimal | None] = [None] * len(result.images)
-    cost = None
-    if ctx.services.prices is not None and result.images:
-        cost = ctx.services.prices.actual(
-            result.backend,
-            result.model,
-            n=len(result.images),
-            quality=request.quality,
-            size=request.size,
-            usage=result.usage,
-            metrics=result.metrics,
-            gpu_seconds=duration_ms / 1000 if result.backend == "local" else None,
-        )
-        parameters["cost"] = {
-            "usd": str(cost.usd),
-            "source": cost.source,
-            "unpriced": cost.unpriced,
-            "lines": cost.lines,
-        }
-        if not cost.unpriced:
-            # Shares to the micro-dollar that add up to exactly what the ledger settles.
-            costs_each = list(money.split(cost.usd, len(result.images)))
-    if request.images:
-        # Which stored images went in, so variations and forks can replay the edit.
-        parameters["inputs"] = {
-            "images": [image.image_id for image in request.images],
-            "mask": request.mask.image_id if request.mask else None,
-        }
-    for image, cost_each in zip(result.images, costs_each, strict=True):
-        record, stored = await ctx.services.images.record(
-            ctx.turn.thread_id,
-            ctx.turn.user_id,
-            NewImage(
-                data=image.data,
-                mime=image.mime,
-                width=image.width,
-                height=image.height,
-                prompt_typed=prompt_typed,
-                prompt_sent=result.prompt_sent,
-                backend=result.backend,
-                model=result.model,
-                parameters=parameters,
-                seed=image.seed,
-                parent_id=parent_id,
-                message_id=ctx.turn.message_id,
-                duration_ms=duration_ms,
-                cost_usd=cost_each,
-            ),
-        )
-        artifact.images.append((record, stored))
-    if charge is not None and cost is not None:
-        charge.record(cost, image_id=artifact.images[0][0].id, units=len(result.images))
+    record = Recorder(ctx, planned, prompt_typed, parent_id, lineage, seed_requested, charge)
+    counts = parts(planned)
+    if len(counts) == 1:
+        made = await image_parts.request_once(ctx, backend, request, shown)
+        artifact.images.extend(await record(made, request, artifact.notes))
+        return artifact
+    images, extra_notes = await image_parts.in_parts(ctx, backend, request, counts, shown, record)
+    artifact.images = images
+    artifact.notes.extend(extra_notes)
     return artifact
 
 

@@ -4,15 +4,26 @@ The client's own retry policy handles timeouts, connection errors, 429 and 5xx w
 `retry-after`; what is left when it gives up is translated here into the project's
 errors, each with a message that tells the user what happened and what to do. Model
 capabilities are data (`MODEL_CAPABILITIES`), so a new gpt-image model is one row.
+
+An answer that is not what the Images API promises (a body that is not JSON, JSON without
+a `data` list, an entry without image data, base64 that does not decode, bytes that are
+not an image) is read in one place, `_images_from`, and becomes `BackendFailed` naming
+OpenAI and what was wrong. The client does not check answers itself: it raises
+`JSONDecodeError` for a JSON body that does not parse, returns the text of a body that
+is not JSON, and builds its response models from whatever JSON came without validating.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import json
 from typing import Any
 
 import openai
+import pydantic
+from openai.types import ImagesResponse
 from PIL import Image
 
 from core.errors import (
@@ -26,6 +37,7 @@ from core.errors import (
     QuotaExhausted,
     RateLimited,
 )
+from pipelines import provider_limits
 from pipelines.backend_settings import BackendSettings
 from pipelines.images.base import (
     Capabilities,
@@ -133,6 +145,8 @@ def translate_error(
         return BackendUnavailable(
             "Could not reach OpenAI (network error). Check the connection or OPENAI_BASE_URL."
         )
+    if isinstance(exc, openai.APIResponseValidationError):
+        return unusable_answer("an answer that does not match the Images API")
     if not isinstance(exc, openai.APIStatusError):
         return BackendFailed(f"OpenAI image request failed: {type(exc).__name__}.")
     code = _error_code(exc)
@@ -171,6 +185,15 @@ def translate_error(
     return BackendFailed(f"OpenAI answered {exc.status_code}: {detail}")
 
 
+def unusable_answer(what: str) -> BackendFailed:
+    """OpenAI answered, but not with what its Images API promises."""
+    return BackendFailed(
+        f"OpenAI answered the image request with {what}, not the images its API promises, "
+        "so nothing was kept. Try again; if it keeps happening, OpenAI (or the server set "
+        "as OPENAI_BASE_URL) is misbehaving."
+    )
+
+
 def _message(exc: openai.APIStatusError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error", body) if isinstance(body, dict) else {}
@@ -199,8 +222,16 @@ class OpenAIImages:
         max_retries: int = 2,
     ) -> None:
         self.default_model = model
+        # Every request, the client's own retries included, waits out a 429 pause that any
+        # request to OpenAI met (pipelines/provider_limits.py).
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                event_hooks=provider_limits.http_hooks("openai")
+            ),
         )
 
     def capabilities(self, model: str | None = None) -> Capabilities:
@@ -241,10 +272,11 @@ class OpenAIImages:
                 )
         except openai.OpenAIError as exc:
             raise translate_error(exc, request.model) from exc
-        images = [_decode(item.b64_json) for item in response.data or [] if item.b64_json]
-        if not images:
-            raise BackendFailed("OpenAI answered without any image. Try again.")
-        usage = response.usage.model_dump() if getattr(response, "usage", None) else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # The client parses a JSON content type without checking; nothing else in
+            # the call reads the answer's body.
+            raise unusable_answer("a body that is not valid JSON") from exc
+        images, usage = _images_from(response)
         if request.images:
             params["input_images"] = len(request.images)
             params["mask"] = request.mask is not None
@@ -275,14 +307,43 @@ def _files(images: tuple[InputImage, ...]) -> Any:
     return [_file(image, f"image{i}") for i, image in enumerate(images)]
 
 
+def _images_from(response: Any) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
+    """The images and usage of an Images API answer, or `unusable_answer` saying what
+    was wrong with it (the one place an answer is read)."""
+    if isinstance(response, str):  # the client hands back a non-JSON body as text
+        raise unusable_answer("a body that is not JSON")
+    if not isinstance(response, ImagesResponse):
+        raise unusable_answer("JSON that is not an object")
+    if not isinstance(response.data, list):
+        raise unusable_answer("JSON without a `data` list")
+    if not response.data:
+        raise BackendFailed("OpenAI answered without any image. Try again.")
+    images = []
+    for item in response.data:
+        b64 = getattr(item, "b64_json", None)
+        if isinstance(b64, str) and b64:
+            images.append(_decode(b64))
+        elif isinstance(getattr(item, "url", None), str):
+            raise unusable_answer("a link instead of the image data (b64_json) it was asked for")
+        else:
+            raise unusable_answer("an entry without image data (no b64_json)")
+    usage: Any = response.usage
+    if isinstance(usage, pydantic.BaseModel):
+        usage = usage.model_dump(warnings=False)
+    return images, usage if isinstance(usage, dict) else None
+
+
 def _decode(b64: str) -> GeneratedImage:
     try:
         data = base64.b64decode(b64, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise unusable_answer("image data that is not valid base64") from exc
+    try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             mime = Image.MIME.get(image.format or "", "application/octet-stream")
     except (ValueError, OSError) as exc:
-        raise BackendFailed("OpenAI returned data that is not a readable image.") from exc
+        raise unusable_answer("data that is not a readable image") from exc
     return GeneratedImage(data=data, mime=mime, width=width, height=height)
 
 

@@ -18,7 +18,9 @@ the rest once:
 - cancel on Replicate whenever we stop waiting: a stop, an error, a timeout, the
   awaiting task cancelled, even while the create itself is in flight;
 - errors: the client's `ReplicateError` (RFC 7807 problem details, parsed) becomes one of
-  the project's errors (core/errors.py), worded for the user (`replicate_errors`);
+  the project's errors (core/errors.py), worded for the user (`replicate_errors`); so
+  does an answer to a create or a poll that is not what the API promises (not JSON, no
+  `id`, an unknown `status`): `BackendFailed` naming Replicate and what was wrong;
 - outputs: provider-chosen links, so downloaded through the guarded downloader only
   (without the API token), or decoded in place when they are data: URIs
   (`replicate_files`, with the other payload helpers: inline files, the input record).
@@ -51,19 +53,23 @@ from replicate.training import Training
 
 from core.errors import BackendFailed, BackendUnavailable, InvalidInput
 from core.logging_setup import get_logger
+from pipelines import provider_limits
 from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.fetch_policy import FetchPolicy
 from pipelines.downloads.guarded_fetch import GuardedFetcher
 from pipelines.progress import Progress
 from pipelines.replicate_api.model_refs import ModelRef
 from pipelines.replicate_api.replicate_errors import (
+    MALFORMED,
     api_error,
     busy,
     check_finished,
+    check_run,
     create_error,
     duration,
-    parse_retry_after,
+    malformed,
     seconds,
+    unfollowable,
 )
 from pipelines.replicate_api.replicate_files import fetch_output
 
@@ -110,7 +116,7 @@ TRAININGS = Resource(
 
 # The client's errors drop the response headers, so a response hook files `Retry-After`
 # here for the create call that is waiting for it (a ContextVar, so concurrent runs never
-# read each other's).
+# read each other's). The key is there whenever an answer came, with or without the header.
 _retry_after_box: ContextVar[dict[str, str] | None] = ContextVar("replicate_retry_after")
 
 
@@ -198,12 +204,17 @@ class ReplicateClient:
         if conns is None or conns.loop is not loop:
             timeout = httpx.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
             transport = httpx.AsyncHTTPTransport()
+            # A 429 any request met pauses them all, retries included (provider_limits).
+            hooks = provider_limits.http_hooks("replicate")
             api = replicate.Client(
                 self._token,
                 base_url=self._base_url,
                 timeout=timeout,
                 transport=transport,
-                event_hooks={"response": [_remember_retry_after]},
+                event_hooks={
+                    "request": hooks["request"],
+                    "response": [_remember_retry_after, *hooks["response"]],
+                },
             )
             # Outputs are fetched without the API token: it is no business of a file host.
             files = GuardedFetcher(self._fetch_policy)
@@ -267,18 +278,25 @@ class ReplicateClient:
         """
         api = self.connect().api
         attempts = self._max_retries + 1
+        answer = f"the request to start {label}"
         for attempt in range(1, attempts + 1):
             stop_if_cancelled(resource, progress)
             box: dict[str, str] = {}
             token = _retry_after_box.set(box)
             try:
-                return await self._create_once(resource, api, start)
+                created = await self._create_once(resource, api, start)
+                check_run(resource, created, answer, unfollowable(resource))
+                return created
+            except MALFORMED as exc:
+                if "retry-after" not in box:
+                    raise  # raised before any answer came: not Replicate's doing
+                raise malformed(exc, answer, unfollowable(resource)) from exc
             except ReplicateError as exc:
                 status = exc.status or 0
                 if status != 429 and status < 500:
                     refusal = refuse(exc) if refuse is not None else None
                     raise (refusal or create_error(exc, label)) from exc
-                asked = parse_retry_after(box.get("retry-after"))
+                asked = provider_limits.retry_after_seconds(box.get("retry-after"))
                 if asked is not None and asked > self._max_retry_wait_s:
                     cap = self._max_retry_wait_s
                     raise busy(resource, status, label, asked, attempt, cap) from exc
@@ -363,7 +381,7 @@ class ReplicateClient:
                     )
                 await _sleep(resource, delay, progress)
                 delay = self._poll_interval_s
-                current = await self._poll(resource, api, current.id)
+                current = await self._poll(resource, api, run.id)
         except (Exception, asyncio.CancelledError):
             await self.cancel(resource, run.id)
             raise
@@ -371,8 +389,14 @@ class ReplicateClient:
 
     async def _poll(self, resource: Resource, api: replicate.Client, run_id: str) -> Any:
         # The client itself retries GETs on 429/503/504; what is left here is final.
+        answer = f"a look at {resource.noun} {run_id}"
+        after = "Atelier stopped following it and asked Replicate to cancel it."
         try:
-            return await getattr(api, resource.plural).async_get(run_id)
+            current = await getattr(api, resource.plural).async_get(run_id)
+            check_run(resource, current, answer, after, run_id)
+            return current
+        except MALFORMED as exc:
+            raise malformed(exc, answer, after) from exc
         except ReplicateError as exc:
             raise api_error(exc, f"follow {resource.noun} {run_id}") from exc
         except httpx.HTTPError as exc:

@@ -3,13 +3,16 @@
 The `replicate` client parses Replicate's RFC 7807 problem details into `ReplicateError`
 (status, title, detail) but drops the response headers; `Retry-After` is read by the
 client module's response hook and handed in here as a number of seconds.
+
+An answer that is not what the API promises is not a `ReplicateError`: the client raises
+whatever its parsing meets (`MALFORMED`), and `malformed` words it, with `check_run` for
+what the client's models let through (an empty id, an answer about another run).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,6 +33,15 @@ if TYPE_CHECKING:
     from pipelines.replicate_api.replicate_client import Resource
 
 TOKEN_HINT = "check REPLICATE_API_TOKEN; it may be wrong, expired or revoked"
+#: What the `replicate` client raises reading an answer that is not what the API promises:
+#: a body that is not JSON (JSONDecodeError, a ValueError), JSON that is not an object
+#: (TypeError: it is unpacked into keyword arguments; AttributeError: an error answer's
+#: body is read with `.get`), or an object its pydantic models refuse (ValidationError, a
+#: ValueError: no `id`, an unknown `status`, a field of the wrong type).
+MALFORMED = (ValueError, TypeError, AttributeError)
+_MISBEHAVING = (
+    "if it keeps happening, Replicate (or the server set as REPLICATE_BASE_URL) is misbehaving"
+)
 _REFUSAL = re.compile(r"nsfw|safety|sensitive|moderat|flagged|E005|content polic", re.I)
 
 
@@ -45,6 +57,56 @@ def check_finished(resource: Resource, run: Any, label: str) -> None:
         raise BackendFailed(resource.failed.format(label=label, id=run.id, error=error))
     if run.status == "canceled":
         raise BackendFailed(resource.canceled.format(id=run.id))
+
+
+def malformed(problem: BaseException | str, answer: str, after: str) -> BackendFailed:
+    """Replicate answered `answer` ("the request to start …") with something its API does
+    not promise; `problem` is the parsing error or what was wrong; `after` says what became
+    of the run and whether to try again."""
+    what = problem if isinstance(problem, str) else _what_was_wrong(problem)
+    return BackendFailed(
+        f"Replicate answered {answer} with {what}, not what its API promises. {after} "
+        f"Try again in a moment; {_MISBEHAVING}."
+    )
+
+
+def unfollowable(resource: Resource) -> str:
+    """After a create whose answer cannot be read: the run may exist, unseen."""
+    return (
+        f"Atelier cannot follow or cancel a {resource.noun} it cannot read; if one started, "
+        f"it is listed at https://replicate.com/{resource.plural}."
+    )
+
+
+def check_run(resource: Resource, run: Any, answer: str, after: str, run_id: str = "") -> None:
+    """What the client's models let through: an empty id, or an answer about another run
+    than the one asked about (`run_id`)."""
+    found = run.id if isinstance(run.id, str) else ""
+    if not found.strip():
+        raise malformed(f"a {resource.noun} without an `id`", answer, after)
+    if run_id and found != run_id:
+        raise malformed(f"another {resource.noun} ({found[:40]})", answer, after)
+
+
+def _what_was_wrong(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return "a body that is not valid JSON"
+    if isinstance(exc, TypeError | AttributeError):
+        return "JSON that is not an object"
+    errors = getattr(exc, "errors", None)  # pydantic's ValidationError (v1 or v2)
+    found = []
+    for error in errors() if callable(errors) else []:
+        field = str((error.get("loc") or ("?",))[0])
+        given = (error.get("ctx") or {}).get("given", error.get("input"))
+        if "missing" in str(error.get("type")):
+            found.append(f"no `{field}`")
+        elif field == "status" and isinstance(given, str):
+            found.append(f"a status Atelier does not know ({given[:40]!r})")
+        else:
+            found.append(f"an invalid `{field}`")
+    if found:
+        return "JSON with " + ", ".join(dict.fromkeys(found))
+    return f"an answer Atelier cannot read ({type(exc).__name__})"
 
 
 def _detail(exc: ReplicateError) -> str:
@@ -109,23 +171,6 @@ def busy(
         f"Replicate is having server trouble (HTTP {status}) starting {label}: it {reason}. "
         "Nothing was started; try again in a moment."
     )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` in seconds, or as an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).totalseconds())
 
 
 def seconds(value: float) -> str:

@@ -66,13 +66,34 @@ def record(prediction: Any, inputs: dict[str, Any]) -> dict[str, Any]:
 
 def output_link(item: Any, label: str, what: str) -> str:
     """One output item (a FileOutput or a plain string) as its link; which links are
-    fetched is `fetch_output`'s call (data: decoded, anything else through the guard)."""
+    fetched is `fetch_output`'s call (data: decoded, anything else through the guard).
+
+    Anything else is refused here, naming the model: a value of another type, or text
+    that is no URL at all. A URL of a scheme or host Atelier does not fetch is the guard's
+    to refuse, with its neutral message."""
     url = item.url if isinstance(item, FileOutput) else item
     if not isinstance(url, str):
-        raise BackendFailed(
-            f"{label} finished, but its output is not {what} link ({type(item).__name__})."
-        )
+        kind = {dict: "an object", list: "a list", bool: "true/false"}.get(type(url))
+        found = kind or ("a number" if isinstance(url, int | float) else type(url).__name__)
+        raise BackendFailed(_unusable(label, what, found))
+    if not url.startswith("data:") and not _has_scheme(url):
+        raise BackendFailed(_unusable(label, what, "text that is not a URL"))
     return url
+
+
+def _has_scheme(text: str) -> bool:
+    try:
+        return bool(urllib.parse.urlsplit(text.strip()).scheme)
+    except ValueError:  # e.g. an unclosed [IPv6] host
+        return False
+
+
+def _unusable(label: str, what: str, found: str) -> str:
+    return (
+        f"{label} finished, but its output is not {what} link (it is {found}), so nothing "
+        "was kept. This model's answers may not be something Atelier can use: try again, "
+        "and if it keeps happening, try another model."
+    )
 
 
 async def fetch_output(files: GuardedFetcher, url: str, label: str, *, max_bytes: int) -> bytes:

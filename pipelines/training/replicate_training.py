@@ -51,7 +51,13 @@ from pipelines.replicate_api.replicate_client import (
     report,
     stop_if_cancelled,
 )
-from pipelines.replicate_api.replicate_errors import api_error, check_finished, unreachable
+from pipelines.replicate_api.replicate_errors import (
+    MALFORMED,
+    api_error,
+    check_finished,
+    malformed,
+    unreachable,
+)
 from pipelines.replicate_api.replicate_files import data_uri, redact
 from pipelines.training.lora_dataset import PreparedDataset, dataset_zip
 
@@ -257,6 +263,7 @@ class ReplicateLoraTrainer:
         if len(archive) <= self._data_uri_limit:
             return data_uri(archive, "application/zip")
         filename = f"{name.replace('/', '-')}-dataset.zip"
+        answer, after = "the upload of the training images", "Nothing was started."
         try:
             uploaded = await api.files.async_create(
                 io.BytesIO(archive), filename=filename, content_type="application/zip"
@@ -265,7 +272,12 @@ class ReplicateLoraTrainer:
             raise api_error(exc, "upload the training images") from exc
         except httpx.HTTPError as exc:
             raise unreachable(exc, "uploading the training images") from exc
-        return uploaded.urls["get"]
+        except MALFORMED as exc:
+            raise malformed(exc, answer, after) from exc
+        link = (uploaded.urls or {}).get("get")
+        if not isinstance(link, str) or not link.startswith(("https://", "http://")):
+            raise malformed("a file without a download link (`urls.get`)", answer, after)
+        return link
 
     async def _latest_version(self, api: replicate.Client, model: str) -> str:
         try:
@@ -279,6 +291,9 @@ class ReplicateLoraTrainer:
             raise api_error(exc, f"look up the trainer {model}") from exc
         except httpx.HTTPError as exc:
             raise unreachable(exc, f"looking up the trainer {model}") from exc
+        except MALFORMED as exc:
+            answer = f"the look-up of the trainer {model}"
+            raise malformed(exc, answer, "Nothing was started.") from exc
         if found.latest_version is None:
             raise InvalidInput(f"The trainer {model} has no version to train with.")
         return found.latest_version.id

@@ -133,6 +133,8 @@ def _output_url(output: Any, label: str) -> str:
     """The one clip a video model returns: a FileOutput or a plain string (link or data:)."""
     items = list(output) if isinstance(output, list | tuple) else [output]
     items = [item for item in items if item not in (None, "")]
+    if not items:
+        raise BackendFailed(f"{label} finished without any video. Try again.")
     if len(items) != 1:
         raise BackendFailed(
             f"{label} finished with {len(items)} outputs; Atelier expects one video. "

@@ -16,7 +16,8 @@ As a process (for browser tests that run the app in a subprocess)::
     python -m tests.fakes.openai_server --port 8765   # prints "READY <base_url>"
 
 A subprocess fake can be steered over HTTP: ``POST /_fake/fail_next`` (JSON with the
-arguments of :meth:`FakeOpenAI.fail_next`), ``POST /_fake/reset``, ``GET /_fake/requests``.
+arguments of :meth:`FakeOpenAI.fail_next`), ``POST /_fake/answer_next`` (those of
+:meth:`FakeOpenAI.answer_next`), ``POST /_fake/reset``, ``GET /_fake/requests``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,15 @@ class _Failure:
     type: str
     param: str | None
     headers: dict[str, str]
+    remaining: int
+
+
+@dataclass
+class _RawAnswer:
+    path_suffix: str
+    status: int
+    body: bytes
+    content_type: str
     remaining: int
 
 
@@ -535,6 +545,7 @@ class FakeOpenAI(ThreadedServer):
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self._answers: list[_RawAnswer] = []
         self.app = self._build_app()
 
     name = "fake OpenAI server"
@@ -572,6 +583,7 @@ class FakeOpenAI(ThreadedServer):
         with self._lock:
             self._requests.clear()
             self._failures.clear()
+            self._answers.clear()
         self.brain = default_brain
         self.latency_s = 0.0
 
@@ -599,6 +611,40 @@ class FakeOpenAI(ThreadedServer):
         )
         with self._lock:
             self._failures.append(failure)
+
+    def answer_next(
+        self,
+        path_suffix: str,
+        body: Any,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` requests to ``*path_suffix`` with exactly ``body``
+        (str or bytes as they are, anything else as JSON), whatever was asked: a malformed
+        or unexpected answer, for tests of how the app reads what a provider says.
+        Queued failures (:meth:`fail_next`) come first."""
+        if isinstance(body, str):
+            raw = body.encode()
+        elif isinstance(body, bytes):
+            raw = body
+        else:
+            raw = json.dumps(body).encode()
+        with self._lock:
+            self._answers.append(_RawAnswer(path_suffix, status, raw, content_type, times))
+
+    def _take_answer(self, path: str) -> Response | None:
+        with self._lock:
+            for answer in self._answers:
+                if path.endswith(answer.path_suffix):
+                    answer.remaining -= 1
+                    if answer.remaining <= 0:
+                        self._answers.remove(answer)
+                    return Response(
+                        answer.body, status_code=answer.status, media_type=answer.content_type
+                    )
+        return None
 
     def _take_failure(self, path: str) -> _ApiError | None:
         with self._lock:
@@ -635,6 +681,7 @@ class FakeOpenAI(ThreadedServer):
             Route("/_fake/requests", self._control_requests, methods=["GET"]),
             Route("/_fake/reset", self._control_reset, methods=["POST"]),
             Route("/_fake/fail_next", self._control_fail_next, methods=["POST"]),
+            Route("/_fake/answer_next", self._control_answer_next, methods=["POST"]),
             Route(
                 "/{rest:path}",
                 api(self._not_found),
@@ -655,9 +702,13 @@ class FakeOpenAI(ThreadedServer):
             injected = self._take_failure(request.url.path)
             if injected is not None:
                 raise injected
-            if parse_error is not None:
+            raw_answer = self._take_answer(request.url.path)
+            if raw_answer is not None:
+                response = raw_answer
+            elif parse_error is not None:
                 raise parse_error
-            response = await handler(request, recorded)
+            else:
+                response = await handler(request, recorded)
         except _ApiError as error:
             response = _error_response(error)
         except Exception as exc:  # a bug in the fake or in a test's brain: say so loudly
@@ -989,6 +1040,11 @@ class FakeOpenAI(ThreadedServer):
     async def _control_fail_next(self, request: Request) -> Response:
         args = await request.json()
         self.fail_next(**args)
+        return JSONResponse({"ok": True})
+
+    async def _control_answer_next(self, request: Request) -> Response:
+        args = await request.json()
+        self.answer_next(args.pop("path_suffix"), args.pop("body"), **args)
         return JSONResponse({"ok": True})
 
 

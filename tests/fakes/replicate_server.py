@@ -23,7 +23,8 @@ As a process (browser tests, the overhead benchmark)::
     python -m tests.fakes.replicate_server --port 8766   # prints "READY <base_url>"
 
 Steering over HTTP (no auth, not recorded): ``POST /_fake/fail_next`` (JSON arguments of
-:meth:`FakeReplicate.fail_next`), ``POST /_fake/configure`` (``latency_s``,
+:meth:`FakeReplicate.fail_next`), ``POST /_fake/answer_next`` (those of
+:meth:`FakeReplicate.answer_next`), ``POST /_fake/configure`` (``latency_s``,
 ``starting_polls``, ``processing_polls``, ``output_mode``), ``POST /_fake/reset``,
 ``GET /_fake/requests``.
 """
@@ -66,6 +67,7 @@ DEFAULT_TOKEN = "r8_fake_token_for_tests"
 FAILURE_KINDS = ("rate_limit", "server_error", "payment", "failed", "canceled", "nsfw")
 _CREATE_FAILURES = {"rate_limit": 429, "server_error": 500, "payment": 402}
 _FATES = frozenset({"failed", "canceled", "nsfw"})
+_ENDED = ("succeeded", "failed", "canceled")
 _DEFAULT_MESSAGES = {
     "rate_limit": "Request was throttled. Expected available in 1 second.",
     "server_error": "Internal server error",
@@ -134,6 +136,20 @@ class _Failure:
     remaining: int
     retry_after: str | None
     message: str | None
+
+
+@dataclass
+class _Answer:
+    """A malformed or unexpected answer queued by :meth:`FakeReplicate.answer_next`."""
+
+    path: re.Pattern[str]
+    method: str | None
+    body: bytes | None
+    content_type: str
+    status: int | None
+    change: dict[str, Any]
+    drop: tuple[str, ...]
+    remaining: int
 
 
 @dataclass
@@ -218,11 +234,17 @@ class FakeReplicate(ThreadedServer):
         # Links the next predictions answer instead of their own files (a hostile model's
         # outputs, for the SSRF tests); None: the fake's own /files/ links.
         self.output_links: list[str] | None = None
+        # Opt-in (parallel-provider tests, the throughput benchmark): answer each create
+        # already finished, as Replicate's sync mode does, so one request makes an image.
+        self.finish_on_create = False
+        # (method, path, status, start, end) of every request answered, time.monotonic().
+        self.spans: list[tuple[str, str, int, float, float]] = []
         self.versions: dict[str, str] = {_SDXL_VERSION: "stability-ai/sdxl"}
         self._init_server(port)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
+        self._answers: list[_Answer] = []
         self._predictions: dict[str, _Prediction] = {}
         self._files: dict[str, tuple[bytes, str]] = {}
         self._image_cache: dict[tuple[Any, ...], bytes] = {}
@@ -278,12 +300,16 @@ class FakeReplicate(ThreadedServer):
         with self._lock:
             self._requests.clear()
             self._failures.clear()
+            self._answers.clear()
             self._predictions.clear()
             self._files.clear()
         self.trainings.reset()
         for name, value in self._defaults.items():
             setattr(self, name, value)
         self.output_links = None
+        self.finish_on_create = False
+        with self._lock:
+            self.spans.clear()
         self.versions = {_SDXL_VERSION: "stability-ai/sdxl"}
 
     def configure(self, **settings: Any) -> None:
@@ -310,6 +336,58 @@ class FakeReplicate(ThreadedServer):
         header = None if retry_after is None else str(retry_after)
         with self._lock:
             self._failures.append(_Failure(kind, times, header, message))
+
+    def answer_next(
+        self,
+        path_pattern: str,
+        *,
+        method: str | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        status: int | None = None,
+        change: dict[str, Any] | None = None,
+        drop: tuple[str, ...] | list[str] = (),
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` requests whose path matches the regex
+        ``path_pattern`` (and ``method``) other than Replicate would: malformed or
+        unexpected answers, for tests of how the app reads them.
+
+        The request is handled as usual first (a create still creates its prediction, as
+        when a real answer is garbled on the way); then with ``body`` its answer is
+        replaced by exactly that (str or bytes as they are, anything else as JSON, status
+        200 unless ``status``), else the usual JSON answer gets the fields in ``change``
+        set and those in ``drop`` removed.
+        """
+        if body is None or isinstance(body, bytes):
+            raw = body
+        else:
+            raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        answer = _Answer(
+            re.compile(path_pattern),
+            method,
+            raw,
+            content_type,
+            status,
+            dict(change or {}),
+            tuple(drop),
+            times,
+        )
+        with self._lock:
+            self._answers.append(answer)
+
+    def _take_answer(self, request: Request) -> _Answer | None:
+        with self._lock:
+            for answer in self._answers:
+                if answer.path.search(request.url.path) and answer.method in (
+                    None,
+                    request.method,
+                ):
+                    answer.remaining -= 1
+                    if answer.remaining <= 0:
+                        self._answers.remove(answer)
+                    return answer
+        return None
 
     def _take_failure(self, kinds: frozenset[str] | dict[str, int]) -> _Failure | None:
         """The first queued failure of one of `kinds`, counted down."""
@@ -352,6 +430,7 @@ class FakeReplicate(ThreadedServer):
             Route("/_fake/reset", self._control_reset, methods=["POST"]),
             Route("/_fake/fail_next", self._control_fail_next, methods=["POST"]),
             Route("/_fake/configure", self._control_configure, methods=["POST"]),
+            Route("/_fake/answer_next", self._control_answer_next, methods=["POST"]),
             *self.trainings.routes(api),
             Route(
                 "/{rest:path}",
@@ -393,7 +472,11 @@ class FakeReplicate(ThreadedServer):
         except Exception as exc:  # a bug in the fake: say so loudly
             traceback.print_exc(file=sys.stderr)
             response = _problem(_ApiError(500, f"fake server error: {exc!r}"))
-        return response
+        with self._lock:
+            span = (request.method, request.url.path, response.status_code, recorded.at)
+            self.spans.append((*span, time.monotonic()))
+        answer = self._take_answer(request)
+        return response if answer is None else _altered(response, answer)
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -446,6 +529,9 @@ class FakeReplicate(ThreadedServer):
         )
         with self._lock:
             self._predictions[prediction.id] = prediction
+        while self.finish_on_create and prediction.status not in _ENDED:
+            self._advance(prediction)  # opt-in: answered finished (see __init__)
+        with self._lock:
             answer = self._json(prediction)
         return JSONResponse(answer, status_code=201)
 
@@ -650,6 +736,11 @@ class FakeReplicate(ThreadedServer):
         self.configure(**(await request.json()))
         return JSONResponse({"ok": True})
 
+    async def _control_answer_next(self, request: Request) -> Response:
+        args = await request.json()
+        self.answer_next(args.pop("path_pattern"), **args)
+        return JSONResponse({"ok": True})
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -668,6 +759,19 @@ def _problem(error: _ApiError) -> JSONResponse:
         headers=error.headers,
         media_type="application/problem+json",
     )
+
+
+def _altered(response: Response, answer: _Answer) -> Response:
+    """`response` as :meth:`FakeReplicate.answer_next` asked it to be instead."""
+    status = answer.status or (200 if answer.body is not None else response.status_code)
+    if answer.body is not None:
+        return Response(answer.body, status_code=status, media_type=answer.content_type)
+    data = json.loads(bytes(response.body))
+    if isinstance(data, dict):
+        data.update(answer.change)
+        for name in answer.drop:
+            data.pop(name, None)
+    return JSONResponse(data, status_code=status)
 
 
 def _fake_version(model: str) -> str:
@@ -760,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starting-polls", type=int, default=0)
     parser.add_argument("--processing-polls", type=int, default=2)
     parser.add_argument("--output-mode", choices=("url", "data"), default="url")
+    parser.add_argument("--finish-on-create", action="store_true", help="one request an image")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -772,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         processing_polls=args.processing_polls,
         output_mode=args.output_mode,
     ).start()
+    fake.finish_on_create = args.finish_on_create
     print(f"READY {fake.base_url}", flush=True)
     try:
         while not stop.wait(0.5):
