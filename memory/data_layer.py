@@ -38,7 +38,20 @@ from chainlit.data.base import BaseDataLayer
 from chainlit.data.utils import queue_until_user_message
 from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, ThreadFilter
 from chainlit.user import PersistedUser
-from sqlalchemy import delete, exists, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Subquery,
+    column,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    table,
+    text,
+    tuple_,
+    union,
+)
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -144,6 +157,25 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# Sidebar search: a case-insensitive substring of a thread's name or of one of its user
+# or assistant messages, `%` and `_` literal. Migration 0010 indexes it on both databases.
+_SEARCHED_TYPES = ("user_message", "assistant_message")
+_SEARCH_MAX = 200  # characters of a search that count
+_TRIGRAM = 3  # a shorter search has no trigram for an index to look up
+# SQLite: when more messages than this (in anyone's threads) hold every trigram of a
+# search, walking the user's own threads newest first finds a page sooner.
+_SQLITE_INDEX_CANDIDATES = 1_000
+# The SQLite search index (migration 0010): FTS5 `step_search` over `step_search_docs`.
+_SEARCH_DOCS = table("step_search_docs", column("id"), column("thread_id"), column("output"))
+_SEARCH_FTS = table("step_search", column("rowid"), column("step_search"))
+
+
+def _fts_trigrams(search: str) -> str:
+    """An FTS5 query for the documents holding every trigram of `search`, each quoted."""
+    trigrams = dict.fromkeys(search[i : i + _TRIGRAM] for i in range(len(search) - 2))
+    return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams)
+
+
 class AtelierDataLayer(BaseDataLayer):
     def __init__(
         self,
@@ -159,6 +191,7 @@ class AtelierDataLayer(BaseDataLayer):
         self._requester = requester
         self._last_version = 0
         self._insert = media_claims.insert_for(engine)
+        self._search_indexed: bool | None = None  # known after the first search
 
     # ---------------------------------------------------------------- helpers
 
@@ -361,22 +394,10 @@ class AtelierDataLayer(BaseDataLayer):
         user_id = require_uuid(filters.userId, "user id")
         self._require_own_user_id(user_id)
         page_size = max(1, min(int(pagination.first or 20), MAX_PAGE))
-
-        query = (
-            select(Thread, User.identifier)
-            .join(User, User.id == Thread.user_id)
-            .where(Thread.user_id == user_id)
-        )
-        if filters.search:
-            pattern = f"%{_escape_like(filters.search[:200])}%"
-            in_messages = exists().where(
-                Step.thread_id == Thread.id,
-                Step.type.in_(("user_message", "assistant_message")),
-                Step.output.ilike(pattern, escape="\\"),
-            )
-            query = query.where(or_(Thread.name.ilike(pattern, escape="\\"), in_messages))
+        order = (Thread.updated_at.desc(), Thread.id.desc())
+        mine: list[ColumnElement[bool]] = [Thread.user_id == user_id]
         if filters.feedback is not None:
-            query = query.where(
+            mine.append(
                 exists().where(
                     FeedbackRow.thread_id == Thread.id, FeedbackRow.value == filters.feedback
                 )
@@ -392,10 +413,14 @@ class AtelierDataLayer(BaseDataLayer):
                 )
                 if anchor is None:
                     raise InvalidInput("Invalid cursor.")
-                query = query.where(
-                    tuple_(Thread.updated_at, Thread.id) < tuple_(anchor, cursor_id)
-                )
-            query = query.order_by(Thread.updated_at.desc(), Thread.id.desc()).limit(page_size + 1)
+                mine.append(tuple_(Thread.updated_at, Thread.id) < tuple_(anchor, cursor_id))
+            query = select(Thread, User.identifier).join(User, User.id == Thread.user_id)
+            if filters.search:
+                found = await self._search(session, filters.search[:_SEARCH_MAX], mine, page_size)
+                query = query.where(*mine, found)
+            else:
+                query = query.where(*mine)
+            query = query.order_by(*order).limit(page_size + 1)
             rows = (await session.execute(query)).all()
 
         has_next = len(rows) > page_size
@@ -414,6 +439,105 @@ class AtelierDataLayer(BaseDataLayer):
             ),
             data=data,
         )
+
+    async def _search(
+        self,
+        session: AsyncSession,
+        search: str,
+        mine: list[ColumnElement[bool]],
+        page_size: int,
+    ) -> ColumnElement[bool]:
+        """True for the requester's threads (`mine`) whose name or a message holds `search`.
+
+        On PostgreSQL, the ids of at most a page matched by name and a page matched by
+        message, each newest first (so the caller's page is among them): each half has
+        its own trigram index, which one query with OR could not use. On SQLite one walk
+        of the requester's threads, newest first, tries the name and then the message
+        (`_message_match`) until the page is full: names have no index there.
+        """
+        pattern = f"%{_escape_like(search)}%"
+        by_name = Thread.name.ilike(pattern, escape="\\")
+        by_message = await self._message_match(session, search, pattern)
+        if self._engine.dialect.name != "postgresql":
+            return or_(by_name, by_message)
+
+        def first_page(match: ColumnElement[bool]) -> Subquery:
+            return (
+                select(Thread.id)
+                .where(*mine, match)
+                .order_by(Thread.updated_at.desc(), Thread.id.desc())
+                .limit(page_size + 1)
+                .subquery()
+            )
+
+        names, messages = first_page(by_name), first_page(by_message)
+        return Thread.id.in_(union(select(names.c.id), select(messages.c.id)))
+
+    async def _message_match(
+        self, session: AsyncSession, search: str, pattern: str
+    ) -> ColumnElement[bool]:
+        """True for a thread with a user or assistant message containing `search`.
+
+        Two ways to find them: from the index (every message holding the search's
+        trigrams, whoever's, then kept if in the requester's threads: cheap when few
+        messages match), or by walking the requester's threads in sidebar order and
+        reading their messages until a page is full (cheap when many match).
+        PostgreSQL's planner weighs the two for the EXISTS below (a semi-join) with its
+        statistics of the `pg_trgm` index, and is told to plan each search for its own
+        pattern rather than reuse a generic plan of the prepared statement. SQLite's
+        cannot weigh them, so its FTS index is first asked how many messages hold the
+        trigrams (counting stops at _SQLITE_INDEX_CANDIDATES); the index answers below
+        that, the walk above it. A search under three characters has no trigram: walk.
+        """
+        walk = exists().where(
+            Step.thread_id == Thread.id,
+            Step.type.in_(_SEARCHED_TYPES),
+            Step.output.ilike(pattern, escape="\\"),
+        )
+        dialect = self._engine.dialect
+        if not await self._has_search_index(session):
+            return walk
+        if dialect.name == "postgresql":
+            if (dialect.server_version_info or (0,)) >= (12,):
+                await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+            return walk
+        if dialect.name != "sqlite" or len(search) < _TRIGRAM:
+            return walk
+        trigrams = _fts_trigrams(search)
+        holding = select(_SEARCH_FTS.c.rowid).where(_SEARCH_FTS.c.step_search.match(trigrams))
+        candidates = await session.scalar(
+            select(func.count()).select_from(holding.limit(_SQLITE_INDEX_CANDIDATES).subquery())
+        )
+        if (candidates or 0) >= _SQLITE_INDEX_CANDIDATES:
+            return walk
+        return Thread.id.in_(
+            select(_SEARCH_DOCS.c.thread_id).where(
+                _SEARCH_DOCS.c.id.in_(holding),
+                _SEARCH_DOCS.c.output.ilike(pattern, escape="\\"),
+            )
+        )
+
+    async def _has_search_index(self, session: AsyncSession) -> bool:
+        """Whether migration 0010 could build the search index here; a warning if not."""
+        if self._search_indexed is None:
+            dialect = self._engine.dialect.name
+            if dialect == "sqlite":
+                probe = "SELECT count(*) FROM sqlite_master WHERE name = 'step_search'"
+            elif dialect == "postgresql":
+                probe = (
+                    "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
+                    "AND indexname = 'ix_steps_output_trgm'"
+                )
+            else:
+                probe = "SELECT 0"
+            self._search_indexed = bool(await session.scalar(text(probe)))
+            if not self._search_indexed:
+                log.warning(
+                    "search_unindexed",
+                    database=dialect,
+                    effect="sidebar search reads every message of the user's threads",
+                )
+        return self._search_indexed
 
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
         thread_id = require_uuid(thread_id, "thread id")

@@ -17,6 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+# Sidebar search (migration 0010), made outside what the models can declare: SQLite's
+# FTS5 table `step_search` (FTS5 names its shadow tables after it) with its document
+# table `step_search_docs` and triggers; PostgreSQL's pg_trgm GIN indexes.
+SEARCH_TABLE = "step_search"
+SEARCH_INDEXES = frozenset({"ix_steps_output_trgm", "ix_threads_name_trgm"})
+
+
+def is_search_object(name: str | None) -> bool:
+    """Whether `name` is part of the search index, which the models do not declare."""
+    if not name:
+        return False
+    return name in SEARCH_INDEXES or name == SEARCH_TABLE or name.startswith(SEARCH_TABLE + "_")
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()

@@ -153,6 +153,206 @@ async def test_search_wildcards_match_literally(data_layer, users, requester):
     assert await list_all(data_layer, alice, search="_") == [underscore]
 
 
+async def search_pages(dl: AtelierDataLayer, owner: Account, search: str) -> list[str]:
+    """Every page of a search, 20 at a time, following the cursor."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await dl.list_threads(
+            Pagination(first=20, cursor=cursor), ThreadFilter(userId=owner.id, search=search)
+        )
+        seen += [t["id"] for t in page.data]
+        if not page.pageInfo.hasNextPage:
+            return seen
+        cursor = page.pageInfo.endCursor
+        assert len(seen) < 1000, "search pagination does not terminate"
+
+
+async def test_search_sees_only_the_requesters_threads(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(bob)
+    bobs_by_name = await new_thread(data_layer, bob, "Zanzibar trip")
+    bobs_by_message = await new_thread(data_layer, bob, "untitled")
+    await data_layer.create_step(
+        step_dict(bobs_by_message, type="user_message", output="off to zanzibar tomorrow")
+    )
+    requester.act_as(alice)
+    alices = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(step_dict(alices, output="Here is a map of ZANZIBAR."))
+
+    for search in ("zanzibar", "anz", "za", "z"):
+        assert await list_all(data_layer, alice, search=search) == [alices], search
+    for search in ("Zanzibar trip", "trip", "tomorrow"):  # Bob's name and message
+        assert await list_all(data_layer, alice, search=search) == [], search
+    requester.act_as(bob)
+    assert await list_all(data_layer, bob, search="zanzibar") == [bobs_by_message, bobs_by_name]
+    with pytest.raises(NotFound):  # naming someone else's user id lists nothing of theirs
+        await list_all(data_layer, alice, search="zanzibar")
+
+
+async def test_search_wildcards_in_messages_match_literally(data_layer, users, requester):
+    """Searches of three or more characters, which the index answers, mean the same."""
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    texts = {
+        "percent": "prices cut 50% off today",
+        "digits": "prices cut 500 off today",
+        "underscore": "write it in snake_case please",
+        "letter": "write it in snakeXcase please",
+        "backslash": r"saved to C:\temp\kite.png",
+        "quotes": 'she said "hello there" twice',
+    }
+    ids = {}
+    for key, output in texts.items():
+        ids[key] = await new_thread(data_layer, alice, "untitled")
+        await data_layer.create_step(step_dict(ids[key], type="user_message", output=output))
+
+    async def found(search: str) -> set[str]:
+        return {k for k, v in ids.items() if v in await list_all(data_layer, alice, search=search)}
+
+    assert await found("50% off") == {"percent"}
+    assert await found("0% o") == {"percent"}
+    assert await found("%") == {"percent"}
+    assert await found("ake_c") == {"underscore"}
+    assert await found("e_case") == {"underscore"}
+    assert await found("_") == {"underscore"}
+    assert await found(r"C:\temp") == {"backslash"}
+    assert await found('"hello') == {"quotes"}
+    assert await found('said "hello there" tw') == {"quotes"}
+    assert await found("PRICES CUT") == {"percent", "digits"}
+    assert await found("%%") == set()
+
+
+@pytest.mark.parametrize("candidate_limit", [None, 1], ids=["index", "walk"])
+async def test_search_finds_a_message_among_many_threads(
+    data_layer, users, requester, monkeypatch, candidate_limit
+):
+    """One word in one message of one thread among 45; a common word pages through all.
+
+    On SQLite a search answered from the index and one that walks the threads (when the
+    index says too many messages match) must find the same.
+    """
+    if candidate_limit is not None:
+        monkeypatch.setattr("memory.data_layer._SQLITE_INDEX_CANDIDATES", candidate_limit)
+    alice = await make_user(users, "alice")
+    bob = await make_user(users, "bob")
+    requester.act_as(bob)
+    bobs = await new_thread(data_layer, bob, "lantern quetzal")
+    await data_layer.create_step(step_dict(bobs, output="a quetzal by a lantern"))
+    requester.act_as(alice)
+    created = []
+    for i in range(45):
+        thread_id = await new_thread(
+            data_layer, alice, "lantern study" if i % 7 == 0 else "untitled"
+        )
+        await data_layer.create_step(
+            step_dict(thread_id, type="user_message", output=f"draw a red lantern, take {i}")
+        )
+        reply = "here is the lantern, in watercolor"
+        if i == 17:
+            reply = "here is the lantern, with a resplendent quetzal on the branch"
+        await data_layer.create_step(step_dict(thread_id, output=reply))
+        await data_layer.create_step(
+            step_dict(thread_id, type="tool", name="generate", output="quetzal.png")
+        )
+        created.append(thread_id)
+
+    assert await list_all(data_layer, alice, search="quetzal") == [created[17]]
+    assert await list_all(data_layer, alice, search="resplendent QUETZAL") == [created[17]]
+    assert await search_pages(data_layer, alice, "lantern") == created[::-1]
+    assert await search_pages(data_layer, alice, "take 1") == [
+        created[i] for i in (19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 1)
+    ]
+    assert await list_all(data_layer, alice, search="no such words") == []
+
+
+async def test_search_of_one_or_two_characters(data_layer, users, requester):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    fox = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(step_dict(fox, type="user_message", output="a red fox"))
+    cart = await new_thread(data_layer, alice, "Ox cart")
+    await new_thread(data_layer, alice, "nothing here")
+
+    assert await list_all(data_layer, alice, search="fo") == [fox]
+    assert await list_all(data_layer, alice, search="OX") == [cart, fox]
+    assert await list_all(data_layer, alice, search="x") == [cart, fox]
+    assert await list_all(data_layer, alice, search="q") == []
+
+
+async def test_search_follows_edited_and_deleted_messages(data_layer, users, requester, engine):
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice, "untitled")
+    step = step_dict(thread_id, output="")
+    await data_layer.create_step(step)
+    for output in ("Otters", "Otters hold", "Otters hold hands while they sleep"):  # streaming
+        await data_layer.update_step({**step, "output": output})
+    assert await list_all(data_layer, alice, search="hands while") == [thread_id]
+
+    await data_layer.update_step({**step, "output": "Beavers build dams"})
+    assert await list_all(data_layer, alice, search="otters") == []
+    assert await list_all(data_layer, alice, search="beavers") == [thread_id]
+    await data_layer.update_step({**step, "type": "tool", "output": "Beavers build dams"})
+    assert await list_all(data_layer, alice, search="beavers") == []  # not a message now
+    await data_layer.update_step({**step, "output": "Beavers build dams"})
+    assert await list_all(data_layer, alice, search="beavers") == [thread_id]
+    await data_layer.delete_step(step["id"])
+    assert await list_all(data_layer, alice, search="beavers") == []
+
+    other = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(step_dict(other, type="user_message", output="a heron"))
+    await data_layer.delete_thread(other)
+    assert await list_all(data_layer, alice, search="heron") == []
+    kept = step_dict(thread_id, type="user_message", output="a kingfisher")
+    await data_layer.create_step(kept)
+    assert await list_all(data_layer, alice, search="kingfisher") == [thread_id]
+
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":  # the FTS documents are exactly the messages
+            docs = await conn.scalars(text("SELECT step_id FROM step_search_docs"))
+            messages = await conn.scalars(
+                select(Step.id).where(Step.type.in_(("user_message", "assistant_message")))
+            )
+            assert list(docs) == list(messages) == [kept["id"]]
+            await conn.execute(
+                text("INSERT INTO step_search (step_search) VALUES ('integrity-check')")
+            )
+        else:
+            names = await conn.scalars(
+                text("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%_trgm'")
+            )
+            assert set(names) == {"ix_steps_output_trgm", "ix_threads_name_trgm"}
+
+
+async def test_search_works_without_its_index(data_layer, users, requester, engine, media):
+    """Where migration 0010 could not build the index (no pg_trgm, no FTS5), search still
+    finds the same, unindexed, and says so in the log."""
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    kite = await new_thread(data_layer, alice, "untitled")
+    await data_layer.create_step(step_dict(kite, type="user_message", output="a 100% red kite"))
+    named = await new_thread(data_layer, alice, "Kites")
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for trigger in ("steps_search_insert", "steps_search_update", "steps_search_delete"):
+                await conn.execute(text(f"DROP TRIGGER {trigger}"))
+            await conn.execute(text("DROP TABLE step_search"))
+            await conn.execute(text("DROP TABLE step_search_docs"))
+        else:
+            await conn.execute(text("DROP INDEX ix_steps_output_trgm"))
+            await conn.execute(text("DROP INDEX ix_threads_name_trgm"))
+    layer = AtelierDataLayer(engine, media, LINK_SECRET, requester=requester)
+
+    with capture_logs() as logs:
+        assert await list_all(layer, alice, search="red kite") == [kite]
+        assert await list_all(layer, alice, search="0% r") == [kite]
+        assert await list_all(layer, alice, search="kite") == [named, kite]
+        assert await list_all(layer, alice, search="k") == [named, kite]
+    assert [e["event"] for e in logs].count("search_unindexed") == 1
+
+
 async def test_delete_thread_removes_steps_and_elements(data_layer, users, requester, engine):
     alice = await make_user(users, "alice")
     requester.act_as(alice)
@@ -431,11 +631,16 @@ async def test_feedback_upsert_delete_and_filter(data_layer, users, requester):
 
 async def _drop_table(engine, table: str) -> None:
     await engine.dispose()
-    async with engine.begin() as connection:
+    async with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             await connection.execute(text(f'DROP TABLE "{table}" CASCADE'))
         else:
+            # With foreign keys off, as migrations drop tables: with them on, SQLite first
+            # deletes every row, cascading into steps, and the search index's triggers
+            # cannot write to FTS5 while a table is being dropped ("table is locked").
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await connection.execute(text(f'DROP TABLE "{table}"'))
+        await connection.commit()
     await engine.dispose()
 
 
