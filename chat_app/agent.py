@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chainlit as cl
-import openai
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -28,7 +27,6 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_openai import ChatOpenAI
 
 from chat_app import rendering
 from chat_app.settings import Settings
@@ -46,6 +44,10 @@ from tools.context import PromptRewriter, ToolContext
 from tools.registry import schemas
 from tools.turn_guard import TurnGuard
 
+if TYPE_CHECKING:
+    import openai
+    from langchain_openai import ChatOpenAI
+
 log = get_logger(__name__)
 MAX_ROUNDS = 5
 # What the openai client and langchain raise reading an answer that is not a chat
@@ -55,6 +57,8 @@ _UNREADABLE = (ValueError, TypeError, AttributeError, KeyError)
 
 
 def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
+    from langchain_openai import ChatOpenAI  # on first use: about 1 s of imports at start-up
+
     base_url, api_key = settings.llm_endpoint
     return ChatOpenAI(
         model=settings.llm_model,
@@ -94,6 +98,8 @@ async def _read(stream: AsyncIterator[AIMessageChunk], settings: Settings) -> An
 
 
 def llm_error(exc: openai.OpenAIError, settings: Settings) -> AtelierError:
+    import openai  # on first use, as everywhere here: it costs start-up time
+
     where = _where(settings)
     if isinstance(exc, openai.APIResponseValidationError):
         return unreadable_answer(exc, settings)
@@ -120,6 +126,8 @@ def prompt_rewriter(settings: Settings) -> PromptRewriter | None:
         return None
 
     async def rewrite(instructions: str, prompt: str) -> str:
+        import openai
+
         try:
             reply = await chat_model(settings, False).ainvoke(
                 [SystemMessage(content=instructions), HumanMessage(content=prompt)]
@@ -137,6 +145,8 @@ async def _complete(
     settings: Settings, tools: list[dict[str, Any]], messages: list[BaseMessage]
 ) -> AIMessage:
     """Stream the reply into a chat message; fall back to one non-streamed call."""
+    import openai
+
     reply = cl.Message(content="")
     if settings.llm_stream:
         full: AIMessageChunk | None = None
@@ -173,6 +183,8 @@ async def _complete(
 
 
 async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMessage]) -> None:
+    import openai
+
     tools = schemas()
     turn = ctx.turn.guard
     if turn is None:

@@ -14,6 +14,7 @@ user's login sessions in the same transaction (see memory/auth_sessions.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -35,17 +36,24 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
-# Verifying against this keeps the time for unknown names equal to that for known ones.
-_DUMMY_HASH = _hasher.hash("timing-equaliser-not-a-password")
 # Threads start lazily; argon2 uses 64 MiB per hash, so a few at a time is plenty.
 _HASH_POOL = ThreadPoolExecutor(
     max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="argon2"
 )
 
 
-def _matches(stored: str, password: str) -> bool:
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against this keeps the time for unknown names equal to that for known ones.
+
+    Made on first use, not at import: a hash is a quarter of a second of start-up."""
+    return _hasher.hash("timing-equaliser-not-a-password")
+
+
+def _matches(stored: str | None, password: str) -> bool:
+    """Whether `password` matches `stored`; None (no such user) checks a dummy hash."""
     try:
-        return _hasher.verify(stored, password)
+        return _hasher.verify(stored or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -132,7 +140,7 @@ class UserStore:
         """The account if the password matches; None otherwise (never says which part failed)."""
         async with self._sessions() as session:
             user = await session.scalar(select(User).where(User.identifier == name))
-        stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
+        stored = user.password_hash if user and user.password_hash else None
         if not await self._off_loop(_matches, stored, password or ""):
             return None
         if user is None or not user.password_hash:

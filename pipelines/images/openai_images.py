@@ -19,11 +19,9 @@ import base64
 import binascii
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import pydantic
-from openai.types import ImagesResponse
 from PIL import Image
 
 from core.errors import (
@@ -49,6 +47,9 @@ from pipelines.images.base import (
     check_request,
 )
 from pipelines.progress import Progress
+
+if TYPE_CHECKING:
+    import openai
 
 _FIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 _COMMON = dict(
@@ -139,6 +140,8 @@ def translate_error(
     exc: openai.OpenAIError, model: str | None = None
 ) -> BackendError | InvalidInput:
     """Map the client's exceptions to errors with a user-facing message."""
+    import openai  # on first use, as everywhere here: it costs start-up time
+
     if isinstance(exc, openai.APITimeoutError):
         return BackendUnavailable("OpenAI did not answer in time. Try again in a moment.")
     if isinstance(exc, openai.APIConnectionError):
@@ -222,17 +225,25 @@ class OpenAIImages:
         max_retries: int = 2,
     ) -> None:
         self.default_model = model
-        # Every request, the client's own retries included, waits out a 429 pause that any
-        # request to OpenAI met (pipelines/provider_limits.py).
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout_s,
-            max_retries=max_retries,
-            http_client=openai.DefaultAsyncHttpxClient(
-                event_hooks=provider_limits.http_hooks("openai")
-            ),
+        self._options: dict[str, Any] = dict(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
         )
+        self._openai: openai.AsyncOpenAI | None = None  # made on first use, like its import
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        if self._openai is None:
+            import openai
+
+            # Every request, the client's own retries included, waits out a 429 pause that
+            # any request to OpenAI met (pipelines/provider_limits.py).
+            self._openai = openai.AsyncOpenAI(
+                **self._options,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    event_hooks=provider_limits.http_hooks("openai")
+                ),
+            )
+        return self._openai
 
     def capabilities(self, model: str | None = None) -> Capabilities:
         return capabilities_for(model or self.default_model)
@@ -257,6 +268,8 @@ class OpenAIImages:
             params["background"] = request.background
         if progress is not None:
             progress.report(0, 1, "OpenAI is drawing")
+        import openai  # on first use, with the client
+
         try:
             if request.images:
                 response = await self._client.images.edit(
@@ -310,6 +323,8 @@ def _files(images: tuple[InputImage, ...]) -> Any:
 def _images_from(response: Any) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
     """The images and usage of an Images API answer, or `unusable_answer` saying what
     was wrong with it (the one place an answer is read)."""
+    from openai.types import ImagesResponse
+
     if isinstance(response, str):  # the client hands back a non-JSON body as text
         raise unusable_answer("a body that is not JSON")
     if not isinstance(response, ImagesResponse):

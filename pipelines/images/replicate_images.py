@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any, Unpack
 
 from PIL import Image
-from replicate.helpers import transform_output
 
 from core.errors import BackendFailed, InvalidInput
 from core.image_decoding import open_image
@@ -103,6 +102,8 @@ class ReplicateImages:
         pinned = ModelRef(ref.owner, ref.name, ref.version or spec.version)
         prediction = await self._client.predict(pinned, inputs, label, progress)
         # 4. Download every output and make sure each one is an image.
+        from replicate.helpers import transform_output  # on first use: it costs start-up time
+
         conns = self._connect()
         urls = _output_urls(transform_output(prediction.output, conns.api), label)
         report(progress, 100, f"downloading {len(urls)} image(s)")

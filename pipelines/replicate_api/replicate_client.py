@@ -43,13 +43,9 @@ import re
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import httpx
-import replicate
-from replicate.exceptions import ReplicateError
-from replicate.prediction import Prediction
-from replicate.training import Training
 
 from core.errors import BackendFailed, BackendUnavailable, InvalidInput
 from core.logging_setup import get_logger
@@ -73,6 +69,12 @@ from pipelines.replicate_api.replicate_errors import (
 )
 from pipelines.replicate_api.replicate_files import fetch_output
 
+if TYPE_CHECKING:  # `replicate` is imported on first use: it costs start-up time (numpy)
+    import replicate
+    from replicate.exceptions import ReplicateError
+    from replicate.prediction import Prediction
+    from replicate.training import Training
+
 log = get_logger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -81,7 +83,7 @@ MAX_RETRY_WAIT_S = 60.0
 CANCEL_TIMEOUT_S = 5.0
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
-Run = TypeVar("Run", Prediction, Training)
+Run = TypeVar("Run", "Prediction", "Training")
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ class ReplicateClient:
         loop = asyncio.get_running_loop()
         conns = self._connections
         if conns is None or conns.loop is not loop:
+            import replicate
+
             timeout = httpx.Timeout(self._timeout_s, connect=min(10.0, self._timeout_s))
             transport = httpx.AsyncHTTPTransport()
             # A 429 any request met pauses them all, retries included (provider_limits).
@@ -276,6 +280,8 @@ class ReplicateClient:
         `refuse` words the caller's own refusals (what a 404 means depends on what was
         asked); None leaves the error to the common translation.
         """
+        from replicate.exceptions import ReplicateError
+
         api = self.connect().api
         attempts = self._max_retries + 1
         answer = f"the request to start {label}"
@@ -389,6 +395,8 @@ class ReplicateClient:
 
     async def _poll(self, resource: Resource, api: replicate.Client, run_id: str) -> Any:
         # The client itself retries GETs on 429/503/504; what is left here is final.
+        from replicate.exceptions import ReplicateError
+
         answer = f"a look at {resource.noun} {run_id}"
         after = "Atelier stopped following it and asked Replicate to cancel it."
         try:

@@ -16,7 +16,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from replicate.exceptions import ReplicateError
 
 from core.errors import (
     BackendError,
@@ -30,6 +29,8 @@ from core.errors import (
 )
 
 if TYPE_CHECKING:
+    from replicate.exceptions import ReplicateError  # only annotations: it costs start-up time
+
     from pipelines.replicate_api.replicate_client import Resource
 
 TOKEN_HINT = "check REPLICATE_API_TOKEN; it may be wrong, expired or revoked"

@@ -15,8 +15,6 @@ import math
 import urllib.parse
 from typing import Any
 
-from replicate.helpers import FileOutput
-
 from core.errors import BackendFailed, InvalidInput
 from pipelines.downloads.guarded_fetch import GuardedFetcher
 
@@ -71,6 +69,8 @@ def output_link(item: Any, label: str, what: str) -> str:
     Anything else is refused here, naming the model: a value of another type, or text
     that is no URL at all. A URL of a scheme or host Atelier does not fetch is the guard's
     to refuse, with its neutral message."""
+    from replicate.helpers import FileOutput  # on first use: `replicate` costs start-up time
+
     url = item.url if isinstance(item, FileOutput) else item
     if not isinstance(url, str):
         kind = {dict: "an object", list: "a list", bool: "true/false"}.get(type(url))

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 from core.errors import AtelierError, InvalidInput
 from memory.curations import StoredScore
-from pipelines.scoring.quality_rules import CHECKS, run_checks
 
+# The names of quality_rules.CHECKS, which is imported on first use (numpy and scipy
+# cost start-up time); tests/test_startup_imports.py checks that the two agree.
+CHECKS: tuple[str, ...] = ("background", "centring", "single_object", "sharpness", "coverage")
 CLIP = "clip"
 CRITERIA: tuple[str, ...] = (CLIP, *CHECKS)
 DEFAULT_WEIGHTS: dict[str, float] = {CLIP: 1.0, "sharpness": 0.5, "coverage": 0.5}
@@ -87,6 +89,8 @@ def score_images(
 
     Blocking (numpy, and torch when CLIP is on): call it in a worker thread.
     """
+    from pipelines.scoring.quality_rules import run_checks
+
     notes: list[str] = []
     checks = [name for name in CHECKS if weights.get(name, 0) > 0] or list(CHECKS)
     per_image: list[list[Score]] = [

@@ -31,12 +31,9 @@ import math
 import re
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
-import replicate
-from replicate.exceptions import ReplicateError
-from replicate.training import Training
 
 from core.errors import BackendFailed, InvalidInput
 from core.logging_setup import get_logger
@@ -60,6 +57,11 @@ from pipelines.replicate_api.replicate_errors import (
 )
 from pipelines.replicate_api.replicate_files import data_uri, redact
 from pipelines.training.lora_dataset import PreparedDataset, dataset_zip
+
+if TYPE_CHECKING:  # `replicate` is imported on first use: it costs start-up time (numpy)
+    import replicate
+    from replicate.exceptions import ReplicateError
+    from replicate.training import Training
 
 log = get_logger(__name__)
 
@@ -262,6 +264,8 @@ class ReplicateLoraTrainer:
     async def _dataset_input(self, api: replicate.Client, archive: bytes, name: str) -> str:
         if len(archive) <= self._data_uri_limit:
             return data_uri(archive, "application/zip")
+        from replicate.exceptions import ReplicateError
+
         filename = f"{name.replace('/', '-')}-dataset.zip"
         answer, after = "the upload of the training images", "Nothing was started."
         try:
@@ -280,6 +284,8 @@ class ReplicateLoraTrainer:
         return link
 
     async def _latest_version(self, api: replicate.Client, model: str) -> str:
+        from replicate.exceptions import ReplicateError
+
         try:
             found = await api.models.async_get(model)
         except ReplicateError as exc:

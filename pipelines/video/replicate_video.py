@@ -20,8 +20,6 @@ import secrets
 from dataclasses import replace
 from typing import Any, Unpack
 
-from replicate.helpers import transform_output
-
 from core.errors import BackendFailed, InvalidInput
 from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.guarded_fetch import refused
@@ -96,6 +94,8 @@ class ReplicateVideo:
         pinned = ModelRef(ref.owner, ref.name, ref.version or spec.version)
         prediction = await self._client.predict(pinned, inputs, label, progress)
         # 4. Download the clip and make sure browsers can play it.
+        from replicate.helpers import transform_output  # on first use: it costs start-up time
+
         url = _output_url(transform_output(prediction.output, self._client.connect().api), label)
         report(progress, 100, "downloading the clip")
         data = await self._client.download(url, label, max_bytes=MAX_VIDEO_BYTES)
