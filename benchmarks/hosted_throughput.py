@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ from pipelines.catalogue.pricing import PriceTable  # noqa: E402
 from pipelines.downloads.fetch_policy import FetchPolicy  # noqa: E402
 from pipelines.images.registry import BackendRegistry  # noqa: E402
 from pipelines.images.replicate_images import ReplicateImages  # noqa: E402
+from tests.fakes.replicate_process import ReplicateServerProcess  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
 from tests.tool_helpers import ChatRecorder, tool_context  # noqa: E402
 from tools.context import GenerationDefaults  # noqa: E402
@@ -60,44 +59,6 @@ MODEL = "black-forest-labs/flux-1.1-pro"  # one image per request
 PRICE = Decimal("0.04")  # its per-image row in pipelines/catalogue/prices.toml
 TARGET_RATIO = 1.1
 THREADS = ("6f1c2e3a-98f4-4b3c-9d55-2e0f0c7c1a11", "6f1c2e3a-98f4-4b3c-9d55-2e0f0c7c1a12")
-
-
-class FakeProcess:
-    """`python -m tests.fakes.replicate_server` in the background, until closed."""
-
-    def __init__(self, latency_s: float) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.replicate_server",
-                "--port",
-                "0",
-                "--latency",
-                str(latency_s),
-                "--output-mode",
-                "data",
-                "--finish-on-create",
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if not line.startswith("READY "):
-            self.close()
-            raise RuntimeError(f"the fake did not start: {line!r}")
-        self.base_url = line.split()[1]
-        self.api_token = DEFAULT_TOKEN
-        self.fetch_allow = urlsplit(self.base_url).netloc
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 async def one_run(
@@ -156,14 +117,14 @@ async def run(args: argparse.Namespace) -> int:
         f"Hosted throughput: {args.images} images of {MODEL} (one per request) in one "
         f"generate_image call, fake Replicate with {args.latency:g} s latency per request"
     )
-    fake = FakeProcess(args.latency)
+    fake = ReplicateServerProcess(args.latency, "--output-mode", "data", "--finish-on-create")
     # One backend for both runs, as the app keeps one: its connections are made once.
     backend = ReplicateImages(
-        fake.api_token,
+        DEFAULT_TOKEN,
         MODEL,
         base_url=fake.base_url,
         poll_interval_s=0.05,
-        fetch_policy=FetchPolicy.from_setting(fake.fetch_allow),
+        fetch_policy=FetchPolicy.from_setting(urlsplit(fake.base_url).netloc),
     )
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +41,7 @@ from pipelines.downloads.fetch_policy import FetchPolicy  # noqa: E402
 from pipelines.images.base import ImageRequest  # noqa: E402
 from pipelines.images.replicate_images import ReplicateImages  # noqa: E402
 from pipelines.replicate_api.replicate_client import FIRST_POLL_S  # noqa: E402
+from tests.fakes.replicate_process import ReplicateServerProcess  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
 
 MODEL = "black-forest-labs/flux-schnell"
@@ -68,41 +67,6 @@ class Timing:
     def p95(self) -> float:
         ordered = sorted(self.samples_ms)
         return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-class FakeProcess:
-    """`python -m tests.fakes.replicate_server` in the background, until closed."""
-
-    def __init__(self, latency_s: float, processing_polls: int) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.replicate_server",
-                "--port",
-                "0",
-                "--latency",
-                str(latency_s),
-                "--processing-polls",
-                str(processing_polls),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        if not line.startswith("READY "):
-            self.close()
-            raise RuntimeError(f"the fake did not start: {line!r}")
-        self.base_url = line.split()[1]
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def baseline(client: httpx.AsyncClient, poll_interval_s: float) -> Callable[[], Awaitable[bytes]]:
@@ -144,7 +108,7 @@ async def run(args: argparse.Namespace) -> int:
         f"poll interval {args.poll_interval * 1000:.0f} ms "
         f"(nominal floor {floor_ms:.0f} ms per image: {polls + 2} requests + {polls} sleeps)"
     )
-    fake = FakeProcess(args.latency, args.processing_polls)
+    fake = ReplicateServerProcess(args.latency, "--processing-polls", str(args.processing_polls))
     headers = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
     backend = ReplicateImages(
         DEFAULT_TOKEN,
