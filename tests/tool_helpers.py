@@ -82,9 +82,7 @@ def training_jobs(
     device queue training shares, as the app builds it) and/or on a Replicate trainer."""
     trainers: dict[str, Any] = {}
     if local is not None:
-        trainers["local"] = LocalLoraTrainer(
-            local.runner, local.device, local.lora_dir, local.default_model
-        )
+        trainers["local"] = LocalLoraTrainer.beside(local)
     if replicate is not None:
         trainers["replicate"] = replicate
     return TrainingJobs(loras, lora_dir, backends=TrainingBackendRegistry(trainers), **options)

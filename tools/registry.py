@@ -56,9 +56,11 @@ def commands() -> list[tuple[Command, Tool[Any]]]:
 def find_command(name: str, text: str) -> tuple[Command, Tool[Any], str] | None:
     """`train`, `stop NAME` -> the `train stop` command and `NAME`; None if unknown."""
     word, _, rest = text.partition(" ")
-    by_name = {command.name: (command, tool) for command, tool in commands()}
-    two_words = by_name.get(f"{name} {word.lower()}")
+    two_words = _BY_COMMAND.get(f"{name} {word.lower()}")
     if two_words is not None:
         return (*two_words, rest.strip())
-    one_word = by_name.get(name)
+    one_word = _BY_COMMAND.get(name)
     return (*one_word, text) if one_word is not None else None
+
+
+_BY_COMMAND = {command.name: (command, tool) for command, tool in commands()}

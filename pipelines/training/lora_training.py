@@ -185,6 +185,16 @@ class LocalLoraTrainer:
         self.lora_dir = lora_dir
         self.default_model = default_model  # the base model a training uses unless named
 
+    @classmethod
+    def beside(cls, local: Any) -> LocalLoraTrainer:
+        """A trainer on the local image backend's device, queue, LoRA folder and model."""
+        return cls(
+            getattr(local, "runner", None),
+            getattr(local, "device", "auto"),
+            local.lora_dir,
+            local.default_model,
+        )
+
     def checkpoint_step(self, name: str) -> int | None:
         """Where `resume=True` would continue `name` from; None when it cannot."""
         if self.lora_dir is None:
@@ -742,8 +752,6 @@ def create_training_backend(
 ) -> LocalLoraTrainer | None:
     """Trains on the local image backend's device and queue; None without that backend."""
     local = next((b for b in images.available() if b.id == "local"), None) if images else None
-    lora_dir = getattr(local, "lora_dir", None)
-    if local is None or lora_dir is None:
+    if local is None or getattr(local, "lora_dir", None) is None:
         return None
-    runner = getattr(local, "runner", None)
-    return LocalLoraTrainer(runner, getattr(local, "device", "auto"), lora_dir, local.default_model)
+    return LocalLoraTrainer.beside(local)
