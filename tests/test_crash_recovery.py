@@ -221,12 +221,23 @@ async def _send_and_crash(
     are stored, kill -9 the app."""
     sending = asyncio.create_task(chat.send(text, timeout=300))
 
+    typed = text.replace("'", "''")
+    saved = f"SELECT id FROM steps WHERE type = 'user_message' AND output = '{typed}'"
+
     def ready() -> bool:
         if sending.done():
             return True
-        return fake.held >= 1 and len(app_rows(app, "SELECT id FROM images")) >= stored
+        # The user's message must be stored too: the notice after the crash quotes it,
+        # and Chainlit writes that step in the background, racing the provider request.
+        return (
+            fake.held >= 1
+            and len(app_rows(app, "SELECT id FROM images")) >= stored
+            and bool(app_rows(app, saved))
+        )
 
-    await wait_until(ready, 60, f"a held image request and {stored} stored image(s)")
+    await wait_until(
+        ready, 60, f"a held image request, {stored} stored image(s) and the saved message"
+    )
     assert not sending.done(), outputs(sending.result())
     [entry] = app_rows(app, "SELECT * FROM ledger_entries")
     assert entry["status"] == "reserved" and entry["instance_id"]
