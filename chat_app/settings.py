@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
+from memory.db import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 from memory.ledger import OperatorLimits
 from pipelines.downloads.fetch_policy import parse_allow_list
 
@@ -38,6 +39,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./data"), validation_alias=_env("ATELIER_DATA_DIR"))
     database_url: str | None = Field(None, validation_alias=_env("ATELIER_DATABASE_URL"))
+    # PostgreSQL connections per process (memory/db.py says why these defaults).
+    db_pool_size: Annotated[int, Field(ge=1, le=500)] = Field(
+        DEFAULT_POOL_SIZE, validation_alias=_env("ATELIER_DB_POOL_SIZE")
+    )
+    db_max_overflow: Annotated[int, Field(ge=0, le=500)] = Field(
+        DEFAULT_MAX_OVERFLOW, validation_alias=_env("ATELIER_DB_MAX_OVERFLOW")
+    )
 
     # Defaults are live models in pipelines/catalogue/models.toml
     # (gpt-5-mini shuts down 2026-12-11).

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import NotFound
+from memory.db import write_session
 from memory.ids import is_uuid
 from memory.models import AuthSession, User, utcnow
 
@@ -65,10 +66,10 @@ class AuthSessionStore:
     async def create(self, user_id: str) -> str:
         """A new session for a user; NotFound if the user was removed meanwhile."""
         row = AuthSession(user_id=user_id)
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             session.add(row)
             try:
-                await session.commit()
+                await session.flush()
             except IntegrityError:
                 raise NotFound("No such user.") from None
         return row.id
@@ -107,29 +108,27 @@ class AuthSessionStore:
         now = utcnow()
         if now - found.last_seen < LAST_SEEN_EVERY:
             return
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             await session.execute(
                 update(AuthSession).where(AuthSession.id == found.id).values(last_seen=now)
             )
-            await session.commit()
 
     async def revoke(self, session_id: str) -> bool:
         """End one session (logout); False if it was not open."""
         if not is_uuid(session_id):
             return False
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             result = await session.execute(
                 update(AuthSession)
                 .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
-            await session.commit()
         return bool(result.rowcount)
 
     async def purge(self) -> int:
         """Delete rows that can never be used again (expired, or revoked a while ago)."""
         now = utcnow()
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             result = await session.execute(
                 delete(AuthSession).where(
                     or_(
@@ -138,5 +137,4 @@ class AuthSessionStore:
                     )
                 )
             )
-            await session.commit()
         return int(result.rowcount or 0)

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import InvalidInput, NotFound
-from memory.db import session_factory
+from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.models import Curation, CurationCandidate, Image, ImageScore, new_id, utcnow
 
@@ -88,7 +88,7 @@ class CurationStore:
         """The curation, its candidates and every score, in one transaction."""
         thread_id = require_uuid(thread_id, "thread id")
         curation_id = new_id()
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             await self._owned_images(session, [c.image_id for c in candidates], user_id)
             session.add(
                 Curation(
@@ -138,7 +138,7 @@ class CurationStore:
     async def record_scores(self, image_id: str, user_id: str, scores: list[StoredScore]) -> None:
         """Scores from a stand-alone quality check (no curation)."""
         image_id = require_uuid(image_id, "image id")
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             await self._owned_images(session, [image_id], user_id)
             session.add_all(self._score_rows(image_id, None, scores))
 
@@ -227,7 +227,7 @@ class CurationStore:
                 )
             displaced = max(by_scores, key=lambda c: c.rank).image_id
         now = utcnow()
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             key = CurationCandidate.curation_id == curation.id
             await session.execute(
                 update(CurationCandidate)

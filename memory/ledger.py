@@ -11,9 +11,8 @@ transaction that serialises against every other reservation in the same scope.
 - PostgreSQL: a transaction-scoped advisory lock per scope (the conversation, and the
   user's UTC day), taken in a fixed order before anything is read. Under READ COMMITTED
   every later statement sees what the previous holder committed.
-- SQLite: `BEGIN IMMEDIATE`, which takes the database's write lock before the sums are
-  read. Python's sqlite3 would otherwise begin only at the INSERT, leaving the reads
-  outside the transaction. Other writers wait on the busy timeout memory.db sets.
+- SQLite: memory.db's write transaction, which holds the database's one write lock
+  (`BEGIN IMMEDIATE`, taken in turn by the process's writers) before the sums are read.
 
 Every read and write is scoped to the user, like image lineage.
 
@@ -54,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core import money
 from core.errors import AtelierError, InvalidInput, NotFound
 from memory import csv_cells, media_claims
+from memory.db import write_transaction
 from memory.ids import require_uuid
 from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
 
@@ -211,18 +211,13 @@ class Ledger:
     @asynccontextmanager
     async def _serialised(self, *keys: str) -> AsyncIterator[AsyncConnection]:
         """A transaction that no other reservation in the same scopes runs alongside."""
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             if conn.dialect.name == "postgresql":
                 # A fixed order, so two reservations sharing scopes cannot deadlock.
-                for key in sorted(set(keys)):
-                    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
-            else:
-                # SQLAlchemy's pysqlite dialect emits no BEGIN of its own (sqlite3 begins
-                # implicitly only before a write), so this is the transaction's first
-                # statement; sqlite3's commit() and rollback() end it, so the engine's
-                # commit and rollback apply to it. A deferred BEGIN would not do: two
-                # readers upgrading to writers fail at once ("database is locked").
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # One statement; PostgreSQL evaluates a select list left to right.
+                locks = [func.pg_advisory_xact_lock(func.hashtext(k)) for k in sorted(set(keys))]
+                await conn.execute(select(*locks))
+            # SQLite: the write transaction already holds the one write lock.
             yield conn
 
     async def reserve(
@@ -266,7 +261,6 @@ class Ledger:
         async with self._serialised(
             f"atelier.ledger:thread:{thread_id}", f"atelier.ledger:user_day:{user_id}:{day}"
         ) as conn:
-            await _check_thread_owner(conn, thread_id, user_id)
             for usage in await _usage(conn, user_id, thread_id, when, operator_limits):
                 if usage.would_exceed(estimate):
                     raise BudgetExceeded(usage, estimate)
@@ -341,22 +335,22 @@ class Ledger:
                 LedgerEntry.status == "released", LedgerEntry.interrupted_at.is_not(None)
             )
             movable = or_(movable, interrupted)
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(LedgerEntry)
-                .where(LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id, movable)
-                .values(**values)
-            )
-            row = (
+        mine = (LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id)
+        async with write_transaction(self._engine) as conn:
+            moved = (
                 await conn.execute(
-                    select(LedgerEntry).where(
-                        LedgerEntry.id == reservation_id, LedgerEntry.user_id == user_id
-                    )
+                    update(LedgerEntry)
+                    .where(*mine, movable)
+                    .values(**values)
+                    .returning(*LedgerEntry.__table__.c)
                 )
             ).one_or_none()
+            if moved is not None:  # the common case: one statement
+                return Reservation.from_row(moved)
+            row = (await conn.execute(select(LedgerEntry).where(*mine))).one_or_none()
         if row is None:
             raise NotFound("No such charge in your ledger.")
-        if result.rowcount != 1 and not (again_ok and row.status == values["status"]):
+        if not (again_ok and row.status == values["status"]):
             raise InvalidInput(f"That charge was already {row.status}.")
         return Reservation.from_row(row)
 
@@ -370,7 +364,7 @@ class Ledger:
         touched here: `release_abandoned` releases them once their process is dead.
         """
         when = _utc(now)
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             result = await conn.execute(
                 update(LedgerEntry)
                 .where(
@@ -390,7 +384,7 @@ class Ledger:
         caller looked keeps what it has reserved since.
         """
         when = _utc(now)
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             result = await conn.execute(
                 update(LedgerEntry)
                 .where(
@@ -438,7 +432,7 @@ class Ledger:
         if not rows:
             return claimed
         # Writes only, so SQLite takes its write lock (waiting its turn) at the first one.
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             for row in rows:
                 result = await conn.execute(
                     update(LedgerEntry)
@@ -476,7 +470,6 @@ class Ledger:
         user_id = require_uuid(user_id, "user id")
         thread_id = require_uuid(thread_id, "thread id")
         async with self._engine.connect() as conn:
-            await _check_thread_owner(conn, thread_id, user_id)
             return await _usage(conn, user_id, thread_id, _utc(now), operator_limits)
 
     async def confirmation_threshold(
@@ -518,7 +511,7 @@ class Ledger:
         limit = None if limit_usd is None else _money(limit_usd, "limit_usd")
         confirm = None if confirm_above_usd is None else _money(confirm_above_usd, "confirm")
         key = (Budget.scope == scope, Budget.scope_id == scope_id, Budget.set_by == set_by)
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             if set_by == "user":
                 if user_id is None:
                     raise InvalidInput("A budget set by a user needs the user's id.")
@@ -652,22 +645,38 @@ async def _usage(
     when: datetime,
     operator_limits: OperatorLimits | None,
 ) -> list[ScopeUsage]:
-    """Sums and effective limits of the conversation and of the user's UTC day."""
+    """Sums and effective limits of the conversation and of the user's UTC day.
+
+    Someone else's conversation is not found (one not stored yet may be budgeted). The
+    owner and the four sums are one statement, the budgets a second: a reservation runs
+    under the write lock, so each statement less is time another request does not wait.
+    """
     start = _day_start(when)
-    sums = select(
-        func.sum(case((LedgerEntry.status == "settled", LedgerEntry.actual_usd))),
-        func.sum(case((LedgerEntry.status == "reserved", LedgerEntry.estimate_usd))),
+
+    def total(status: str, amount: Any, *where: Any) -> Any:
+        picked = case((LedgerEntry.status == status, amount))
+        return select(func.sum(picked)).where(*where).scalar_subquery()
+
+    in_thread = (LedgerEntry.thread_id == thread_id,)
+    in_day = (
+        LedgerEntry.user_id == user_id,
+        LedgerEntry.created_at >= start,
+        LedgerEntry.created_at < start + timedelta(days=1),
     )
-    thread_sums = (await conn.execute(sums.where(LedgerEntry.thread_id == thread_id))).one()
-    day_sums = (
+    row = (
         await conn.execute(
-            sums.where(
-                LedgerEntry.user_id == user_id,
-                LedgerEntry.created_at >= start,
-                LedgerEntry.created_at < start + timedelta(days=1),
+            select(
+                select(Thread.user_id).where(Thread.id == thread_id).scalar_subquery(),
+                total("settled", LedgerEntry.actual_usd, *in_thread),
+                total("reserved", LedgerEntry.estimate_usd, *in_thread),
+                total("settled", LedgerEntry.actual_usd, *in_day),
+                total("reserved", LedgerEntry.estimate_usd, *in_day),
             )
         )
     ).one()
+    if row[0] not in (None, user_id):
+        raise NotFound("No such conversation.")
+    thread_sums, day_sums = (row[1], row[2]), (row[3], row[4])
     budget_rows = (
         await conn.execute(
             select(Budget).where(

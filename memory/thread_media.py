@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import NotFound
 from memory import media_claims
-from memory.db import session_factory
+from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.media_store import MediaStore
 from memory.models import Image, Thread, Video
@@ -152,7 +152,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
             **{name: getattr(new, name) for name in _FROM_NEW},
             **own,
         )
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             await session.execute(
                 self._insert(Thread)
                 .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from core.errors import InvalidInput, NotFound
 from memory.auth_sessions import revoke_all
+from memory.db import write_session
 from memory.models import AuthSession, User
 
 T = TypeVar("T")
@@ -95,10 +96,10 @@ class UserStore:
         check_password(password)
         password_hash = await self._off_loop(_hasher.hash, password)
         user = User(identifier=name, password_hash=password_hash, role=role, meta={})
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             session.add(user)
             try:
-                await session.commit()
+                await session.flush()
             except IntegrityError:
                 raise InvalidInput(f"A user named {name!r} already exists.") from None
         return Account(user.id, user.identifier, user.role)
@@ -107,25 +108,23 @@ class UserStore:
         """Change the password and end all of the user's sessions; returns how many."""
         check_password(password)
         password_hash = await self._off_loop(_hasher.hash, password)
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             user = await session.scalar(select(User).where(User.identifier == name))
             if user is None:
                 raise NotFound(f"No user named {name!r}.")
             user.password_hash = password_hash
             ended = await revoke_all(session, user.id)
-            await session.commit()
         return ended
 
     async def remove(self, name: str) -> None:
         """Remove the user, their conversations and their sessions in one transaction."""
-        async with self._sessions() as session:
+        async with write_session(self._sessions) as session:
             user_id = await session.scalar(select(User.id).where(User.identifier == name))
             if user_id is None:
                 raise NotFound(f"No user named {name!r}.")
             # The foreign key cascades too; deleting explicitly does not depend on it.
             await session.execute(delete(AuthSession).where(AuthSession.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))
-            await session.commit()
 
     async def list(self) -> list[Account]:
         async with self._sessions() as session:
