@@ -1,4 +1,9 @@
-"""Chainlit's entry points. Chainlit imports this file by path (see server.py)."""
+"""Chainlit's entry points. Chainlit imports this file by path (see server.py).
+
+It is imported while the app is built, before the first page is served, so the chat's
+own modules (`turn`, `commands`: the agent, every tool, the chat model's messages) are
+imported by the handlers that use them, on the first chat rather than at start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,9 @@ import asyncio
 import chainlit as cl
 from chainlit.types import ThreadDict
 
-from chat_app import commands, rendering, settings_panel
+from chat_app import rendering, settings_panel
 from chat_app.runtime import Runtime, get_runtime
 from chat_app.session_guard import SESSION_CLAIM
-from chat_app.turn import current_user_id, handle_message, tell_interrupted_work
 from core.errors import AtelierError, NotFound
 from core.logging_setup import get_logger
 
@@ -49,6 +53,9 @@ async def _login(username: str, password: str) -> cl.User | None:
 
 @cl.on_chat_start
 async def _start() -> None:
+    from chat_app import commands
+    from chat_app.turn import current_user_id
+
     runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
     await settings_panel.show(runtime, await current_user_id(runtime))
@@ -59,6 +66,9 @@ async def _start() -> None:
 async def _resume(thread: ThreadDict) -> None:
     # The agent's memory is rebuilt from the database on every turn (conversation.py);
     # Chainlit restores the user session (and so the panel) from the thread's metadata.
+    from chat_app import commands
+    from chat_app.turn import current_user_id
+
     runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
     user_id = await current_user_id(runtime)
@@ -74,6 +84,8 @@ _notices: set[asyncio.Task[None]] = set()  # running resume notices, kept from t
 
 
 async def _tell_after_resume(runtime: Runtime, user_id: str, thread_id: str) -> None:
+    from chat_app.turn import tell_interrupted_work
+
     try:
         await tell_interrupted_work(runtime, user_id, thread_id)
     except Exception:
@@ -82,6 +94,8 @@ async def _tell_after_resume(runtime: Runtime, user_id: str, thread_id: str) -> 
 
 @cl.on_settings_update
 async def _settings(values: dict) -> None:
+    from chat_app.turn import current_user_id
+
     runtime = get_runtime()
     user_id = await current_user_id(runtime)
     try:
@@ -93,4 +107,6 @@ async def _settings(values: dict) -> None:
 
 @cl.on_message
 async def _message(message: cl.Message) -> None:
+    from chat_app.turn import handle_message
+
     await handle_message(get_runtime(), message)

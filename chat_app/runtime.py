@@ -16,7 +16,6 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import training_display
-from chat_app.agent import prompt_rewriter
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from core.logging_setup import get_logger
@@ -36,7 +35,7 @@ from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
 from pipelines.training.registry import TrainingBackendRegistry
 from pipelines.video.video_registry import VideoBackendRegistry
-from tools.context import Services
+from tools.context import PromptRewriter, Services
 from tools.styles import StyleLibrary
 from tools.training_jobs import TrainingJobs
 
@@ -68,17 +67,17 @@ class Runtime:
         purged = await self.auth_sessions.purge()
         if purged:
             log.info("auth_sessions_purged", count=purged)
-        if self.services.trainings is not None:
-            # No job runs yet: what the database calls running died with an old process.
-            interrupted = await self.services.trainings.loras.mark_interrupted()
-            if interrupted:
-                log.warning("trainings_interrupted", count=interrupted)
         ledger = self.services.ledger
         if ledger is not None:
-            # What processes that died mid-action held is given back before any turn runs,
-            # and marked interrupted so each user is told; live processes keep theirs.
             self.instances = AppInstances(self.engine, ledger)
             await self.instances.register()
+            if self.services.trainings is not None:
+                # A training whose process dies while others run is marked at once.
+                self.instances.sweeps.append(self.services.trainings.loras.mark_interrupted)
+        await self._interrupt_dead_trainings()
+        if ledger is not None and self.instances is not None:
+            # What processes that died mid-action held is given back before any turn runs,
+            # and marked interrupted so each user is told; live processes keep theirs.
             await self.instances.release_dead()
             released = await ledger.release_stale(STALE_RESERVATION_AGE)
             if released:
@@ -109,6 +108,16 @@ class Runtime:
                 log.exception("instance_unregister_failed")
         await self.engine.dispose()
 
+    async def _interrupt_dead_trainings(self) -> None:
+        """No job runs here yet: a training the database calls running died with its
+        process when that process is dead (or unknown); a live process's keep running."""
+        if self.services.trainings is None:
+            return
+        alive = await self.instances.alive() if self.instances is not None else None
+        interrupted = await self.services.trainings.loras.mark_interrupted(alive)
+        if interrupted:
+            log.warning("trainings_interrupted", count=interrupted)
+
     async def _ensure_first_user(self) -> None:
         if await self.users.count() > 0:
             return
@@ -137,7 +146,11 @@ def _login_lifetime() -> timedelta:
 
 
 def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     media = MediaStore(settings.data_dir.resolve() / "media")
     provider_limits.configure(settings.provider_concurrency)
     backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
@@ -153,7 +166,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
             backends=backends,
             images=ImageStore(engine, media),
             styles=StyleLibrary.load(settings.styles_file),
-            rewrite=prompt_rewriter(settings),
+            rewrite=_prompt_rewriter(settings),
             curations=CurationStore(engine),
             clip_model=settings.clip_model if settings.clip_enabled else None,
             prices=PriceTable.load(
@@ -171,6 +184,25 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
             ),
         ),
     )
+
+
+def _prompt_rewriter(settings: Settings) -> PromptRewriter | None:
+    """refine_prompt's chat call (`agent.prompt_rewriter`); None in command mode.
+
+    The agent module (langchain's messages, every tool) is imported by the first
+    rewrite, not at start-up.
+    """
+    if not settings.llm_configured:
+        return None
+
+    async def rewrite(instructions: str, prompt: str) -> str:
+        from chat_app.agent import prompt_rewriter
+
+        rewriter = prompt_rewriter(settings)
+        assert rewriter is not None  # the chat model is configured (above)
+        return await rewriter(instructions, prompt)
+
+    return rewrite
 
 
 _current: Runtime | None = None

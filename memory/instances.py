@@ -26,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import Select, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.logging_setup import get_logger
+from memory.db import write_transaction
 from memory.images import ImageRecord
 from memory.ledger import Ledger, Reservation
 from memory.models import AppInstance, CurationCandidate, Image, Step, new_id, utcnow
@@ -93,6 +95,9 @@ class AppInstances:
         # Conversations with interrupted work not yet told, as last read: a turn looks
         # up its notices only when its conversation is here (refreshed every beat).
         self.untold_threads: set[str] = set()
+        # Other work that names its process (trainings), released like reservations on
+        # every beat: each is given the select of live process ids.
+        self.sweeps: list[Callable[[Select[tuple[str]]], Awaitable[object]]] = []
 
     @property
     def dead_after(self) -> timedelta:
@@ -101,7 +106,7 @@ class AppInstances:
     async def register(self, now: datetime | None = None) -> None:
         """Add this process's row; its ledger's reservations are its own from now on."""
         when = now or utcnow()
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             await conn.execute(
                 insert(AppInstance).values(
                     id=self.id,
@@ -118,7 +123,7 @@ class AppInstances:
         """Refresh the heartbeat; a row another process removed (it took this one for
         dead after a long stall) is added again."""
         when = now or utcnow()
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             result = await conn.execute(
                 update(AppInstance).where(AppInstance.id == self.id).values(heartbeat_at=when)
             )
@@ -126,13 +131,18 @@ class AppInstances:
             log.warning("instance_revived", instance=self.id)
             await self.register(when)
 
-    async def release_dead(self, now: datetime | None = None) -> int:
-        """Release the open reservations of every dead process; forget dead processes.
+    async def alive(self, now: datetime | None = None) -> Select[tuple[str]]:
+        """A select of the ids of live processes (this one included), for work that
+        names its process: whatever names an id outside it belongs to a dead process.
 
-        Returns how many reservations were released.
+        Evaluate it inside the statement that acts on the dead processes' work, so a
+        process that registers after this call counts as alive there.
         """
-        when = now or utcnow()
-        cutoff = when - self.dead_after
+        alive, _ = await self._alive_and_gone(now or utcnow())
+        return alive
+
+    async def _alive_and_gone(self, when: datetime) -> tuple[Select[tuple[str]], list[str]]:
+        """The live processes' ids (a select), and the ids a pid check found dead."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(AppInstance))).all()
         gone = [
@@ -144,11 +154,21 @@ class AppInstances:
             and (row.pid == self.pid or not pid_running(row.pid))
         ]
         alive = select(AppInstance.id).where(
-            or_(AppInstance.heartbeat_at >= cutoff, AppInstance.id == self.id),
+            or_(AppInstance.heartbeat_at >= when - self.dead_after, AppInstance.id == self.id),
             AppInstance.id.not_in(gone),
         )
+        return alive, gone
+
+    async def release_dead(self, now: datetime | None = None) -> int:
+        """Release the open reservations of every dead process; forget dead processes.
+
+        Returns how many reservations were released.
+        """
+        when = now or utcnow()
+        cutoff = when - self.dead_after
+        alive, gone = await self._alive_and_gone(when)
         released = await self._ledger.release_abandoned(alive, now=when)
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             await conn.execute(
                 delete(AppInstance).where(
                     AppInstance.id != self.id,
@@ -168,18 +188,27 @@ class AppInstances:
         while True:
             await asyncio.sleep(self.interval.total_seconds())
             try:
-                await self.beat()
-                await self.release_dead()
-                await self.refresh_untold()
+                await self.one_round()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("heartbeat_failed", instance=self.id)
 
+    async def one_round(self) -> None:
+        """One beat: refresh this process's row, release what dead processes held (their
+        reservations, then each sweep's work), note untold conversations."""
+        await self.beat()
+        await self.release_dead()
+        if self.sweeps:
+            alive = await self.alive()
+            for sweep in self.sweeps:
+                await sweep(alive)
+        await self.refresh_untold()
+
     async def unregister(self) -> None:
         """The process stops: its row goes, so the next start-up (or any live process)
         releases whatever it still held without waiting for the heartbeat to age."""
-        async with self._engine.begin() as conn:
+        async with write_transaction(self._engine) as conn:
             await conn.execute(delete(AppInstance).where(AppInstance.id == self.id))
         self._ledger.instance_id = None
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import InvalidInput, NotFound
-from memory.db import session_factory
+from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.models import LoraModel, new_id, utcnow
 
@@ -85,6 +85,7 @@ class NewLora:
     dataset: dict[str, Any]
     parameters: dict[str, Any]
     thread_id: str | None = None
+    instance_id: str | None = None  # the app process that runs it (app_instances.id)
 
 
 class LoraStore:
@@ -112,9 +113,10 @@ class LoraStore:
             step=0,
             total_steps=new.total_steps,
             created_at=utcnow(),
+            instance_id=new.instance_id,
         )
         try:
-            async with self._sessions() as session, session.begin():
+            async with write_session(self._sessions) as session:
                 session.add(row)
         except IntegrityError:
             raise InvalidInput(_taken(new.name)) from None  # a concurrent create won
@@ -192,7 +194,7 @@ class LoraStore:
             raise ValueError(f"unknown LoRA status {values['status']!r}")
         if values.get("status") in FINAL:
             values.setdefault("finished_at", utcnow())
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             await session.execute(
                 update(LoraModel)
                 .where(LoraModel.id == lora_id, LoraModel.user_id == user_id)
@@ -204,19 +206,32 @@ class LoraStore:
         self, lora_id: str, *, step: int, losses: list[list[float]], status: str = "running"
     ) -> None:
         """A running job's step and loss history; ignored once the row is final."""
-        async with self._sessions() as session, session.begin():
+        async with write_session(self._sessions) as session:
             await session.execute(
                 update(LoraModel)
                 .where(LoraModel.id == lora_id, LoraModel.status.in_(ACTIVE))
                 .values(step=step, losses=losses, status=status)
             )
 
-    async def mark_interrupted(self) -> int:
-        """Rows left queued/running by a process that died: at start-up, no job runs yet."""
-        async with self._sessions() as session, session.begin():
+    async def mark_interrupted(self, alive: Select[tuple[str]] | None = None) -> int:
+        """Mark interrupted the rows left queued/running by a process that died; returns
+        how many. Run at start-up, before this process runs any job, and on every
+        heartbeat (`AppInstances.sweeps`) for processes that die while others run.
+
+        A row that names its process (`instance_id`) is interrupted only when that
+        process is not among `alive` (`AppInstances.alive()`, evaluated inside this
+        update): another process sharing the database keeps its running trainings. A
+        row without a process (made before 0011, or by a process without instances) is
+        interrupted as it always was. Without `alive` no process can be told dead, so
+        only those rows are.
+        """
+        dead_owner = LoraModel.instance_id.is_(None)
+        if alive is not None:
+            dead_owner = or_(dead_owner, LoraModel.instance_id.not_in(alive.scalar_subquery()))
+        async with write_session(self._sessions) as session:
             result = await session.execute(
                 update(LoraModel)
-                .where(LoraModel.status.in_(ACTIVE))
+                .where(LoraModel.status.in_(ACTIVE), dead_owner)
                 .values(
                     status="interrupted",
                     finished_at=utcnow(),

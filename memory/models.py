@@ -407,6 +407,10 @@ class LoraModel(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The app process (app_instances.id) running the training: while it lives, another
+    # process's start-up leaves the row running (memory/instances.py). None: made before
+    # 0011 or by a process without instances; any start-up marks it interrupted.
+    instance_id: Mapped[str | None] = mapped_column(String(36))
 
 
 class AuthSession(Base):

@@ -16,7 +16,9 @@ While a job runs, a publisher wakes every `publish_every_s`, writes the step and
 loss history to the row (so a reloaded page and `/train status` read them from the
 database) and tells the watcher, which updates the chat message and its loss chart.
 On start-up, rows left queued/running by a dead process become "interrupted"
-(`LoraStore.mark_interrupted`); local ones resume from their newest checkpoint.
+(`LoraStore.mark_interrupted`); a row names the process running it (the ledger's
+instance), so another live process's trainings are left alone. Local ones resume from
+their newest checkpoint.
 
 Length: a job's life (start, publish, stop, finish, interrupt) is one state machine
 over one row and one reservation; split, its transitions would be in several places.
@@ -243,7 +245,11 @@ class TrainingJobs:
             job.done.set()
 
     async def _open_row(self, job: _Job) -> LoraRecord:
+        """The row, owned by this process (as its reservation is): another process's
+        start-up leaves it running while this one lives (`LoraStore.mark_interrupted`)."""
         spec, ctx = job.spec, job.ctx
+        ledger = ctx.services.ledger
+        instance_id = ledger.instance_id if ledger is not None else None
         if spec.resume is not None:
             return await self.loras.update(
                 spec.resume.id,
@@ -253,6 +259,7 @@ class TrainingJobs:
                 finished_at=None,
                 total_steps=spec.steps,
                 parameters={**spec.resume.parameters, **spec.parameters},
+                instance_id=instance_id,
             )
         return await self.loras.create(
             ctx.turn.user_id,
@@ -265,6 +272,7 @@ class TrainingJobs:
                 dataset=spec.manifest,
                 parameters=spec.parameters,
                 thread_id=ctx.turn.thread_id,
+                instance_id=instance_id,
             ),
         )
 
