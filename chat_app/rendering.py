@@ -135,8 +135,20 @@ def caption(artifact: ToolArtifact) -> str:
     return "\n\n".join(lines)
 
 
-def _image(record: ImageRecord, data: bytes, name: str, size: str) -> cl.Image:
-    return cl.Image(content=data, name=name, display="inline", size=size, mime=record.mime)
+def _image(record: ImageRecord, name: str, size: str) -> cl.Image:
+    """The image as a link to the media store, where it already is.
+
+    Given its bytes, Chainlit would write another copy into the session's files and the
+    data layer would hash and store them again (for a 1024x1024 PNG, milliseconds of CPU
+    and megabytes of writing per image, in every turn). The plain media route, like a
+    clip's poster: the browser sends the login cookie, and the owner check applies.
+    `stored_media_key` tells the data layer the file is stored (memory/data_layer.py).
+    """
+    element = cl.Image(
+        url=f"/media/{record.media_key}", name=name, display="inline", size=size, mime=record.mime
+    )
+    element.stored_media_key = record.media_key  # type: ignore[attr-defined]
+    return element
 
 
 async def images(artifact: ToolArtifact) -> None:
@@ -148,11 +160,10 @@ async def images(artifact: ToolArtifact) -> None:
     if not artifact.images:
         return
     elements: list[cl.Element] = [
-        _image(record, data, f"before-{record.id}.png", "medium")
-        for record, data in artifact.before
+        _image(record, f"before-{record.id}.png", "medium") for record, _ in artifact.before
     ]
     size = "small" if artifact.grid else "large"  # curation candidates side by side
-    elements += [_image(record, data, f"{record.id}.png", size) for record, data in artifact.images]
+    elements += [_image(record, f"{record.id}.png", size) for record, _ in artifact.images]
     message = cl.Message(content=artifact.caption or caption(artifact), author="Atelier")
     await message.send()
     await send_in_order(message, elements)
@@ -218,8 +229,7 @@ async def clips(artifact: ToolArtifact) -> None:
     cookie with it, so it keeps working after a resume, long after a signed link expires.
     """
     elements: list[cl.Element] = [
-        _image(record, data, f"keyframe-{record.id}.png", "medium")
-        for record, data in artifact.images
+        _image(record, f"keyframe-{record.id}.png", "medium") for record, _ in artifact.images
     ]
     elements += [
         cl.Video(

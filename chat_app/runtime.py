@@ -106,6 +106,8 @@ class Runtime:
                 await self.instances.unregister()
             except Exception:
                 log.exception("instance_unregister_failed")
+        # Messages Chainlit handed over but not yet committed are written, not dropped.
+        await self.data_layer.flush()
         await self.engine.dispose()
 
     async def _interrupt_dead_trainings(self) -> None:

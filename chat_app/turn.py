@@ -14,7 +14,7 @@ import structlog
 
 from chat_app import agent, commands, model_status, rendering, settings_panel
 from chat_app.chat_port import ChatPort
-from chat_app.conversation import build_messages, history_from_steps
+from chat_app.conversation import MAX_HISTORY_STEPS, build_messages, history_from_steps
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
 from core import money
@@ -193,8 +193,9 @@ def _quote(text: str, limit: int = 200) -> str:
 
 
 async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:
-    thread = await runtime.data_layer.get_thread(message.thread_id)
-    history = history_from_steps(thread["steps"] if thread else [], message.id)
+    # One more than the history keeps: the message being answered is among them.
+    steps = await runtime.data_layer.recent_messages(message.thread_id, MAX_HISTORY_STEPS + 1)
+    history = history_from_steps(steps, message.id)
     services, turn = runtime.services, ctx.turn
     images = await services.images.for_thread(turn.thread_id, turn.user_id)
     verdicts = await services.curation_store().verdicts_for_thread(turn.thread_id, turn.user_id)

@@ -41,6 +41,8 @@ from chainlit.user import PersistedUser
 from sqlalchemy import (
     ColumnElement,
     Subquery,
+    and_,
+    bindparam,
     column,
     delete,
     exists,
@@ -58,13 +60,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from core.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from core.logging_setup import get_logger
 from memory import media_claims, signed_links
-from memory.db import session_factory
+from memory.db import session_factory, write_session
 from memory.ids import is_uuid, require_uuid
 from memory.media_store import MediaStore
 from memory.models import Element, Step, Thread, User, utcnow
 from memory.models import Feedback as FeedbackRow
 from memory.requester import Requester
 from memory.requester import explicit as explicit_requester
+from memory.sqlite_step_writer import Outcome, SqliteStepWriter
 
 if TYPE_CHECKING:
     from chainlit.element import Element as ChainlitElement
@@ -79,6 +82,31 @@ T = TypeVar("T")
 MAX_PAGE = 100
 _WRITE_ATTEMPTS = 4
 _SHOW_INPUT = {True: "true", False: "false"}
+# A step's columns as `write_step` sets them (attribute names), besides id and position.
+_STEP_VALUES = (
+    "thread_id",
+    "parent_id",
+    "name",
+    "type",
+    "input",
+    "output",
+    "meta",
+    "tags",
+    "generation",
+    "modes",
+    "command",
+    "is_error",
+    "streaming",
+    "wait_for_answer",
+    "show_input",
+    "language",
+    "default_open",
+    "auto_collapse",
+    "created_at",
+    "start_at",
+    "end_at",
+    "write_version",
+)
 
 
 def _queue_in_session(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -160,6 +188,7 @@ def _escape_like(text: str) -> str:
 # Sidebar search: a case-insensitive substring of a thread's name or of one of its user
 # or assistant messages, `%` and `_` literal. Migration 0010 indexes it on both databases.
 _SEARCHED_TYPES = ("user_message", "assistant_message")
+_HISTORY_TYPES = ("user_message", "assistant_message", "tool")  # what an agent turn reads
 _SEARCH_MAX = 200  # characters of a search that count
 _TRIGRAM = 3  # a shorter search has no trigram for an index to look up
 # SQLite: when more messages than this (in anyone's threads) hold every trigram of a
@@ -192,6 +221,12 @@ class AtelierDataLayer(BaseDataLayer):
         self._last_version = 0
         self._insert = media_claims.insert_for(engine)
         self._search_indexed: bool | None = None  # known after the first search
+        self._upsert: Any = None
+        self._touch: dict[bool, Any] = {}
+        self._step_writer: SqliteStepWriter | None = None
+        self._writing: set[asyncio.Task[Any]] = set()  # message writes under way
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            self._step_writer = SqliteStepWriter(engine, self._step_upsert(), self._thread_touch)
 
     # ---------------------------------------------------------------- helpers
 
@@ -204,7 +239,7 @@ class AtelierDataLayer(BaseDataLayer):
         """Run one write transaction, retrying transient lock errors; never swallow failure."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                async with self._sessions() as session, session.begin():
+                async with write_session(self._sessions) as session:
                     return await work(session)
             except (InvalidInput, NotFound, AccessDenied):
                 raise
@@ -579,6 +614,34 @@ class AtelierDataLayer(BaseDataLayer):
             elements=[self._element_dict(e) for e in elements],
         )
 
+    async def recent_messages(self, thread_id: str, limit: int) -> list[dict[str, Any]]:
+        """The thread's newest `limit` message and tool steps, oldest first, in the
+        shape of `get_thread`'s steps (id, type, name, output, isError).
+
+        What an agent turn needs of its history, without loading the whole thread (every
+        step, element and feedback, turned into dicts) on every turn of a long chat.
+        Someone else's thread has no messages.
+        """
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._sessions() as session:
+            try:
+                if await self._check_thread_access(session, thread_id) is None:
+                    return []
+            except NotFound:
+                return []
+            rows = (
+                await session.execute(
+                    select(Step.id, Step.type, Step.name, Step.output, Step.is_error)
+                    .where(Step.thread_id == thread_id, Step.type.in_(_HISTORY_TYPES))
+                    .order_by(Step.created_at.desc(), Step.position.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            {"id": r.id, "type": r.type, "name": r.name, "output": r.output, "isError": r.is_error}
+            for r in reversed(rows)
+        ]
+
     # ------------------------------------------------------------------ steps
 
     async def create_step(self, step_dict: StepDict) -> None:
@@ -590,7 +653,13 @@ class AtelierDataLayer(BaseDataLayer):
     @_queue_in_session
     async def _write_step_queued(self, step_dict: dict[str, Any], version: int) -> None:
         # One queue (one method name) for creates and updates keeps their order.
-        await self.write_step(step_dict, version)
+        task = asyncio.current_task()
+        if task is not None:
+            self._writing.add(task)
+        try:
+            await self.write_step(step_dict, version)
+        finally:
+            self._writing.discard(task)  # type: ignore[arg-type]
 
     async def write_step(self, step_dict: dict[str, Any], version: int) -> None:
         """Insert or update a step unless a newer version of it is already stored."""
@@ -625,24 +694,100 @@ class AtelierDataLayer(BaseDataLayer):
             "write_version": version,
         }
 
+        params = {"id": step_id, "position": version, **values}
+        if self._step_writer is not None and await self._write_step_batched(params):
+            return
+
         async def work(session: AsyncSession) -> None:
-            await self._ensure_thread(session, thread_id)
-            owner_thread = await session.scalar(select(Step.thread_id).where(Step.id == step_id))
-            if owner_thread is not None and owner_thread != thread_id:
-                raise InvalidInput("Invalid step id.")
-            insert = self._insert(Step).values(id=step_id, position=version, **values)
-            await session.execute(
-                insert.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={c: insert.excluded[c] for c in map(_step_column, values)},
-                    where=Step.write_version < insert.excluded.write_version,
+            # Two statements on the common path (a message in the requester's own
+            # thread): the thread's activity time is bumped only if it is theirs, and the
+            # step is upserted only into its own thread. Either finding nothing sends it
+            # down the slow path, which tells a new thread from someone else's and a
+            # stale write from a step id taken by another thread.
+            if not await self._touch_own_thread(session, thread_id):
+                await self._ensure_thread(session, thread_id)
+            connection = await session.connection()  # Core: no ORM work per statement
+            written = (await connection.execute(self._step_upsert(), params)).scalar()
+            if written is None:
+                owner_thread = await session.scalar(
+                    select(Step.thread_id).where(Step.id == step_id)
                 )
-            )
-            await session.execute(
-                Thread.__table__.update().where(Thread.id == thread_id).values(updated_at=utcnow())
-            )
+                if owner_thread != thread_id:
+                    raise InvalidInput("Invalid step id.")
 
         await self._write("message", work)
+
+    async def _write_step_batched(self, params: dict[str, Any]) -> bool:
+        """SQLite: the write, batched with others (memory/sqlite_step_writer.py); False
+        when it needs the full path (a new conversation, or the writer failed)."""
+        assert self._step_writer is not None
+        who = self._who()
+        touch = {"thread_id": params["thread_id"], "now": utcnow(), "identifier": who.identifier}
+        system = bool(getattr(who, "is_system", False))
+        try:
+            outcome = await self._step_writer.write(params, touch, system=system)
+        except Exception as exc:  # the full path retries, and reports what still fails
+            log.warning("batched_step_write_failed", error=type(exc).__name__)
+            return False
+        if outcome is Outcome.FOREIGN:
+            raise InvalidInput("Invalid step id.")
+        return outcome is Outcome.WRITTEN
+
+    async def flush(self, timeout_s: float = 30) -> None:
+        """Wait for the message writes under way to be committed (before the engine is
+        disposed at shutdown): Chainlit hands them over in tasks nobody awaits."""
+        for _ in range(3):  # tasks made just now have not started their write yet
+            await asyncio.sleep(0)
+        if self._writing:
+            _, late = await asyncio.wait(set(self._writing), timeout=timeout_s)
+            if late:
+                log.error("message_writes_unfinished_at_shutdown", count=len(late))
+        if self._step_writer is not None:
+            await self._step_writer.flush()
+            self._step_writer.close()
+            self._step_writer = None
+
+    async def _touch_own_thread(self, session: AsyncSession, thread_id: str) -> bool:
+        """Mark the thread active now if it exists and the requester may write to it."""
+        who = self._who()
+        system = bool(getattr(who, "is_system", False))
+        params = {"thread_id": thread_id, "now": utcnow(), "identifier": who.identifier}
+        connection = await session.connection()
+        touched = await connection.execute(self._thread_touch(system), params)
+        return touched.scalar() is not None
+
+    # Statements built once: building one per write (its clauses, then its cache key)
+    # cost more than running it, and a step is written several times per turn.
+
+    def _step_upsert(self) -> Any:
+        """Insert a step, or update it from a newer write in the same thread."""
+        if self._upsert is None:
+            columns = ["id", "position", *_STEP_VALUES]
+            insert = self._insert(Step).values({c: bindparam(c) for c in columns})
+            self._upsert = insert.on_conflict_do_update(
+                index_elements=["id"],
+                set_={c: insert.excluded[c] for c in map(_step_column, _STEP_VALUES)},
+                where=and_(
+                    Step.write_version < insert.excluded.write_version,
+                    Step.thread_id == insert.excluded.thread_id,
+                ),
+            ).returning(Step.id)
+        return self._upsert
+
+    def _thread_touch(self, system: bool) -> Any:
+        """Set a thread's activity time if it is the requester's (any, for the server)."""
+        if system not in self._touch:
+            threads = Thread.__table__
+            bump = (
+                threads.update()
+                .where(threads.c.id == bindparam("thread_id"))
+                .values(updated_at=bindparam("now"))
+            )
+            if not system:
+                owner = select(User.id).where(User.identifier == bindparam("identifier"))
+                bump = bump.where(threads.c.user_id.in_(owner))
+            self._touch[system] = bump.returning(threads.c.id)
+        return self._touch[system]
 
     @_queue_in_session
     async def delete_step(self, step_id: str) -> None:
@@ -718,8 +863,13 @@ class AtelierDataLayer(BaseDataLayer):
     async def create_element(self, element: ChainlitElement) -> None:
         element_id = require_uuid(element.id, "element id")
         thread_id = require_uuid(element.thread_id, "thread id")
-        data = await self._element_bytes(element)
-        media_key = await asyncio.to_thread(self._media.put, data) if data is not None else None
+        stored = self._stored_file(element)
+        if stored is not None:  # already in the media store (an image the app made)
+            media_key, size_bytes, data = *stored, None
+        else:
+            data = await self._element_bytes(element)
+            media_key = await asyncio.to_thread(self._media.put, data) if data is not None else None
+            size_bytes = len(data or b"")
         mime = element.mime or "application/octet-stream"
 
         async def work(session: AsyncSession) -> None:
@@ -760,10 +910,21 @@ class AtelierDataLayer(BaseDataLayer):
                     thread_id=thread_id,
                     user_id=owner,
                     mime=mime,
-                    size_bytes=len(data or b""),
+                    size_bytes=size_bytes,
                 )
 
         await self._write("attachment", work)
+
+    def _stored_file(self, element: ChainlitElement) -> tuple[str, int] | None:
+        """(key, size) of a file the app put in the media store itself, named by the
+        element's `stored_media_key` (chat_app/rendering.py), if it is there."""
+        key = getattr(element, "stored_media_key", None)
+        if not isinstance(key, str):
+            return None
+        try:
+            return key, self._media.path_for(key).stat().st_size
+        except (NotFound, OSError):
+            return None
 
     async def _element_bytes(self, element: ChainlitElement) -> bytes | None:
         if isinstance(element.content, bytes | bytearray):

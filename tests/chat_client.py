@@ -97,6 +97,9 @@ class ChatSession:
                 "userEnv": "{}",
             },
             transports=["websocket"],
+            # As long as the browser's socket.io client waits for the handshake (20 s);
+            # python-socketio's own 1 s fails the client, not the app, under load.
+            wait_timeout=20,
         )
         await self.sio.emit("connection_successful")
         if resume_thread:

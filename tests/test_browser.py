@@ -218,8 +218,8 @@ def test_generate_image_survives_reload_and_restart(
         expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
         expect(page).to_have_url(THREAD_URL)
         thread_url = page.url
-        live_src = _expect_conversation(page, r"/project/file/")
-        assert live_src.startswith(app.base_url)
+        # Shown from the media store, where the image was stored (no second copy).
+        live_src = _expect_conversation(page, r"/media/[0-9a-f]{64}")
         _save_screenshot(page, tmp_path, "1-live")
 
         # A new page load: start on a fresh chat, then open the thread from the sidebar.
@@ -228,6 +228,7 @@ def test_generate_image_survives_reload_and_restart(
         _open_from_sidebar(page)
         assert page.url == thread_url
         resumed_src = _expect_conversation(page, MEDIA_URL)
+        assert urlsplit(resumed_src).path == urlsplit(live_src).path  # the same file
         _save_screenshot(page, tmp_path, "2-reloaded")
 
         app.restart()
