@@ -29,6 +29,7 @@ from langchain_core.messages import (
 )
 
 from chat_app import rendering
+from chat_app.chat_model import chat_model
 from chat_app.settings import Settings
 from chat_app.tool_runner import run_tool_call
 from core.errors import (
@@ -46,7 +47,6 @@ from tools.turn_guard import TurnGuard
 
 if TYPE_CHECKING:
     import openai
-    from langchain_openai import ChatOpenAI
 
 log = get_logger(__name__)
 MAX_ROUNDS = 5
@@ -54,21 +54,6 @@ MAX_ROUNDS = 5
 # completion: a body that is not JSON (JSONDecodeError), a text body ("Unexpected response
 # type", a ValueError), no `choices` (TypeError), an odd chunk (AttributeError, KeyError).
 _UNREADABLE = (ValueError, TypeError, AttributeError, KeyError)
-
-
-def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
-    from langchain_openai import ChatOpenAI  # on first use: about 1 s of imports at start-up
-
-    base_url, api_key = settings.llm_endpoint
-    return ChatOpenAI(
-        model=settings.llm_model,
-        base_url=base_url,
-        api_key=api_key,
-        streaming=streaming,
-        use_responses_api=False,
-        timeout=settings.request_timeout_s,
-        max_retries=settings.max_retries,
-    )
 
 
 def _where(settings: Settings) -> str:
