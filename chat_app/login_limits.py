@@ -11,6 +11,7 @@ failure leaves the window: that is what stops guessing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
@@ -40,6 +41,13 @@ class Lockout:
     message: str
 
 
+# Refused only after waiting this long for logins being checked to finish.
+PENDING_WAIT_S = 15.0
+_PENDING_POLL_S = 0.05
+_PENDING = Lockout("pending", 0, "")
+_BUSY = Lockout("pending", 1, "Too many logins at once. Try again in a moment.")
+
+
 def _in_words(seconds: int) -> str:
     if seconds < 90:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
@@ -61,8 +69,16 @@ def storage_for(redis_url: str | None) -> Storage:
 
 
 class LoginLimiter:
-    def __init__(self, storage: Storage, per_account: int, per_address: int, window_s: int) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        per_account: int,
+        per_address: int,
+        window_s: int,
+        pending_wait_s: float = PENDING_WAIT_S,
+    ) -> None:
         self._limiter = MovingWindowRateLimiter(storage)
+        self._pending_wait_s = pending_wait_s
         self._items = {
             "account": RateLimitItemPerSecond(per_account, window_s),
             "address": RateLimitItemPerSecond(per_address, window_s),
@@ -82,13 +98,28 @@ class LoginLimiter:
         return [("account", account[:128]), ("address", address)]
 
     async def refusal(self, account: str, address: str) -> Lockout | None:
-        """Why a login for this account from this address may not be tried now, if so."""
+        """Why a login for this account from this address may not be tried now, if so.
+
+        When only attempts still being checked fill a limit, this waits for them (up to
+        `pending_wait_s`) instead of refusing: a team behind one address logging in at
+        once is served in turn, while a burst of guesses is still checked no faster
+        than its failures are counted.
+        """
+        deadline = time.monotonic() + self._pending_wait_s
+        while True:
+            lockout = await self._refusal_now(account, address)
+            if lockout is None or lockout.retry_after_s > 0 or time.monotonic() >= deadline:
+                return lockout if lockout is None or lockout.retry_after_s > 0 else _BUSY
+            await asyncio.sleep(_PENDING_POLL_S)
+
+    async def _refusal_now(self, account: str, address: str) -> Lockout | None:
+        """A lockout, or `_PENDING` when only attempts still being checked fill a limit."""
         for scope, key in self._keys(account, address):
             stats = await self._limiter.get_window_stats(self._items[scope], _NAMESPACE, scope, key)
             if stats.remaining > 0 and stats.remaining > self._checking[(scope, key)]:
                 continue
             if stats.remaining > 0:  # only attempts still being checked fill the limit
-                return Lockout(scope, 1, "Too many logins at once. Try again in a moment.")
+                return _PENDING
             wait = max(1, math.ceil(stats.reset_time - time.time()))
             who = "this account" if scope == "account" else "your network address"
             return Lockout(

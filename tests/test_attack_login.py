@@ -212,7 +212,7 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[LoginLimiter]
             reason = "check() said no"
         if not reachable:
             pytest.skip(f"Redis not reachable at {REDIS_URL} ({reason})")
-    yield LoginLimiter(storage, per_account=3, per_address=5, window_s=60)
+    yield LoginLimiter(storage, per_account=3, per_address=5, window_s=60, pending_wait_s=0.3)
 
 
 def fresh(prefix: str) -> str:
@@ -248,6 +248,16 @@ async def test_attempts_being_checked_count_and_success_clears(limiter: LoginLim
         busy = await limiter.refusal(account, address)
         assert busy is not None and busy.retry_after_s == 1
     assert await limiter.refusal(account, address) is None  # all came back
+
+    # A login that finds the limit filled only by logins being checked waits for them
+    # (a team behind one address logging in at once), and goes ahead once they finish.
+    with contextlib.ExitStack() as pending:
+        for _ in range(3):
+            pending.enter_context(limiter.checking(account, address))
+        waiting = asyncio.create_task(limiter.refusal(account, address))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+    assert await waiting is None
 
     for _ in range(2):
         await limiter.failed(account, address)
