@@ -479,12 +479,22 @@ class Ledger:
         thread_id: str,
         operator_limits: OperatorLimits | None = None,
     ) -> Decimal | None:
-        """The smallest "ask before spending more than" that applies here, if any."""
-        usages = await self.usage(
-            user_id=user_id, thread_id=thread_id, operator_limits=operator_limits
-        )
-        thresholds = [u.confirm_above_usd for u in usages if u.confirm_above_usd is not None]
-        return min(thresholds) if thresholds else None
+        """The smallest "ask before spending more than" that applies here, if any.
+
+        Asked before every paid action, so it reads only the budgets, not the sums.
+        """
+        user_id = require_uuid(user_id, "user id")
+        thread_id = require_uuid(thread_id, "thread id")
+        async with self._engine.connect() as conn:
+            await _check_thread_owner(conn, thread_id, user_id)
+            rows = await _budget_rows(conn, user_id, thread_id)
+        chosen = [_dec(r.confirm_above_usd) for r in rows if r.confirm_above_usd is not None]
+        if chosen:  # a threshold set on either scope replaces the operator's (see _usage)
+            return min(chosen)
+        operator = operator_limits or OperatorLimits()
+        if operator.confirm_above_usd is None:
+            return None
+        return _money(operator.confirm_above_usd, "operator confirm threshold")
 
     async def set_budget(
         self,
@@ -677,16 +687,7 @@ async def _usage(
     if row[0] not in (None, user_id):
         raise NotFound("No such conversation.")
     thread_sums, day_sums = (row[1], row[2]), (row[3], row[4])
-    budget_rows = (
-        await conn.execute(
-            select(Budget).where(
-                or_(
-                    (Budget.scope == "thread") & (Budget.scope_id == thread_id),
-                    (Budget.scope == "user_day") & (Budget.scope_id == user_id),
-                )
-            )
-        )
-    ).all()
+    budget_rows = await _budget_rows(conn, user_id, thread_id)
     operator = operator_limits or OperatorLimits()
     # The operator's threshold is a default: a threshold set on either scope replaces it
     # (asking is a convenience, not a limit, so raising it is the user's to decide).
@@ -713,6 +714,22 @@ async def _usage(
             )
         )
     return usages
+
+
+async def _budget_rows(conn: AsyncConnection, user_id: str, thread_id: str) -> list[Any]:
+    """The budgets set on the conversation and on the user's day."""
+    return list(
+        (
+            await conn.execute(
+                select(Budget).where(
+                    or_(
+                        (Budget.scope == "thread") & (Budget.scope_id == thread_id),
+                        (Budget.scope == "user_day") & (Budget.scope_id == user_id),
+                    )
+                )
+            )
+        ).all()
+    )
 
 
 def _utc_day(conn: AsyncConnection, column: Any) -> Any:
