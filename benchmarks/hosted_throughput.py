@@ -49,8 +49,8 @@ from pipelines.catalogue.pricing import PriceTable  # noqa: E402
 from pipelines.downloads.fetch_policy import FetchPolicy  # noqa: E402
 from pipelines.images.registry import BackendRegistry  # noqa: E402
 from pipelines.images.replicate_images import ReplicateImages  # noqa: E402
-from tests.fakes.replicate_process import ReplicateServerProcess  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
+from tests.fakes.server_process import ReplicateServerProcess  # noqa: E402
 from tests.tool_helpers import ChatRecorder, tool_context  # noqa: E402
 from tools.context import GenerationDefaults  # noqa: E402
 from tools.generate_image import generate_image  # noqa: E402

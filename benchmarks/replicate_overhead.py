@@ -41,8 +41,8 @@ from pipelines.downloads.fetch_policy import FetchPolicy  # noqa: E402
 from pipelines.images.base import ImageRequest  # noqa: E402
 from pipelines.images.replicate_images import ReplicateImages  # noqa: E402
 from pipelines.replicate_api.replicate_client import FIRST_POLL_S  # noqa: E402
-from tests.fakes.replicate_process import ReplicateServerProcess  # noqa: E402
 from tests.fakes.replicate_server import DEFAULT_TOKEN  # noqa: E402
+from tests.fakes.server_process import ReplicateServerProcess  # noqa: E402
 
 MODEL = "black-forest-labs/flux-schnell"
 PROMPT = "a heron standing in shallow water at dawn"
