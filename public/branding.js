@@ -1,0 +1,1 @@
+// branding: see public/atelier.js

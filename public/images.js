@@ -1,0 +1,1 @@
+// images: see public/atelier.js
