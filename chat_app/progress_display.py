@@ -1,17 +1,31 @@
-"""Progress bars in the chat for running jobs (local steps, hosted polling).
+"""Progress bars and previews in the chat for running jobs (local steps, hosted polling).
 
 A tool may start several jobs; each gets its own message, created on the first report
-and removed when the tool call ends, so the conversation keeps only the results.
-Updates are throttled: a fast sampler reports every step, the browser needs ~4 a second.
+and removed when the tool call ends, so the conversation keeps only the results. The
+message is live only: it is sent, updated and removed over the session's socket and
+never written to the database, so a reopened conversation cannot show a leftover bar
+or preview, whatever order writes would have reached the database in.
+
+Updates are throttled to one per `MIN_INTERVAL_S` (a fast sampler reports every step,
+the browser needs ~4 a second), and the newest one is always shown at the end of an
+interval: a last partial image arriving just after an update is not lost. A job's
+preview (`pipelines.progress.Preview`) is an image element of that message, sent again
+under the same id when the picture changes (Chainlit's front end replaces an element
+whose id it knows). It travels inline as a data: URI, so no file is written for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 
 import chainlit as cl
+from chainlit.context import context
+from chainlit.utils import utc_now
 
-from pipelines.progress import Progress, ProgressUpdate
+from pipelines import previews
+from pipelines.progress import Preview, Progress, ProgressUpdate
 
 MIN_INTERVAL_S = 0.25
 BAR_CELLS = 20
@@ -20,36 +34,91 @@ BAR_CELLS = 20
 def render(label: str, update: ProgressUpdate) -> str:
     filled = round(update.fraction * BAR_CELLS)
     bar = "█" * filled + "░" * (BAR_CELLS - filled)
-    figures = f"{update.done}/{update.total}" if update.total > 1 else ""
+    # A total of 100 is a percentage (hosted jobs); other totals count steps or images.
+    if update.total == 100:
+        figures = f"{update.done}%"
+    else:
+        figures = f"{update.done}/{update.total}" if update.total > 1 else ""
     note = f" · {update.note}" if update.note else ""
     return f"⏳ **{label}** `{bar}` {figures}{note}"
 
 
 class _Display:
+    """One job's live message: its bar, and its newest preview under it."""
+
     def __init__(self, label: str) -> None:
         self.label = label
         self.message: cl.Message | None = None
-        self.last_sent = 0.0
+        self.image: cl.Image | None = None
+        self.shown_text: str | None = None
+        self.shown_preview: Preview | None = None
+        self.latest: ProgressUpdate | None = None
+        self.last_sent = -math.inf
+        self.later: asyncio.Task[None] | None = None
+        # One send at a time: two first reports racing would make two messages.
+        self.lock = asyncio.Lock()
+        self.closed = False
         self.progress = Progress(self.show)
 
     async def show(self, update: ProgressUpdate) -> None:
-        now = time.monotonic()
-        final = update.total > 0 and update.done >= update.total
-        if self.message is not None and now - self.last_sent < MIN_INTERVAL_S and not final:
+        if self.closed:
             return
-        self.last_sent = now
-        text = render(self.label, update)
-        if self.message is None:
-            self.message = cl.Message(content=text, author="Atelier")
-            await self.message.send()
+        self.latest = update
+        wait = self.last_sent + MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            await self._send()
+        elif self.later is None:
+            self.later = asyncio.ensure_future(self._send_after(wait))
+
+    async def _send_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.later = None
+        await self._send()
+
+    async def _send(self) -> None:
+        async with self.lock:
+            update = self.latest
+            if self.closed or update is None:
+                return
+            self.last_sent = time.monotonic()
+            text = render(self.label, update)
+            if self.message is None:
+                self.message = cl.Message(content=text, author="Atelier")
+                self.message.created_at = utc_now()
+                await context.emitter.send_step(self.message.to_dict())
+            elif text != self.shown_text:
+                self.message.content = text
+                await context.emitter.update_step(self.message.to_dict())
+            self.shown_text = text
+            if update.preview is not None and update.preview is not self.shown_preview:
+                await self._show_preview(self.message, update.preview)
+
+    async def _show_preview(self, message: cl.Message, preview: Preview) -> None:
+        url = previews.data_uri(preview)
+        if self.image is None:
+            self.image = cl.Image(
+                url=url,
+                name=f"{self.label} preview",
+                display="inline",
+                size="medium",
+                mime=preview.mime,
+            )
         else:
-            self.message.content = text
-            await self.message.update()
+            self.image.url = url
+        await self.image.send(for_id=message.id, persist=False)
+        self.shown_preview = preview
 
     async def close(self) -> None:
-        if self.message is not None:
-            await self.message.remove()
-            self.message = None
+        self.closed = True
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None
+        async with self.lock:  # a send under way finishes first
+            if self.image is not None:
+                await context.emitter.emit("remove_element", {"id": self.image.id})
+            if self.message is not None:
+                await context.emitter.delete_step(self.message.to_dict())
+            self.message, self.image = None, None
 
 
 class ProgressDisplays:

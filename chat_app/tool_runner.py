@@ -53,7 +53,8 @@ async def run_tool_call(ctx: ToolContext, call: dict[str, Any]) -> ToolMessage:
             stopped = True
             step.output = "Stopped by the user; nothing from this call was kept."
             step.is_error = True
-        await displays.close()
+        finally:  # an unexpected error too: no bar is left on screen
+            await displays.close()
         if failure is not None:
             log.info("tool_failed", tool=name, reason=failure[:200])
             step.is_error = True

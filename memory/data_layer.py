@@ -81,6 +81,7 @@ T = TypeVar("T")
 
 MAX_PAGE = 100
 _WRITE_ATTEMPTS = 4
+_DELETE_WAIT_S = 30  # a deletion waits at most this long for earlier writes (see delete_step)
 _SHOW_INPUT = {True: "true", False: "false"}
 # A step's columns as `write_step` sets them (attribute names), besides id and position.
 _STEP_VALUES = (
@@ -224,7 +225,7 @@ class AtelierDataLayer(BaseDataLayer):
         self._upsert: Any = None
         self._touch: dict[bool, Any] = {}
         self._step_writer: SqliteStepWriter | None = None
-        self._writing: set[asyncio.Task[Any]] = set()  # message writes under way
+        self._writing: dict[asyncio.Task[Any], str] = {}  # message writes under way: step id
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self._step_writer = SqliteStepWriter(engine, self._step_upsert(), self._thread_touch)
 
@@ -655,11 +656,11 @@ class AtelierDataLayer(BaseDataLayer):
         # One queue (one method name) for creates and updates keeps their order.
         task = asyncio.current_task()
         if task is not None:
-            self._writing.add(task)
+            self._writing[task] = str(step_dict.get("id"))
         try:
             await self.write_step(step_dict, version)
         finally:
-            self._writing.discard(task)  # type: ignore[arg-type]
+            self._writing.pop(task, None)  # type: ignore[arg-type]
 
     async def write_step(self, step_dict: dict[str, Any], version: int) -> None:
         """Insert or update a step unless a newer version of it is already stored."""
@@ -792,6 +793,15 @@ class AtelierDataLayer(BaseDataLayer):
     @_queue_in_session
     async def delete_step(self, step_id: str) -> None:
         step_id = require_uuid(step_id, "step id")
+        # Chainlit hands a message's create, updates and removal to tasks nobody awaits.
+        # A write made before this removal may still be on its way (queued in the SQLite
+        # step writer, or in a transaction not yet committed): run after it, or it would
+        # put the removed step back (a progress bar gone live, still there on resume).
+        earlier = {task for task, written in self._writing.items() if written == step_id}
+        if earlier:
+            _, late = await asyncio.wait(earlier, timeout=_DELETE_WAIT_S)
+            if late:
+                log.warning("step_delete_before_writes_finished", count=len(late))
 
         async def work(session: AsyncSession) -> None:
             self._who()

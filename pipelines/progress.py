@@ -5,6 +5,11 @@ report through the same object. `report` may be called from any thread: it only 
 the latest figures and wakes the loop, so a fast step callback never floods the chat.
 `cancel()` is what the chat calls when the user presses stop; a worker checks
 `cancelled` between steps.
+
+A job may also show what it has made so far (`show`): a small `Preview` picture (a
+partial image OpenAI streamed, a decoded latent, an intermediate output). Each update
+carries the newest preview, so a listener that skipped some updates still shows the
+latest picture; making previews is worth it only when someone watches (`watched`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,23 @@ from core.logging_setup import get_logger
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """A small picture of the work so far (encoded bytes), never stored: the result
+    replaces it. Compared by identity: each one is a new picture."""
+
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+
 @dataclass(frozen=True)
 class ProgressUpdate:
     done: int
     total: int
     note: str = ""
+    preview: Preview | None = None  # the newest preview so far; None: none yet
 
     @property
     def fraction(self) -> float:
@@ -40,6 +57,7 @@ class Progress:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._latest: ProgressUpdate | None = None
+        self._preview: Preview | None = None
         self._pending = False
         self.history: list[ProgressUpdate] = []
         # The listener runs in the creator's context (e.g. Chainlit's session context
@@ -58,6 +76,11 @@ class Progress:
     def cancel_event(self) -> threading.Event:
         return self._cancel
 
+    @property
+    def watched(self) -> bool:
+        """Someone shows these updates: previews are worth making."""
+        return self._listener is not None
+
     def cancel(self) -> None:
         self._cancel.set()
 
@@ -65,14 +88,34 @@ class Progress:
     def latest(self) -> ProgressUpdate | None:
         return self._latest
 
-    def report(self, done: int, total: int, note: str = "") -> None:
-        """Record progress; thread-safe, and never blocks on the listener."""
-        update = ProgressUpdate(done, total, note)
+    @property
+    def previews(self) -> list[Preview]:
+        """Every distinct preview reported so far, oldest first."""
+        seen: list[Preview] = []
+        for update in self.history:
+            if update.preview is not None and (not seen or seen[-1] is not update.preview):
+                seen.append(update.preview)
+        return seen
+
+    def report(self, done: int, total: int, note: str = "", preview: Preview | None = None) -> None:
+        """Record progress (and a newer preview); thread-safe, never blocks on the listener."""
         with self._lock:
-            self._latest = update
-            self.history.append(update)
-            schedule = not self._pending and self._listener is not None
-            self._pending = self._pending or schedule
+            self._preview = preview or self._preview
+            self._record(ProgressUpdate(done, total, note, self._preview))
+
+    def show(self, preview: Preview) -> None:
+        """A newer picture of the work, with the latest figures; thread-safe."""
+        with self._lock:
+            latest = self._latest or ProgressUpdate(0, 0)
+            self._preview = preview
+            self._record(ProgressUpdate(latest.done, latest.total, latest.note, preview))
+
+    def _record(self, update: ProgressUpdate) -> None:
+        """Under the lock: keep `update` and wake the loop once for any number of them."""
+        self._latest = update
+        self.history.append(update)
+        schedule = not self._pending and self._listener is not None
+        self._pending = self._pending or schedule
         if schedule and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._deliver, context=self._context)
 

@@ -146,7 +146,7 @@ class _Batch:
 
     async def forward(self, update: ProgressUpdate) -> None:
         if self.shown is not None and update.note:
-            self.shown.report(self.done, self.total, update.note)
+            self.shown.report(self.done, self.total, update.note, preview=update.preview)
 
 
 class _PartProgress(Progress):

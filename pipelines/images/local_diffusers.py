@@ -8,7 +8,9 @@ SDXL wants 1024x1024), and the defaults applied are recorded with the result.
 The work runs in a device worker thread through a `JobRunner`, one job per device at a
 time, so the chat stays responsive; the loaded pipelines stay in a `PipelineCache`.
 A step-end callback reports progress and interrupts the pipeline when the user stops it;
-a stopped job raises instead of returning a half-denoised image.
+a stopped job raises instead of returning a half-denoised image. While someone watches,
+the same callback shows the current latent as a small picture every `PREVIEW_EVERY_S`
+(`latent_preview`: a linear map, not a VAE decode, so it costs next to nothing).
 
 Seeds are always recorded: image i of a request gets seed+i and its own CPU generator,
 and is denoised on its own, so re-running it alone with its recorded seed gives the
@@ -44,6 +46,7 @@ import io
 import math
 import re
 import secrets
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,7 @@ from typing import Any
 from core.errors import ContentRefused, InvalidInput
 from pipelines import devices
 from pipelines.backend_settings import BackendSettings
+from pipelines.images import latent_preview
 from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
@@ -118,6 +122,7 @@ SUGGESTED_MODELS = (
 
 SIZE_RANGE = SizeRange(min_side=64, max_side=2048, multiple=8)
 MAX_N = 4
+PREVIEW_EVERY_S = 0.3  # at most this often a latent preview; the chat shows ~4 a second
 
 
 def defaults_for(model: str) -> ModelDefaults:
@@ -394,13 +399,25 @@ def render(spec: RenderSpec, cache: PipelineCache, progress: Progress) -> list[G
 
 
 def _step_callback(spec: RenderSpec, index: int, progress: Progress) -> Any:
-    """Report overall progress across the request's images; interrupt when stopped."""
+    """Report overall progress across the request's images, with a preview of the latent
+    now and then while someone watches; interrupt when stopped."""
     count = len(spec.seeds)
+    last_preview = -math.inf
 
     def on_step_end(pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict:
+        nonlocal last_preview
         per_image = getattr(pipe, "_num_timesteps", None) or spec.steps
         note = f"image {index + 1} of {count}" if count > 1 else "denoising"
-        progress.report(index * per_image + step + 1, count * per_image, note)
+        preview = None
+        now = time.monotonic()
+        # Not after the last step: the image itself comes next.
+        if progress.watched and step + 1 < per_image and now - last_preview >= PREVIEW_EVERY_S:
+            factors = latent_preview.factors_for(pipe)
+            if factors is not None:
+                size = (spec.width, spec.height)
+                preview = latent_preview.preview_of(kwargs.get("latents"), factors, size)
+                last_preview = now
+        progress.report(index * per_image + step + 1, count * per_image, note, preview=preview)
         if progress.cancelled:
             pipe._interrupt = True
         return kwargs

@@ -15,10 +15,13 @@ is not JSON, and builds its response models from whatever JSON came without vali
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -35,8 +38,9 @@ from core.errors import (
     QuotaExhausted,
     RateLimited,
 )
-from pipelines import provider_limits
+from pipelines import previews, provider_limits
 from pipelines.backend_settings import BackendSettings
+from pipelines.elapsed_bar import Durations, ElapsedBar, ticking
 from pipelines.images.base import (
     Capabilities,
     GeneratedImage,
@@ -115,6 +119,45 @@ MODEL_CAPABILITIES: dict[str, Capabilities] = {
 }
 
 
+# Partial images to ask for while streaming, per model; a model not listed does not stream.
+# Sources (read 2026-11-30):
+# - the openai package 3.57.0, `images.generate` / `images.edit` (resources/images.py):
+#   `stream` "is only supported for the GPT image models"; `partial_images` "Value must
+#   be between 0 and 3. When set to 0, the response will be a single image sent in one
+#   streaming event. Note that the final image may be sent before the full number of
+#   partial images are generated if the full image is generated more quickly"; GIF and
+#   SVG output do not stream (Atelier asks for neither).
+# - its event types (types/image_gen_*_event.py, image_edit_*_event.py) and OpenAI's API
+#   reference, "Image Streaming" (developers.openai.com/api/reference/resources/images/
+#   edit-streaming-events): server-sent events `image_generation.partial_image` /
+#   `image_edit.partial_image` (b64_json, partial_image_index from 0) and then
+#   `image_generation.completed` / `image_edit.completed` (b64_json, usage).
+# - OpenAI's image generation guide, "Streaming" (developers.openai.com/api/docs/guides/
+#   image-generation): the Image API example streams gpt-image-2 with partial_images=2.
+# Not streamed: gpt-image-1.5's model page says "Streaming: Not supported" (as quoted on
+# 2026-03-23 by aifreeapi.com, third party), and nothing says otherwise for -1-mini or
+# chatgpt-image-latest; their bar moves with time only. The events name no image, so
+# only a request for one image streams. Partial images may add output tokens (OpenAI's
+# forum says about 100 each, unverified); the settled cost reads the usage OpenAI
+# reports, so the ledger stays true.
+PARTIAL_IMAGES: dict[str, int] = {
+    "gpt-image-1.5": 0,
+    "gpt-image-1-mini": 0,
+    "chatgpt-image-latest": 0,
+    "gpt-image-2": 2,
+    "gpt-image-2-2026-04-21": 2,
+}
+_PARTIAL_EVENTS = ("image_generation.partial_image", "image_edit.partial_image")
+_COMPLETED_EVENTS = ("image_generation.completed", "image_edit.completed")
+
+
+def partial_images_for(model: str) -> int:
+    """As `capabilities_for`: any other gpt-image-2 name is a 2.x snapshot, which streams."""
+    if model in PARTIAL_IMAGES:
+        return PARTIAL_IMAGES[model]
+    return 2 if model.startswith("gpt-image-2") else 0
+
+
 def capabilities_for(model: str) -> Capabilities:
     """Exact names first; any other gpt-image-2 name is a later 2.x snapshot."""
     if model in MODEL_CAPABILITIES:
@@ -129,7 +172,7 @@ def capabilities_for(model: str) -> Capabilities:
 _GONE_CODES = ("model_not_found", "model_deprecated", "model_retired")
 
 
-def _error_code(exc: openai.APIStatusError) -> str | None:
+def _error_code(exc: openai.APIError) -> str | None:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error", body) if isinstance(body, dict) else {}
     code = getattr(exc, "code", None) or (error.get("code") if isinstance(error, dict) else None)
@@ -150,7 +193,7 @@ def translate_error(
         )
     if isinstance(exc, openai.APIResponseValidationError):
         return unusable_answer("an answer that does not match the Images API")
-    if not isinstance(exc, openai.APIStatusError):
+    if not isinstance(exc, openai.APIError):
         return BackendFailed(f"OpenAI image request failed: {type(exc).__name__}.")
     code = _error_code(exc)
     detail = _message(exc)
@@ -159,6 +202,9 @@ def translate_error(
             "OpenAI's safety system refused this prompt (moderation_blocked). "
             "Rephrase it and try again; nothing was charged for the refused image."
         )
+    if not isinstance(exc, openai.APIStatusError):  # an error event in a streamed answer
+        reason = detail.rstrip(". ")
+        return BackendFailed(f"OpenAI stopped while drawing: {reason}. Nothing was kept; retry.")
     if code == "insufficient_quota":
         return QuotaExhausted(
             "Your OpenAI account has run out of credit (insufficient_quota). "
@@ -197,7 +243,7 @@ def unusable_answer(what: str) -> BackendFailed:
     )
 
 
-def _message(exc: openai.APIStatusError) -> str:
+def _message(exc: openai.APIError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error", body) if isinstance(body, dict) else {}
     message = error.get("message") if isinstance(error, dict) else None
@@ -229,6 +275,7 @@ class OpenAIImages:
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
         )
         self._openai: openai.AsyncOpenAI | None = None  # made on first use, like its import
+        self._durations = Durations()
 
     @property
     def _client(self) -> openai.AsyncOpenAI:
@@ -266,42 +313,87 @@ class OpenAIImages:
         }
         if request.background:
             params["background"] = request.background
-        if progress is not None:
-            progress.report(0, 1, "OpenAI is drawing")
+        assert request.model is not None  # check_request fills it
+        watched = progress is not None and progress.watched
+        frames = partial_images_for(request.model) if watched and request.n == 1 else 0
+        kind = (request.model, request.quality, request.size, bool(request.images), request.n)
+        typical_s = self._durations.typical(kind)
+        bar = ElapsedBar(progress, "OpenAI is drawing", frames, typical_s) if progress else None
         import openai  # on first use, with the client
 
+        started = time.monotonic()
         try:
-            if request.images:
-                response = await self._client.images.edit(
-                    model=request.model,
-                    prompt=request.prompt,
-                    image=_files(request.images),
-                    **({"mask": _file(request.mask, "mask")} if request.mask else {}),
-                    **params,
-                )
-            else:
-                response = await self._client.images.generate(
-                    model=request.model, prompt=request.prompt, **params
-                )
+            async with ticking(bar):
+                if frames:
+                    images, usage = await self._streamed(request, params, frames, bar)
+                else:
+                    images, usage = _images_from(await self._send(request, params))
         except openai.OpenAIError as exc:
             raise translate_error(exc, request.model) from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            # The client parses a JSON content type without checking; nothing else in
-            # the call reads the answer's body.
+            # The client parses a JSON content type (and each streamed event) without
+            # checking; nothing else in the call reads the answer's body.
             raise unusable_answer("a body that is not valid JSON") from exc
-        images, usage = _images_from(response)
+        self._durations.add(kind, time.monotonic() - started)
+        if frames:
+            params["partial_images"] = frames
         if request.images:
             params["input_images"] = len(request.images)
             params["mask"] = request.mask is not None
         return ImageResult(
             images=images,
             backend=self.id,
-            model=request.model or self.default_model,
+            model=request.model,
             prompt_sent=request.prompt,
             parameters=params,
             usage=usage,
             seed_honoured=False,
         )
+
+    def _send(self, request: ImageRequest, params: dict[str, Any], **more: Any) -> Awaitable[Any]:
+        """The Images API call: an edit when there are input images, else a generation."""
+        if request.images:
+            return self._client.images.edit(
+                model=request.model,
+                prompt=request.prompt,
+                image=_files(request.images),
+                **({"mask": _file(request.mask, "mask")} if request.mask else {}),
+                **params,
+                **more,
+            )
+        return self._client.images.generate(
+            model=request.model, prompt=request.prompt, **params, **more
+        )
+
+    async def _streamed(
+        self, request: ImageRequest, params: dict[str, Any], frames: int, bar: ElapsedBar | None
+    ) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
+        """Partial images as previews, then the image (the events are in PARTIAL_IMAGES'
+        sources). A server that ignored `stream` and answered as for a plain request
+        (an OpenAI-compatible one) is read as such."""
+        stream = await self._send(request, params, stream=True, partial_images=frames)
+        async with stream:
+            content_type = stream.response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                return _images_from_body(await stream.response.aread(), content_type)
+            images: list[GeneratedImage] = []
+            usage: Any = None
+            async for event in stream:
+                kind = getattr(event, "type", None)
+                b64 = getattr(event, "b64_json", None)
+                if kind in _PARTIAL_EVENTS and bar is not None and isinstance(b64, str):
+                    preview = await asyncio.to_thread(previews.from_base64, b64)
+                    bar.stage(getattr(event, "partial_image_index", 0), preview)
+                elif kind in _COMPLETED_EVENTS:
+                    if not isinstance(b64, str) or not b64:
+                        raise unusable_answer("an event without image data (no b64_json)")
+                    images.append(_decode(b64))
+                    usage = getattr(event, "usage", None)
+        if not images:
+            raise unusable_answer("an event stream that ended before the image came")
+        if isinstance(usage, pydantic.BaseModel):
+            usage = usage.model_dump(warnings=False)
+        return images, usage if isinstance(usage, dict) else None
 
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -346,6 +438,23 @@ def _images_from(response: Any) -> tuple[list[GeneratedImage], dict[str, Any] | 
     if isinstance(usage, pydantic.BaseModel):
         usage = usage.model_dump(warnings=False)
     return images, usage if isinstance(usage, dict) else None
+
+
+def _images_from_body(
+    body: bytes, content_type: str
+) -> tuple[list[GeneratedImage], dict[str, Any] | None]:
+    """A whole answer to a streamed request, read as the client reads a plain one."""
+    from openai.types import ImagesResponse
+
+    if "json" not in content_type:
+        raise unusable_answer("a body that is not JSON")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise unusable_answer("a body that is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise unusable_answer("JSON that is not an object")
+    return _images_from(ImagesResponse.construct(**data))
 
 
 def _decode(b64: str) -> GeneratedImage:

@@ -6,6 +6,10 @@ progress, cancel whenever we stop waiting, download through the guarded download
 `pipelines/images/replicate_models.py`. What is left here is what is particular to images: the
 limits `Capabilities` cannot express, input images and masks as Replicate wants them, a
 seed always sent so every image can be made again, and outputs that really are images.
+
+Progress: the client reports the percentage a model prints in its logs (tqdm's "NN%|",
+`replicate_client._percent`); while someone watches, outputs a model lists before it
+has finished are shown as previews (`_Previews`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any, Unpack
 
 from PIL import Image
 
-from core.errors import BackendFailed, InvalidInput
+from core.errors import AtelierError, BackendFailed, InvalidInput
 from core.image_decoding import open_image
+from core.logging_setup import get_logger
+from pipelines import previews
 from pipelines.backend_settings import BackendSettings
 from pipelines.downloads.guarded_fetch import GuardedFetcher, refused
 from pipelines.images import replicate_models
@@ -47,6 +53,8 @@ from pipelines.replicate_api.replicate_files import (
     output_link,
     record,
 )
+
+log = get_logger(__name__)
 
 DEFAULT_MODEL = "black-forest-labs/flux-schnell"
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
@@ -100,7 +108,16 @@ class ReplicateImages:
         check_json(inputs)
         # 3. Create (retrying as Replicate asks) and poll until it ends, or raise.
         pinned = ModelRef(ref.owner, ref.name, ref.version or spec.version)
-        prediction = await self._client.predict(pinned, inputs, label, progress)
+        shown = None
+        if progress is not None and progress.watched:
+            shown = _Previews(self._connect().files, progress, label)
+        try:
+            prediction = await self._client.predict(
+                pinned, inputs, label, progress, on_status=shown.seen if shown else None
+            )
+        finally:
+            if shown is not None:
+                shown.stop()
         # 4. Download every output and make sure each one is an image.
         from replicate.helpers import transform_output  # on first use: it costs start-up time
 
@@ -141,6 +158,52 @@ class ReplicateImages:
         except ExceptionGroup as failed:  # one error is enough for the user: the first
             raise failed.exceptions[0] from None
         return [task.result() for task in tasks]
+
+
+class _Previews:
+    """Outputs a running prediction already lists, the newest shown as a preview.
+
+    A model whose `predict` yields its outputs one by one lists them in `output` while it
+    is still processing; the list grows between polls (replicate-python 1.0.7 reads them
+    so in `Prediction.output_iterator`, read 2026-11-30). The newest one is fetched as
+    every output is (data: decoded, links through the guarded downloader) and shown. One
+    fetch at a time; one that fails is skipped: a preview must never fail the job.
+    """
+
+    MAX_BYTES = 16 * 1024 * 1024
+
+    def __init__(self, files: GuardedFetcher, progress: Progress, label: str) -> None:
+        self.files, self.progress, self.label = files, progress, label
+        self.shown_url: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def seen(self, prediction: Any) -> None:
+        output = prediction.output
+        if prediction.status != "processing" or not output:
+            return
+        newest = output[-1] if isinstance(output, list) else output
+        try:
+            url = output_link(newest, self.label, "an image")
+        except BackendFailed:
+            return  # the finished prediction's outputs are checked, and refused, as usual
+        if url == self.shown_url or (self.task is not None and not self.task.done()):
+            return
+        self.shown_url = url
+        self.task = asyncio.ensure_future(self._show(url))
+
+    async def _show(self, url: str) -> None:
+        try:
+            data = await fetch_output(self.files, url, self.label, max_bytes=self.MAX_BYTES)
+        except AtelierError as exc:
+            log.info("replicate_preview_skipped", model=self.label, reason=exc.message[:200])
+            return
+        preview = await asyncio.to_thread(previews.from_bytes, data)
+        if preview is not None:
+            self.progress.show(preview)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 # --------------------------------------------------------------------------- checks

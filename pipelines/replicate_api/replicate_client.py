@@ -235,10 +235,16 @@ class ReplicateClient:
     # -- a prediction, start to end ----------------------------------------------------
 
     async def predict(
-        self, model: ModelRef, inputs: dict[str, Any], label: str, progress: Progress | None
+        self,
+        model: ModelRef,
+        inputs: dict[str, Any],
+        label: str,
+        progress: Progress | None,
+        on_status: Callable[[Prediction], None] | None = None,
     ) -> Prediction:
         """Create a prediction of `model` (its version endpoint when pinned), wait for it
-        to end, and return it succeeded; a failed or cancelled one is an error."""
+        to end, and return it succeeded; a failed or cancelled one is an error.
+        `on_status` also sees each state before the end (intermediate outputs)."""
 
         def start(api: replicate.Client) -> Awaitable[Prediction]:
             if model.version:
@@ -259,9 +265,13 @@ class ReplicateClient:
         report(progress, 0, "sending to Replicate")
         prediction = await self.create(PREDICTIONS, start, label, progress, no_such_model)
         log.info("replicate_prediction_created", prediction=prediction.id, model=model.slug)
-        prediction = await self.wait(
-            PREDICTIONS, prediction, label, progress, lambda p: _report_status(progress, p)
-        )
+
+        def seen(current: Prediction) -> None:
+            _report_status(progress, current)
+            if on_status is not None:
+                on_status(current)
+
+        prediction = await self.wait(PREDICTIONS, prediction, label, progress, seen)
         check_finished(PREDICTIONS, prediction, label)
         return prediction
 

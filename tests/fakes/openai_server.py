@@ -18,6 +18,16 @@ As a process (for browser tests that run the app in a subprocess)::
 A subprocess fake can be steered over HTTP: ``POST /_fake/fail_next`` (JSON with the
 arguments of :meth:`FakeOpenAI.fail_next`), ``POST /_fake/answer_next`` (those of
 :meth:`FakeOpenAI.answer_next`), ``POST /_fake/reset``, ``GET /_fake/requests``.
+
+Image requests with ``stream: true`` are answered with server-sent events as the
+``openai`` package 3.57 reads them (types ``ImageGenPartialImageEvent`` /
+``ImageGenCompletedEvent`` and their ``image_edit.*`` twins; OpenAI's API reference,
+"Image Streaming", read 2026-11-30): ``partial_images`` (0-3) events
+``image_generation.partial_image`` with ``partial_image_index`` from 0, each a blurrier
+version of the image, then ``image_generation.completed`` with the image and its usage,
+``stream_interval_s`` apart. A prompt holding FAIL_STREAM gets one partial image and then
+an ``error`` event (``{"error": {...}}``, which the client raises as ``APIError``; OpenAI
+documents no error event for image streams, so this is the client's general shape).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -520,7 +530,8 @@ class FakeOpenAI(ThreadedServer):
     """Fake OpenAI API served by uvicorn in a background thread on 127.0.0.1.
 
     Attributes tests may change at any time: ``brain`` (reply policy for chat completions),
-    ``latency_s`` (delay before every response), ``api_key`` (None accepts any bearer token).
+    ``latency_s`` (delay before every response), ``api_key`` (None accepts any bearer token),
+    ``stream_interval_s`` (delay between the events of a streamed image answer).
     """
 
     def __init__(
@@ -531,9 +542,11 @@ class FakeOpenAI(ThreadedServer):
         latency_s: float = 0.0,
         api_key: str | None = None,
         strict_mimetypes: bool = True,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self.brain: Brain = brain or default_brain
         self.latency_s = latency_s
+        self.stream_interval_s = stream_interval_s
         self.api_key = api_key
         # The real API rejects image parts sent as application/octet-stream (raw bytes
         # without a filename); keep that behaviour unless a test opts out.
@@ -586,6 +599,7 @@ class FakeOpenAI(ThreadedServer):
             self._answers.clear()
         self.brain = default_brain
         self.latency_s = 0.0
+        self.stream_interval_s = 0.0
 
     def fail_next(
         self,
@@ -888,8 +902,7 @@ class FakeOpenAI(ThreadedServer):
         body = recorded.json or {}
         prompt = body.get("prompt")
         _check_prompt(prompt)
-        if body.get("stream"):
-            raise _bad("Streaming image generation is not supported by the fake.", "stream")
+        stream = _parse_stream(body.get("stream"), body.get("partial_images"))
         n = _parse_n(body.get("n"))
         size_name, (width, height) = _parse_size(body.get("size"), body.get("model"))
         quality = _parse_choice(body.get("quality"), _QUALITIES, "quality", "auto")
@@ -912,9 +925,12 @@ class FakeOpenAI(ThreadedServer):
             )
             for i in range(n)
         ]
-        return _images_response(
+        answer = _ImagesAnswer(
             images, prompt, size_name, quality, output_format, background, width, height, 0
         )
+        if stream is not None:
+            return self._stream_images(answer, "image_generation", stream)
+        return _images_response(answer)
 
     async def _edit(self, request: Request, recorded: RecordedRequest) -> Response:
         form = recorded.form
@@ -957,6 +973,7 @@ class FakeOpenAI(ThreadedServer):
         )
         _parse_choice(_form_text(form, "input_fidelity"), ("high", "low"), "input_fidelity", "low")
         compression = _parse_compression(_form_text(form, "output_compression"))
+        stream = _parse_stream(_form_text(form, "stream"), _form_text(form, "partial_images"))
         if background == "transparent" and output_format == "jpeg":
             raise _bad("Transparent background requires output_format png or webp.", "background")
         self._check_model(_form_text(form, "model") or "gpt-image-1.5", background)
@@ -975,7 +992,7 @@ class FakeOpenAI(ThreadedServer):
                 side = max(8, min(width, height) // 8)
                 ImageDraw.Draw(image).rectangle((0, 0, side, side), fill=marker)
             outputs.append(_encode(image, output_format, compression))
-        return _images_response(
+        answer = _ImagesAnswer(
             outputs,
             prompt,
             size_name,
@@ -985,6 +1002,42 @@ class FakeOpenAI(ThreadedServer):
             width,
             height,
             len(images),
+        )
+        if stream is not None:
+            return self._stream_images(answer, "image_edit", stream)
+        return _images_response(answer)
+
+    def _stream_images(self, answer: _ImagesAnswer, prefix: str, partials: int) -> Response:
+        """The answer as server-sent events: partial images, then each image completed."""
+
+        async def events() -> AsyncIterator[bytes]:
+            for index, data in enumerate(answer.images):
+                for number in range(partials):
+                    await asyncio.sleep(self.stream_interval_s)
+                    partial = _partial_image(data, number, partials, answer.output_format)
+                    yield _event(
+                        f"{prefix}.partial_image",
+                        {**answer.settings(), "b64_json": partial, "partial_image_index": number},
+                    )
+                    if "FAIL_STREAM" in answer.prompt:
+                        error = {
+                            "type": "server_error",
+                            "code": "server_error",
+                            "message": "The server had an error while drawing the image.",
+                            "param": None,
+                        }
+                        yield _event("error", {"type": "error", "error": error})
+                        return
+                await asyncio.sleep(self.stream_interval_s)
+                completed = {
+                    **answer.settings(),
+                    "b64_json": base64.b64encode(data).decode("ascii"),
+                    "usage": answer.usage(count=1, with_input=index == 0),
+                }
+                yield _event(f"{prefix}.completed", completed)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
         )
 
     def _decode_part(self, part: Any, param: str) -> Image.Image:
@@ -1128,39 +1181,88 @@ def _parse_compression(value: Any) -> int | None:
     return number
 
 
-def _images_response(
-    images: list[bytes],
-    prompt: str,
-    size_name: str,
-    quality: str,
-    output_format: str,
-    background: str,
-    width: int,
-    height: int,
-    input_images: int,
-) -> JSONResponse:
+@dataclass
+class _ImagesAnswer:
+    """What an images request made, and what it reports (the gpt-image response fields)."""
+
+    images: list[bytes]
+    prompt: str
+    size_name: str
+    quality: str
+    output_format: str
+    background: str
+    width: int
+    height: int
+    input_images: int
+
+    @property
+    def resolved_quality(self) -> str:
+        return "medium" if self.quality == "auto" else self.quality
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "created_at": int(time.time()),
+            "size": self.size_name,
+            "quality": self.resolved_quality,
+            "output_format": self.output_format,
+            "background": "transparent" if self.background == "transparent" else "opaque",
+        }
+
+    def usage(self, count: int, with_input: bool = True) -> dict[str, Any]:
+        text_tokens = _text_tokens(self.prompt) if with_input else 0
+        image_tokens = self.input_images * _IMAGE_INPUT_TOKENS if with_input else 0
+        output_tokens = count * _output_tokens(self.width, self.height, self.resolved_quality)
+        input_tokens = text_tokens + image_tokens
+        return {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+
+
+def _images_response(answer: _ImagesAnswer) -> JSONResponse:
     """The gpt-image response shape: b64 data, token usage and the resolved settings."""
-    resolved_quality = "medium" if quality == "auto" else quality
-    text_tokens = _text_tokens(prompt)
-    image_tokens = input_images * _IMAGE_INPUT_TOKENS
-    output_tokens = len(images) * _output_tokens(width, height, resolved_quality)
-    input_tokens = text_tokens + image_tokens
+    settings = answer.settings()
     return JSONResponse(
         {
-            "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(img).decode("ascii")} for img in images],
-            "usage": {
-                "input_tokens": input_tokens,
-                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
-                "output_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens,
-            },
-            "size": size_name,
-            "quality": resolved_quality,
-            "output_format": output_format,
-            "background": "transparent" if background == "transparent" else "opaque",
+            "created": settings.pop("created_at"),
+            "data": [{"b64_json": base64.b64encode(img).decode("ascii")} for img in answer.images],
+            "usage": answer.usage(len(answer.images)),
+            **settings,
         }
     )
+
+
+def _parse_stream(stream: Any, partial_images: Any) -> int | None:
+    """None: answer in one piece; else how many partial images to stream (0-3)."""
+    if stream in (None, False, "false", "False"):
+        return None
+    if stream not in (True, "true", "True"):
+        raise _bad(f"Invalid value for 'stream': {stream!r}.", "stream")
+    if partial_images is None:
+        return 0
+    try:
+        count = int(partial_images)
+    except (TypeError, ValueError):
+        raise _bad("Invalid 'partial_images': expected an integer.", "partial_images") from None
+    if not 0 <= count <= 3:
+        raise _bad("'partial_images' must be between 0 and 3.", "partial_images")
+    return count
+
+
+def _partial_image(data: bytes, number: int, partials: int, output_format: str) -> str:
+    """Partial image `number` of `partials`: the image blurred, less so each time."""
+    with Image.open(io.BytesIO(data)) as image:
+        radius = max(1, image.width // 16) * (partials - number) / partials
+        blurred = image.filter(ImageFilter.GaussianBlur(radius))
+    return base64.b64encode(_encode(blurred, output_format, None)).decode("ascii")
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    if kind != "error":
+        data = {"type": kind, **data}
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def _split_text(text: str) -> list[str]:
@@ -1241,11 +1343,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token")
+    parser.add_argument(
+        "--stream-interval", type=float, default=0.0, help="seconds between streamed events"
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    fake = FakeOpenAI(port=args.port, latency_s=args.latency, api_key=args.api_key).start()
+    fake = FakeOpenAI(
+        port=args.port,
+        latency_s=args.latency,
+        api_key=args.api_key,
+        stream_interval_s=args.stream_interval,
+    ).start()
     print(f"READY {fake.base_url}", flush=True)
     try:
         while not stop.wait(0.5):

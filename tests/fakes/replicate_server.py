@@ -11,6 +11,9 @@ A prediction moves on with each poll (``GET /v1/predictions/{id}``): ``starting`
 tqdm-like "NN%|" lines), then ``succeeded`` with ``metrics.predict_time`` and outputs
 served by the fake itself (``/files/...``; or ``data:`` URIs with
 ``output_mode="data"``). Pictures depend on prompt + seed, so different seeds differ.
+With ``intermediate_outputs`` on, a prediction of several images lists those made so far
+in ``output`` while it is processing, as a model that yields its outputs one by one does
+(replicate-python's ``Prediction.output_iterator`` reads the growing list).
 Video models (``tests/fakes/replicate_videos.py``) answer with one small H.264 MP4.
 
 In-process::
@@ -25,7 +28,8 @@ As a process (browser tests, the overhead benchmark)::
 Steering over HTTP (no auth, not recorded): ``POST /_fake/fail_next`` (JSON arguments of
 :meth:`FakeReplicate.fail_next`), ``POST /_fake/answer_next`` (those of
 :meth:`FakeReplicate.answer_next`), ``POST /_fake/configure`` (``latency_s``,
-``starting_polls``, ``processing_polls``, ``output_mode``), ``POST /_fake/reset``,
+``starting_polls``, ``processing_polls``, ``output_mode``, ``intermediate_outputs``),
+``POST /_fake/reset``,
 ``GET /_fake/requests``.
 """
 
@@ -218,6 +222,7 @@ class FakeReplicate(ThreadedServer):
         starting_polls: int = 0,
         processing_polls: int = 2,
         output_mode: str = "url",
+        intermediate_outputs: bool = False,
     ) -> None:
         self._defaults: dict[str, Any] = {
             "api_token": api_token,
@@ -225,12 +230,14 @@ class FakeReplicate(ThreadedServer):
             "starting_polls": starting_polls,
             "processing_polls": processing_polls,
             "output_mode": output_mode,
+            "intermediate_outputs": intermediate_outputs,
         }
         self.api_token = api_token
         self.latency_s = latency_s
         self.starting_polls = starting_polls
         self.processing_polls = processing_polls
         self.output_mode = output_mode
+        self.intermediate_outputs = intermediate_outputs
         # Links the next predictions answer instead of their own files (a hostile model's
         # outputs, for the SSRF tests); None: the fake's own /files/ links.
         self.output_links: list[str] | None = None
@@ -313,7 +320,8 @@ class FakeReplicate(ThreadedServer):
         self.versions = {_SDXL_VERSION: "stability-ai/sdxl"}
 
     def configure(self, **settings: Any) -> None:
-        for name in ("latency_s", "starting_polls", "processing_polls", "output_mode"):
+        names = ("latency_s", "starting_polls", "processing_polls", "output_mode")
+        for name in (*names, "intermediate_outputs"):
             if name in settings:
                 setattr(self, name, settings[name])
 
@@ -605,8 +613,17 @@ class FakeReplicate(ThreadedServer):
             prediction.logs = _logs(prediction.seed, min(step, total), total)
             if step <= processing:
                 prediction.status = "processing"
-                return
+                listing = self.intermediate_outputs and "num_outputs" in prediction.input
+            else:
+                listing = False
             fate = prediction.fate
+        if step <= processing:
+            if listing:  # the outputs made so far, as a model yielding them one by one
+                count = int(prediction.input.get("num_outputs", 1))
+                made = self._render(prediction, upto=step * count // (processing + 1))
+                with self._lock:
+                    prediction.output = made or None
+            return
         if fate is not None and fate.kind in ("failed", "nsfw"):
             self._finish(prediction, "failed", error=fate.message or _DEFAULT_MESSAGES[fate.kind])
         elif fate is not None and fate.kind == "canceled":
@@ -630,8 +647,9 @@ class FakeReplicate(ThreadedServer):
                 count = len(output) if isinstance(output, list) else 1
                 prediction.metrics["image_count"] = count
 
-    def _render(self, prediction: _Prediction) -> Any:
-        """The outputs: a list when the model takes num_outputs, else one link."""
+    def _render(self, prediction: _Prediction, upto: int | None = None) -> Any:
+        """The outputs: a list when the model takes num_outputs, else one link; `upto`:
+        only the first so many images (a list), as listed while processing."""
         inputs = prediction.input
         if self.output_links is not None:
             links = list(self.output_links)
@@ -644,6 +662,8 @@ class FakeReplicate(ThreadedServer):
                 self._files[f"{prediction.id}.mp4"] = (data, "video/mp4")
             return f"{self.base_url}/files/{prediction.id}.mp4"
         count = int(inputs.get("num_outputs", 1))
+        if upto is not None:
+            count = min(count, upto)
         fmt = str(inputs.get("output_format", "png"))
         pil_format, mime = _FORMATS.get(fmt, _FORMATS["png"])
         links = []
@@ -656,7 +676,7 @@ class FakeReplicate(ThreadedServer):
                 with self._lock:
                     self._files[name] = (data, mime)
                 links.append(f"{self.base_url}/files/{name}")
-        return links if "num_outputs" in inputs else links[0]
+        return links if "num_outputs" in inputs or upto is not None else links[0]
 
     def _picture(self, prediction: _Prediction, index: int, pil_format: str) -> bytes:
         inputs = prediction.input
