@@ -62,6 +62,9 @@ def create_app(settings: Settings, public_origins: list[str] | None = None) -> F
     from chainlit.utils import mount_chainlit
 
     mount_chainlit(app, target=str(HANDLERS), path="/")
+    from chat_app import session_cleanup
+
+    session_cleanup.install()  # else Chainlit keeps every message of every session
     if public_origins:
         from chainlit.server import sio
 

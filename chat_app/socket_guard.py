@@ -31,7 +31,13 @@ log = get_logger(__name__)
 
 SWEEP_SECONDS = 2.0
 NAMESPACE = "/"
-_NOT_GUARDED = {"connect", "disconnect"}  # the handshake is checked by the middleware
+# The handshake is checked by the middleware. `clear_session` ("New chat", sent right
+# before the socket closes) only asks that the session be dropped at the disconnect
+# rather than kept for a reconnect (`session_timeout`, an hour), as `_cut` does for an
+# ended login. Checked first (a database read once the cache is a second old), it could
+# lose the race with that disconnect, and the session stayed in memory for the hour
+# (2 of 5 times for a conversation with no message yet, whose disconnect awaits nothing).
+_NOT_GUARDED = {"connect", "disconnect", "clear_session"}
 ENDED_MESSAGE = (
     "Your login has ended (you logged out, the password was changed, or the account "
     "was removed). Log in again to continue."
