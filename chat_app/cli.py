@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chat_app import listen
 from core.errors import AtelierError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from chat_app.settings import load_settings  # after `_run` has paused the collector
+    from chat_app.settings import load_settings  # imported here: `users` needs no more
 
     overrides = {}
     if getattr(args, "data_dir", None):
@@ -35,20 +36,47 @@ def _run(args: argparse.Namespace) -> int:
     # later collection, which also keeps those from scanning them during chats.
     gc.disable()
     try:
-        app = _build_app(args)
+        # What the operator can get wrong is checked before the heavy imports (Chainlit,
+        # FastAPI, the backends: seconds on a cold start), and the port is bound before
+        # anything is created, so a mistake is told at once and leaves nothing behind.
+        settings = _settings(args)
+        _check_files(settings)
+        sockets = listen.bind(args.host, args.port)
+        try:
+            app = _build_app(args, settings)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
     finally:
         gc.freeze()
         gc.enable()
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio"
+    )
+    uvicorn.Server(config).run(sockets=sockets)
     return 0
 
 
-def _build_app(args: argparse.Namespace) -> FastAPI:
+def _check_files(settings: Settings) -> None:
+    """The operator's own files (prices, models, styles), read as start-up will read
+    them (plain TOML: no heavy import), so a mistake in one is named at once."""
+    from chat_app.model_status import load_catalogue
+    from pipelines.catalogue.pricing import PriceTable
+    from tools.styles import StyleLibrary
+
+    PriceTable.load(
+        settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
+    )
+    load_catalogue(settings)
+    StyleLibrary.load(settings.styles_file)
+
+
+def _build_app(args: argparse.Namespace, settings: Settings) -> FastAPI:
     from chat_app.server import create_app
 
-    settings = _settings(args)
     hosts = (
         {args.host, "localhost", "127.0.0.1"}
         if args.host in ("127.0.0.1", "localhost")
@@ -123,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     users = sub.add_parser("users", help="manage accounts")
-    users.add_argument("--data-dir")
+    users.add_argument("--data-dir", help="where the database and files live (ATELIER_DATA_DIR)")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add a user")
     add.add_argument("name")
@@ -132,9 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     passwd = actions.add_parser("passwd", help="change a user's password")
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
-    actions.add_parser("list", help="list users")
+    listing = actions.add_parser("list", help="list users")
     remove = actions.add_parser("remove", help="remove a user and their conversations")
     remove.add_argument("name")
+    for action in (add, passwd, listing, remove):
+        # Also after the action (`users add NAME --data-dir X`); SUPPRESS keeps a value
+        # given before it when none is given here.
+        action.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     users.set_defaults(func=lambda a: asyncio.run(_users(a)))
 
     doctor = sub.add_parser("doctor", help="show what is configured and reachable")

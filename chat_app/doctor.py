@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from chat_app.bootstrap import SECRET_FILE, ensure_data_dir
 from chat_app.settings import Settings
@@ -23,8 +24,22 @@ class Check:
     detail: str
 
 
+def database_label(url: str) -> str:
+    """How the database is named to the operator: a SQLite database by its file path.
+
+    Its URL (`sqlite+aiosqlite:////srv/data/atelier.db`) has a slash for the URL and
+    one for the path, which reads as a path with a slash too many or too few; any
+    other database is shown by its URL, without its password.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return f"SQLite file {Path(parsed.database).resolve()}"
+    return redact_urls(url)
+
+
 async def _database(settings: Settings) -> Check:
     url = settings.resolved_database_url
+    shown = database_label(url)
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
@@ -34,9 +49,9 @@ async def _database(settings: Settings) -> Check:
             except Exception:
                 version = None
         migrated = f"schema {version}" if version else "not migrated yet (atelier run does it)"
-        return Check("database", True, f"{redact_urls(url)} reachable, {migrated}")
+        return Check("database", True, f"{shown} reachable, {migrated}")
     except Exception as exc:
-        return Check("database", False, f"{redact_urls(url)} unreachable: {type(exc).__name__}")
+        return Check("database", False, f"{shown} unreachable: {type(exc).__name__}")
     finally:
         await engine.dispose()
 

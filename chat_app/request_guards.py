@@ -7,7 +7,9 @@ mounted at `/` last:
   and action routes, which take precedence over Chainlit's;
 - `add_guards` (after mounting, before the login middleware is added so that it runs
   inside it and sees only live logins): clean 4xx for the client's errors in both apps,
-  the socket handshake's id checks, and the requester of HTTP calls for the data layer.
+  the socket handshake's id checks, empty messages answered before Chainlit stores
+  them, the requester of HTTP calls for the data layer, and Chainlit's path check as
+  plain ASGI (a dropped request is not a crash in the log: chainlit_middleware.py).
 
 The security headers go outermost (`add_security_headers`, added last), so every
 response carries them, refusals included.
@@ -17,7 +19,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from chat_app import feedback_routes, http_errors, session_routes, socket_ids, upload_route
+from chat_app import (
+    chainlit_middleware,
+    empty_messages,
+    feedback_routes,
+    http_errors,
+    session_routes,
+    socket_ids,
+    upload_route,
+)
 from chat_app.requester_middleware import RequesterMiddleware
 from chat_app.security_headers import SecurityHeadersMiddleware, chainlit_page_hashes
 from chat_app.settings import Settings
@@ -34,7 +44,9 @@ def add_guards(app: FastAPI) -> None:
     from chainlit.server import sio
 
     http_errors.install(app, chainlit_app)
+    chainlit_middleware.replace_path_check(chainlit_app)
     socket_ids.install(sio)
+    empty_messages.install(sio)
     app.add_middleware(RequesterMiddleware)
 
 

@@ -1,10 +1,14 @@
-"""PUT/DELETE /project/element and POST /project/action: checked before Chainlit's code.
+"""GET /project/thread, PUT/DELETE /project/element and POST /project/action: checked
+before Chainlit's code.
 
 Chainlit's versions look the `sessionId` up and use the result unchecked, and index the
 element or action dict without checking its keys: an unknown session id, a malformed one
 or a missing key answered HTTP 500. These run first (our routes come before the mount),
 answer a clean 404/401/400 for any of that, and then call Chainlit's own functions with
 the same arguments, so what a valid call does is unchanged.
+
+Someone else's conversation is answered like one that does not exist (404, in plain
+words): Chainlit answered it 401, and its front end takes any 401 for a lost login.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Annotated, Any
 
 from chainlit.auth import get_current_user
 from chainlit.types import CallActionRequest, ElementRequest
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 
+from chat_app.runtime import get_runtime
 from chat_app.session_access import own_session
+from chat_app.socket_ids import UNAVAILABLE
 from memory.ids import is_uuid
 
 router = APIRouter()
@@ -48,6 +54,16 @@ def _check_element(payload: ElementRequest, user: Any) -> None:
         raise _bad("element threadId: not this conversation's")
     if not isinstance(element.get("props") or {}, dict):
         raise _bad("element props")
+
+
+@router.get("/project/thread/{thread_id}")
+async def get_thread(request: Request, thread_id: str, current_user: CurrentUser) -> Any:
+    from chainlit.server import get_thread as chainlit_get_thread
+
+    author = await get_runtime().data_layer.get_thread_author(thread_id)
+    if not author or author != getattr(current_user, "identifier", None):
+        raise HTTPException(status_code=404, detail=UNAVAILABLE)
+    return await chainlit_get_thread(request, thread_id, current_user)
 
 
 @router.put("/project/element")

@@ -12,12 +12,19 @@ Chainlit's `connect` handler takes `sessionId` and `threadId` from the client as
 
 So, before Chainlit's handler runs: the session id must be a UUID in canonical form (the
 front end makes them with `crypto.randomUUID()`), the thread id a UUID (passed on in
-canonical form), a thread that exists must belong to the cookie's user, and the handler
-runs `acting_as` that user. Anything else is refused with a plain reason.
+canonical form), and the handler runs `acting_as` the cookie's user. Anything else is
+refused with a plain reason.
+
+A thread id that is someone else's conversation is not refused but replaced by a fresh
+one: a refused socket leaves the page dead under "Could not reach the server". Such a
+thread, like one that does not exist, is then answered as Chainlit answers a thread it
+cannot resume (a "Couldn't resume chat" toast and a new chat), in plain words that do
+not tell which of the two it was.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from socketio.exceptions import ConnectionRefusedError  # its reason reaches the client
@@ -31,6 +38,8 @@ from memory.requester import acting_as
 
 log = get_logger(__name__)
 NAMESPACE = "/"
+UNAVAILABLE = "This conversation does not exist, or it belongs to another account."
+_UNAVAILABLE_KEY = "atelier.thread_unavailable"  # in the handshake's environ
 
 
 def _canonical(value: object, what: str) -> str:
@@ -72,10 +81,39 @@ def install(sio: Any) -> None:
         thread_id = auth["threadId"]
         if thread_id is not None:
             author = await get_runtime().data_layer.get_thread_author(thread_id)
+            if author != user.identifier:
+                environ[_UNAVAILABLE_KEY] = True
             if author and author != user.identifier:
                 log.warning("socket_thread_refused", thread_id=thread_id)
-                raise ConnectionRefusedError("authorization failed")
+                auth = {**auth, "threadId": str(uuid.uuid4())}
         with acting_as(user.identifier, user.id):
             return await chainlit_connect(sid, environ, auth)
 
     sio.on("connect", connect, namespace=NAMESPACE)
+    _install_resume_answer(sio)
+
+
+def _install_resume_answer(sio: Any) -> None:
+    """Say in plain words why a thread asked for cannot be resumed (see the module doc).
+
+    Only where Chainlit itself would try to resume it: the first `connection_successful`
+    of a session that asked for a thread (a reconnect of a session that has not begun
+    its chat starts no resume; the marker is used once).
+    """
+    from chainlit.session import WebsocketSession
+
+    chainlit_successful = sio.handlers[NAMESPACE]["connection_successful"]
+
+    async def connection_successful(sid: str, *args: Any) -> Any:
+        session = WebsocketSession.get(sid)
+        environ = getattr(session, "environ", None) or {}
+        if (
+            environ.pop(_UNAVAILABLE_KEY, False)
+            and session.thread_id_to_resume
+            and not (session.restored and not session.has_first_interaction)
+        ):
+            session.thread_id_to_resume = None  # Chainlit starts a new chat instead
+            await sio.emit("resume_thread_error", UNAVAILABLE, to=sid)
+        return await chainlit_successful(sid, *args)
+
+    sio.on("connection_successful", connection_successful, namespace=NAMESPACE)

@@ -12,9 +12,10 @@ from dataclasses import replace
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, model_status, rendering, settings_panel
+from chat_app import agent, commands, model_status, rendering, settings_panel, titles
 from chat_app.chat_port import ChatPort
 from chat_app.conversation import MAX_HISTORY_STEPS, build_messages, history_from_steps
+from chat_app.empty_messages import EMPTY_MESSAGE
 from chat_app.runtime import Runtime
 from chat_app.uploads import acknowledgement, read_zips, record_uploads
 from core import money
@@ -39,12 +40,12 @@ async def current_user_id(runtime: Runtime) -> str:
     return persisted.id
 
 
-def check_text(text: str, limit: int, has_files: bool) -> str:
+def check_text(text: str, limit: int, has_files: bool, command: str | None = None) -> str:
+    """The message's text, stripped; a command chip (`/cost` from the menu) or a file
+    makes a message without text a real one."""
     text = (text or "").strip()
-    if not text and not has_files:
-        raise InvalidInput(
-            "Your message is empty. Describe the image you want, e.g. 'a fox in the snow'."
-        )
+    if not text and not has_files and not command:
+        raise InvalidInput(EMPTY_MESSAGE)
     if len(text) > limit:
         raise InvalidInput(
             f"Your message has {len(text):,} characters; the limit is {limit:,}. "
@@ -56,11 +57,15 @@ def check_text(text: str, limit: int, has_files: bool) -> str:
 
 async def handle_message(runtime: Runtime, message: cl.Message) -> None:
     structlog.contextvars.bind_contextvars(thread_id=message.thread_id, request_id=message.id)
+    user_id = None
     try:
         user_id = await current_user_id(runtime)
         structlog.contextvars.bind_contextvars(user_id=user_id)
         text = check_text(
-            message.content, runtime.settings.max_message_chars, bool(message.elements)
+            message.content,
+            runtime.settings.max_message_chars,
+            bool(message.elements),
+            message.command,
         )
         ctx = ToolContext(
             services=runtime.services,
@@ -110,6 +115,14 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         )
     finally:
         structlog.contextvars.clear_contextvars()
+    if user_id is not None:
+        titles.schedule(
+            runtime,
+            user_id=user_id,
+            thread_id=message.thread_id,
+            typed=message.content,
+            command=message.command,
+        )
 
 
 async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:

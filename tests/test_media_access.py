@@ -12,6 +12,7 @@ from tests.app_process import ADMIN_PASSWORD, add_user
 from tests.chat_client import ChatSession, login_cookie
 
 pytestmark = pytest.mark.slow
+UNAVAILABLE = "This conversation does not exist, or it belongs to another account."
 
 
 async def test_other_users_cannot_read_threads_or_media(make_app):
@@ -56,9 +57,12 @@ async def test_other_users_cannot_read_threads_or_media(make_app):
     ).json()
     assert listing["data"] == []
 
-    intruder = ChatSession(app.base_url, bob)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await intruder.connect(resume_thread=admin.thread_id)
+    # Asking for Admin's thread gets Bob a new chat of his own, told that it is not his.
+    intruder = ChatSession(app.base_url, bob, thread_id=admin.thread_id)
+    await intruder.connect()
+    assert ("resume_thread_error", UNAVAILABLE) in intruder.events
+    assert not any(event == "resume_thread" for event, _ in intruder.events)
+    await intruder.close()
     crafted = ChatSession(app.base_url, bob)
     with pytest.raises(socketio.exceptions.ConnectionError):
         await crafted.connect(resume_thread="x' OR '1'='1")

@@ -75,7 +75,7 @@ async def test_estimate_is_shown_then_the_reported_cost_is_settled(world, fake_o
     ctx, chat, _, db = world
     _, artifact = await generate_image(ctx, "a lantern", backend="openai", quality="low")
     [announced] = chat.announced
-    assert announced.startswith("**Estimated cost of 1 image with OpenAI gpt-image-1.5: $")
+    assert announced.startswith("Estimated cost of 1 image with OpenAI gpt-image-1.5: $")
     assert chat.asked == []  # under the $1.00 threshold
     [entry] = await ledger_entries(db)
     record = artifact.images[0][0]

@@ -111,22 +111,48 @@ class Charge:
         return total, source
 
 
+def amount(estimate: Estimate) -> str:
+    """The estimate's figure: "$0.2110", or "$0.006–$0.211" when the provider picks
+    the tier (quality auto) and the price is a range."""
+    if estimate.low_usd is not None and estimate.low_usd != estimate.usd:
+        return f"{money.usd(estimate.low_usd)}–{money.usd(estimate.usd)}"
+    return money.usd(estimate.usd, 4)
+
+
 def describe(estimate: Estimate, label: str) -> str:
-    """The estimate as the chat shows it: the total, then how it was reached."""
+    """The estimate as `/estimate` shows it: the total, then how it was reached."""
     if estimate.unpriced:
-        why = "; ".join(estimate.lines) or "this model is not in the price table"
-        if estimate.usd > 0:
-            return (
-                f"**Cost of {label}: unknown, up to {money.usd(estimate.usd, 4)} reserved** "
-                f"({why}). "
-                "It counts against your budgets at that amount and is recorded as spent."
-            )
+        return _unknown(estimate, label)
+    head = f"**Estimated cost of {label}: {amount(estimate)}**"
+    # One bullet per line: a line that begins with a list marker would nest a second.
+    return head + "".join(f"\n- {line.lstrip('-+*• ')}" for line in estimate.lines)
+
+
+def summary(estimate: Estimate, label: str) -> str:
+    """The one quiet line shown before a paid action runs (its arithmetic is for
+    `/estimate`; the confirmation question, when one is due, is the prominent part)."""
+    if estimate.unpriced:
+        return _unknown(estimate, label)
+    notes = []
+    if estimate.low_usd is not None and estimate.low_usd != estimate.usd:
+        notes.append("the provider picks the quality tier")
+    notes += [f"plus {what}, billed after the run" for what in estimate.untold]
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return f"Estimated cost of {label}: {amount(estimate)}{why}."
+
+
+def _unknown(estimate: Estimate, label: str) -> str:
+    why = "; ".join(estimate.lines) or "this model is not in the price table"
+    if estimate.usd > 0:
         return (
-            f"**Cost of {label}: unknown** ({why}). It will run and be recorded as "
-            "unpriced; budgets cannot count it."
+            f"**Cost of {label}: unknown, up to {money.usd(estimate.usd, 4)} reserved** "
+            f"({why}). "
+            "It counts against your budgets at that amount and is recorded as spent."
         )
-    head = f"**Estimated cost of {label}: {money.usd(estimate.usd, 4)}**"
-    return head + "".join(f"\n- {line}" for line in estimate.lines)
+    return (
+        f"**Cost of {label}: unknown** ({why}). It will run and be recorded as "
+        "unpriced; budgets cannot count it."
+    )
 
 
 def for_budget(
@@ -192,7 +218,7 @@ async def paid_action(
     turn = ctx.turn.guard if ctx.turn.guard is not None else TurnGuard()
     _refuse_if_declined(turn, label)
     if is_paid(estimate):
-        await ctx.port.announce(describe(estimate, label))
+        await ctx.port.announce(summary(estimate, label))
     ledger = ctx.services.ledger
     if ledger is not None:
         # One decision at a time per message: its total and its reservations move together.
@@ -252,19 +278,18 @@ async def _confirm_if_above_threshold(
     if threshold is None or not turn.needs_question(estimate.usd, threshold):
         return
     head = f"{label[:1].upper()}{label[1:]}"
+    priced = f"**{head} is estimated at {amount(estimate)}**"
+    if estimate.low_usd is not None and estimate.low_usd != estimate.usd:
+        priced += f" (the provider picks the tier; up to {money.usd(estimate.usd, 4)} is held)"
     if turn.committed_usd > 0:
         total = turn.committed_usd + estimate.usd
         question = (
-            f"{head} is estimated at {money.usd(estimate.usd, 4)}. With what this message has "
-            f"already spent or reserved ({money.usd(turn.committed_usd, 4)}) it comes to "
-            f"{money.usd(total, 4)}, above your confirmation threshold of "
-            f"{money.usd(threshold, 2)}. Go ahead?"
+            f"{priced}. With what this message has already spent or reserved "
+            f"({money.usd(turn.committed_usd, 4)}) it comes to {money.usd(total, 4)}, "
+            f"above your confirmation threshold of {money.usd(threshold, 2)}. Go ahead?"
         )
     else:
-        question = (
-            f"{head} is estimated at {money.usd(estimate.usd, 4)}, above your confirmation "
-            "threshold. Go ahead?"
-        )
+        question = f"{priced}, above your confirmation threshold. Go ahead?"
     # Without a way to ask (a caller with no chat), above the threshold means no.
     confirmed = await ctx.port.confirm(question)
     if not confirmed:

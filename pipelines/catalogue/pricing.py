@@ -4,8 +4,9 @@ Prices are data (`prices.toml`, plus an optional file of the user's), so a new m
 backend is a row, not code. This module only does the arithmetic, and says in every
 answer where a number came from: the provider's own report (OpenAI `usage` tokens,
 Replicate `metrics.predict_time`), the price table, or an estimate resting on an
-assumption (quality "auto" priced at the dearest tier, a typical run time). A model the
-table does not know is flagged `unpriced`, never silently free.
+assumption (quality "auto" held at the dearest tier and shown as the range of tiers, a
+typical run time). A model the table does not know is flagged `unpriced`, never
+silently free.
 
 Money is `decimal.Decimal` throughout, read from the TOML as exact decimals, and every
 figure handed out is rounded half-up to whole micro-dollars (6 places): sums in the
@@ -103,13 +104,21 @@ class HardwareRate:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The price of a request before it runs: `lines` say how it was reached."""
+    """The price of a request before it runs: `lines` say how it was reached.
+
+    `usd` is what a budget holds. `low_usd` is set when the provider picks the price
+    tier itself (quality "auto"): the request then costs from `low_usd` to `usd`, and
+    is shown as that range. `untold` names what the table cannot price before the run
+    (input images billed as tokens), which the cost afterwards counts.
+    """
 
     usd: Decimal
     lines: list[str]
     unpriced: bool = False
     rows: tuple[PriceRow, ...] = ()
     source: Literal["table"] = "table"
+    low_usd: Decimal | None = None
+    untold: tuple[str, ...] = ()
 
     @property
     def micro_usd(self) -> int:
@@ -248,9 +257,18 @@ class PriceTable:
         else:
             priced = self._output_estimate(rows, backend, _name(model), n, quality, size)
         if input_images and self._select(backend, model, ("token",)):
-            priced.estimate.lines.append(
-                f"+ {input_images} input image(s), billed as input tokens: not in this "
-                "estimate; the cost after the run counts them"
+            # Not "+ …": a line that begins with a list marker renders as a second bullet.
+            untold = f"{input_images} input image(s)"
+            line = (
+                f"{untold}, billed as input tokens: not in this estimate; the cost after "
+                "the run counts them"
+            )
+            estimate = priced.estimate
+            priced = replace(
+                priced,
+                estimate=replace(
+                    estimate, lines=[*estimate.lines, line], untold=(*estimate.untold, untold)
+                ),
             )
         return priced
 
@@ -279,11 +297,29 @@ class PriceTable:
             if not rows:
                 return _Priced(_unpriced(backend, label, f" at {size}"))
         row = max(rows, key=lambda r: (_specificity(r, quality, size), self.rate(r)))
+        count = 1 if row.unit == "run" else n
+        each = self.rate(row)
+        usd = _money(each * count)
+        low: Decimal | None = None
         notes: list[str] = []
         if by_quality and wanted in _ASSUMED:
+            # What "auto" picks is not documented: OpenAI's API reference for
+            # images.generate / images.edit says only that `auto` (the default) "will
+            # automatically select the best quality for the given model" (the `quality`
+            # parameter as published in openai-python, src/openai/types/
+            # image_generate_params.py, generated from OpenAI's OpenAPI spec; read
+            # 2026-11-30 in openai 3.57.0). No tier and no price, and settled costs show
+            # it often picks less than "high" (about 1/4 of the high price). So the
+            # estimate is the range from the cheapest tier to the dearest at the same
+            # size; a budget holds the dearest, and the cost after the run is what was
+            # billed.
+            same_size = [r for r in rows if r.size_class in (None, row.size_class)]
+            cheapest = min(same_size, key=self.rate)
+            low = _money(self.rate(cheapest) * count)
             notes.append(
-                f"quality {quality or 'auto'}: priced as {row.quality}, the dearest tier "
-                "(conservative)"
+                f"quality {quality or 'auto'}: the provider picks the tier, from "
+                f"{cheapest.quality} to {row.quality}; a budget holds {row.quality}, the "
+                "dearest tier (conservative)"
             )
         if by_size and area is None and row.size_class:
             notes.append(
@@ -291,15 +327,22 @@ class PriceTable:
                 "(conservative)"
             )
         # Name only the options the price depends on: the asked ones, or the assumed tier.
-        shown_quality = (row.quality if wanted in _ASSUMED else wanted) if by_quality else None
+        shown_quality = (
+            (f"quality {quality or 'auto'}" if low is not None else wanted) if by_quality else None
+        )
         shown_size = (row.size_class if area is None else size) if by_size else None
         shown = "".join(f" {option}" for option in (shown_quality, shown_size) if option)
-        count = 1 if row.unit == "run" else n
-        each = self.rate(row)
-        usd = _money(each * count)
         per = {"run": " per run", "video": " per video"}.get(row.unit, "")
-        lines = [f"{count} × {label}{shown} at {money.usd(each)}{per} = {money.usd(usd)}", *notes]
-        return _Priced(Estimate(usd, lines, rows=(row,)), assumed=bool(notes))
+        if low is None:
+            line = f"{count} × {label}{shown} at {money.usd(each)}{per} = {money.usd(usd)}"
+        else:
+            low_each = self.rate(cheapest)
+            line = (
+                f"{count} × {label}{shown} at {money.usd(low_each)}–{money.usd(each)}{per} "
+                f"= {money.usd(low)}–{money.usd(usd)}"
+            )
+        estimate = Estimate(usd, [line, *notes], rows=(row,), low_usd=low)
+        return _Priced(estimate, assumed=bool(notes))
 
     def _time_estimate(self, row: PriceRow, label: str, n: int, seconds: Decimal | None) -> _Priced:
         rate = self.rate(row)

@@ -287,7 +287,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
     """Rule-based model, deterministic so tests and browser runs can script a chat.
 
     - last message is a tool result -> "Done. " + its first line (result visible in chat);
-    - a tool-less call (prompt rewriting) -> "Refined: " + the user text;
+    - a tool-less call (prompt rewriting) -> "Refined: " + the user text; a title request
+      -> the first six words of the user text, title-cased;
     - last user text contains "malformed" -> generate_image with invalid JSON arguments;
     - "bigger" -> generate_image with size 1536x1024;
     - "variation(s)" -> variations of the newest listed image (n from "two/three/four/N");
@@ -323,6 +324,8 @@ def default_brain(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -
         system = next((m for m in messages if m.get("role") == "system"), None)
         if system and "Rewrite the user's image prompt" in _text_of(system.get("content")):
             return Reply(content=f"Refined: {text}, finely detailed, soft light")
+        if system and "Write a short title" in _text_of(system.get("content")):
+            return Reply(content=" ".join(text.split()[:6]).title())
         return Reply(content="You said: " + text[:200])
     if "malformed" in lowered:
         return Reply(tool_calls=[ToolCall("generate_image", MALFORMED_ARGUMENTS)])
