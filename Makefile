@@ -16,8 +16,9 @@ $(VENV)/.app-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[postgres]"
 	touch $@
 
-# Tests run the local diffusers backend on tiny models, so they need the `local` extra
-# (torch is pinned to the CPU wheel in pyproject.toml).
+# Tests run the local diffusers backend on tiny models, so they need the `local` extra.
+# pyproject.toml pins torch's version; which build pip takes depends on the machine (this
+# project's CI machines hold the CPU wheel of that version; elsewhere see `run-local`).
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev,postgres,local]"
 	touch $@ $(VENV)/.app-installed
@@ -47,7 +48,35 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/hosted_throughput.py
 	-$(PY) benchmarks/startup.py  # exits 1 when the 3 s target is missed
 	$(PY) benchmarks/write_statements.py
+	$(PY) benchmarks/memory_growth.py
 	-$(PY) benchmarks/turn_latency.py  # exits 1 when a target is missed (see its docstring)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# `make run-local`: a first run that draws without any API key. It installs the `local`
+# extra (torch, diffusers) and starts Atelier, whose local backend draws with its default
+# small model (ATELIER_LOCAL_MODEL, stabilityai/sd-turbo: about 5 GB from the Hugging Face
+# hub on the first image, then cached). torch is installed first, as PyTorch's CPU build:
+# on Linux, PyPI's `torch` wheel is the CUDA build, with gigabytes of CUDA libraries.
+# The CPU index is PyTorch's own ("CPU" at pytorch.org/get-started/locally). A torch of
+# the pinned version that is already installed (a CUDA build for a GPU) is kept.
+TORCH_VERSION   := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX     := $(if $(filter Linux,$(shell uname -s)),--index-url $(TORCH_CPU_INDEX))
+
+.PHONY: run-local
+
+# The recipe line that installs that torch; any target that installs the `local` extra
+# can run it first.
+CPU_TORCH = $(PY) -c "import importlib.metadata as m, sys; \
+	  sys.exit(m.version('torch').split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+	  || $(PY) -m pip install "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
+
+$(VENV)/.local-installed: pyproject.toml | $(PY)
+	$(CPU_TORCH)
+	$(PY) -m pip install -q -e ".[postgres,local]"
+	touch $@ $(VENV)/.app-installed
+
+run-local: $(VENV)/.local-installed
+	ATELIER_LOCAL_ENABLED=true $(VENV)/bin/atelier run

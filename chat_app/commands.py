@@ -39,8 +39,9 @@ CHAT_COMMANDS: list[ChatCommand] = [
 _CHAT_BY_NAME = {command.name: command for command in CHAT_COMMANDS}
 HELP_FOOTER = """
 Options take one word (`--size 1536x1024`); prompts run to the next option; lists are
-comma-separated (`--images 1a2b3c4d,5e6f7a8b`); images are named by the 8-character ids
-under them. Attach an image to edit it or start from it.
+comma-separated (`--images 1a2b3c4d,5e6f7a8b`); an image is named by its id (its first 8
+characters will do), shown in its details (ⓘ). Or use the buttons on each image: Vary,
+Edit, Bigger, Animate, Keep, Download. Attach an image to edit it or start from it.
 
 With a chat model configured you can just ask: *paint a lighthouse at dusk*, *make it
 bluer*, *four variations of that*, *go back to the first one and make it wider*.

@@ -12,7 +12,7 @@ import asyncio
 import chainlit as cl
 from chainlit.types import ThreadDict
 
-from chat_app import rendering, settings_panel
+from chat_app import image_actions, rendering, settings_panel, starters, welcome
 from chat_app.runtime import Runtime, get_runtime
 from chat_app.session_guard import SESSION_CLAIM
 from core.errors import AtelierError, NotFound
@@ -59,7 +59,7 @@ async def _start() -> None:
     runtime = get_runtime()
     await cl.context.emitter.set_commands(commands.chainlit_commands())
     await settings_panel.show(runtime, await current_user_id(runtime))
-    await rendering.welcome(runtime)
+    await welcome.send(runtime)
 
 
 @cl.on_chat_resume
@@ -73,6 +73,7 @@ async def _resume(thread: ThreadDict) -> None:
     await cl.context.emitter.set_commands(commands.chainlit_commands())
     user_id = await current_user_id(runtime)
     await settings_panel.show(runtime, user_id)
+    await image_actions.restore_buttons(thread, user_id)  # Chainlit keeps no actions
     # Work a crash cut short here is told after the history: Chainlit sends the thread
     # when this returns, and the browser replaces what it shows with it.
     task = asyncio.create_task(_tell_after_resume(runtime, user_id, thread["id"]))
@@ -110,3 +111,9 @@ async def _message(message: cl.Message) -> None:
     from chat_app.turn import handle_message
 
     await handle_message(get_runtime(), message)
+
+
+@cl.set_starters
+async def _starters() -> list[cl.Starter]:
+    """The welcome screen's starters (chat_app/starters.py): the same for every user."""
+    return starters.starters(get_runtime())

@@ -1,90 +1,15 @@
-"""How things look in the chat: welcome, errors, notices, images."""
+"""How things look in the chat: errors, notices, images (the welcome: chat_app/welcome.py)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import chainlit as cl
 from chainlit.context import local_steps
 from chainlit.data import get_data_layer
 
-from chat_app import model_status
+from chat_app import image_buttons
 from core import money
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
-
-if TYPE_CHECKING:  # runtime builds the training display, which uses rendering
-    from chat_app.runtime import Runtime
-
-
-def _host(url: str | None, default: str) -> str:
-    if not url:
-        return default
-    parts = urlsplit(url)
-    return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else url
-
-
-def welcome_text(runtime: Runtime, is_admin: bool = False) -> str:
-    settings = runtime.settings
-    if settings.llm_configured:
-        base, _ = settings.llm_endpoint
-        where = f" at {_host(base, 'api.openai.com')}" if is_admin else ""
-        llm = f"`{settings.llm_model}`{where}"
-        how = "Ask in plain words, e.g. *draw a fox in the snow, watercolour*."
-    else:
-        llm = "not configured, so Atelier runs in **command mode**"
-        how = (
-            "Type what you want to see and it becomes the image prompt, or use "
-            "`/image <prompt> [--size 1536x1024] [--n 2] [--quality high]`. `/help` lists commands."
-        )
-    backends = runtime.services.backends.available()
-    images = (
-        ", ".join(f"{b.label} (`{b.default_model}`)" for b in backends)
-        if backends
-        else "none configured (set OPENAI_API_KEY to enable OpenAI images)"
-    )
-    database = "SQLite" if runtime.engine.dialect.name == "sqlite" else "PostgreSQL"
-    return (
-        "**Welcome to Atelier.** " + how + "\n\n"
-        f"- Chat model: {llm}\n"
-        f"- Image backends: {images}\n"
-        f"- Video backends: {_video_backends(runtime)}\n"
-        f"- Storage: {database}"
-        + (f", files in `{settings.data_dir}`" if is_admin else "")
-        + _model_lifecycle(runtime, is_admin)
-        + "\n\n"
-        "To add or change a model, set `ATELIER_LLM_MODEL`, `ATELIER_LLM_BASE_URL` "
-        "(e.g. Ollama or vLLM), `OPENAI_API_KEY` or `REPLICATE_API_TOKEN` and restart; "
-        "`atelier doctor` shows what is configured and reachable."
-    )
-
-
-def _model_lifecycle(runtime: Runtime, is_admin: bool) -> str:
-    """Administrators see every configured model's status; everyone sees one that is
-    retiring or retired, since their requests depend on it."""
-    catalogue = runtime.services.backends.catalogue
-    if catalogue is None:
-        return ""
-    rows = model_status.statuses(catalogue, runtime.settings)
-    shown = [(m, s) for m, s in rows if is_admin or s.state in ("retiring", "retired")]
-    if not shown:
-        return ""
-    head = "\n- Models (catalogue, as of " + str(rows[0][1].today) + "):"
-    return head + "".join(f"\n  - {model_status.line(m, s)}" for m, s in shown)
-
-
-def _video_backends(runtime: Runtime) -> str:
-    found = runtime.services.video_backends.available()
-    if not found:
-        return "none configured (set REPLICATE_API_TOKEN, or install the local extra)"
-    return ", ".join(f"{b.label} (`{b.default_model}`)" for b in found)
-
-
-async def welcome(runtime: Runtime) -> None:
-    user = cl.user_session.get("user")
-    is_admin = bool(user and (user.metadata or {}).get("role") == "admin")
-    await cl.Message(content=welcome_text(runtime, is_admin), author="Atelier").send()
 
 
 def beside_current_step(message: cl.Message) -> cl.Message:
@@ -104,14 +29,12 @@ async def notice(text: str) -> None:
     await cl.Message(content=text, author="Atelier").send()
 
 
-def _seed_text(records: list[ImageRecord]) -> str:
-    seeds = [record.seed for record in records if record.seed is not None]
-    if seeds:
-        return "seed " + ", ".join(str(seed) for seed in seeds)
-    return f"no seed ({records[0].backend} does not take one)"
-
-
 def caption(artifact: ToolArtifact) -> str:
+    """Two short lines: what was asked, and the size, model and price of the request.
+
+    Each image's own seed, id and cost are in its details (the ⓘ on the image), not
+    here: a wall of numbers under every grid is what nobody reads.
+    """
     records = [record for record, _ in artifact.images]
     first, count = records[0], len(records)
     title = f"{'Image' if count == 1 else f'{count} images'} for *{first.prompt_sent[:300]}*"
@@ -124,15 +47,18 @@ def caption(artifact: ToolArtifact) -> str:
         price = f" · {money.usd(cost['usd'], 4)} ({cost['source']})"
     elif cost:
         price = " · cost unknown (no price for this model)"
-    lines = [
-        title,
-        f"{first.width}×{first.height} · {first.backend} `{first.model}`{price} · "
-        + _seed_text(records)
-        + " · "
-        + ", ".join(f"id `{record.id[:8]}`" for record in records),
-    ]
+    lines = [title, f"{first.width}×{first.height} · {first.backend} `{first.model}`{price}"]
     lines.extend(f"_{note}_" for note in artifact.notes)
     return "\n\n".join(lines)
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+def _image_name(record: ImageRecord, role: str = "") -> str:
+    """`<id>.png`, `before-<id>.jpg`: the image's id (images.js puts its buttons on it by
+    that) and its type (the name a download is saved under)."""
+    return f"{role}{record.id}.{_EXTENSIONS.get(record.mime, 'png')}"
 
 
 def _image(record: ImageRecord, name: str, size: str) -> cl.Image:
@@ -159,14 +85,29 @@ async def images(artifact: ToolArtifact) -> None:
         return
     if not artifact.images:
         return
+    shown = [record for record, _ in artifact.before + artifact.images]
     elements: list[cl.Element] = [
-        _image(record, f"before-{record.id}.png", "medium") for record, _ in artifact.before
+        _image(record, _image_name(record, "before-"), "medium") for record, _ in artifact.before
     ]
-    size = "small" if artifact.grid else "large"  # curation candidates side by side
-    elements += [_image(record, f"{record.id}.png", size) for record, _ in artifact.images]
-    message = cl.Message(content=artifact.caption or caption(artifact), author="Atelier")
+    elements += [
+        _image(record, _image_name(record), _grid_size(artifact)) for record, _ in artifact.images
+    ]
+    message = cl.Message(
+        content=artifact.caption or caption(artifact),
+        author="Atelier",
+        actions=[action for record in shown for action in image_buttons.actions_for(record)],
+    )
     await message.send()
     await send_in_order(message, elements)
+
+
+def _grid_size(artifact: ToolArtifact) -> str:
+    """Chainlit lays a message's images on a 4-column grid by their size: "small" takes
+    one column (curation candidates, four a row), "medium" two (a request's results and
+    an edit's before and after, side by side), "large" all four (one image alone)."""
+    if artifact.grid:
+        return "small"
+    return "large" if len(artifact.images) == 1 and not artifact.before else "medium"
 
 
 async def send_in_order(message: cl.Message, elements: list[cl.Element]) -> None:
@@ -229,7 +170,7 @@ async def clips(artifact: ToolArtifact) -> None:
     cookie with it, so it keeps working after a resume, long after a signed link expires.
     """
     elements: list[cl.Element] = [
-        _image(record, f"keyframe-{record.id}.png", "medium") for record, _ in artifact.images
+        _image(record, _image_name(record, "keyframe-"), "medium") for record, _ in artifact.images
     ]
     elements += [
         cl.Video(
@@ -242,6 +183,12 @@ async def clips(artifact: ToolArtifact) -> None:
         )
         for record, data in artifact.videos
     ]
-    message = cl.Message(content=artifact.caption or video_caption(artifact), author="Atelier")
+    message = cl.Message(
+        content=artifact.caption or video_caption(artifact),
+        author="Atelier",
+        actions=[
+            action for record, _ in artifact.images for action in image_buttons.actions_for(record)
+        ],
+    )
     await message.send()
     await send_in_order(message, elements)

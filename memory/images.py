@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from memory.db import write_session
 from memory.ids import require_uuid
 from memory.models import Image, MediaRef, Thread, new_id, utcnow
 from memory.png_metadata import embed
@@ -26,6 +28,7 @@ from memory.thread_media import LineageRecord, MediaLineageStore
 class ImageRecord(LineageRecord):
     parent_id: str | None
     prompt_sent: str
+    kept_at: datetime | None = None  # when its owner kept (starred) it
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,19 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
             parent_id=new.parent_id,
         )
         return record, data
+
+    async def keep(self, image_id: str, user_id: str) -> ImageRecord:
+        """Star the user's image (once: keeping it again keeps the first time)."""
+        record = await self.get(image_id, user_id)  # anyone else's is not found
+        if record.kept_at is None:
+            async with write_session(self._sessions) as session:
+                await session.execute(
+                    update(Image)
+                    .where(Image.id == record.id, Image.user_id == user_id, Image.kept_at.is_(None))
+                    .values(kept_at=utcnow())
+                )
+            record = await self.get(image_id, user_id)
+        return record
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""

@@ -214,6 +214,8 @@ class Image(MediaLineage, Base):
     )
     mime: Mapped[str] = mapped_column(String(64), default="image/png")
     prompt_sent: Mapped[str] = mapped_column(Text, default="")
+    # When its owner kept (starred) it: the Keep button or /keep. NULL: not kept.
+    kept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Curation(Base):

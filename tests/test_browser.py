@@ -256,7 +256,8 @@ def test_wrong_password_is_refused(make_app, page: Page, tmp_path: Path):
     with _on_failure_show(app, page, tmp_path):
         _open(page, app.base_url)
         _log_in(page, password="not-the-password")
-        expect(page.get_by_role("alert").filter(has_text="Unable to sign in")).to_be_visible()
+        refused = page.get_by_role("alert").filter(has_text="Wrong username or password.")
+        expect(refused).to_be_visible()
         expect(page.locator("#email")).to_be_visible()
         _save_screenshot(page, tmp_path, "login-refused")
         expect(page.locator("#chat-input")).to_have_count(0)

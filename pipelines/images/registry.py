@@ -26,7 +26,7 @@ BACKEND_MODULES: dict[str, str] = {
 HOW_TO_ENABLE: dict[str, str] = {
     "openai": "set OPENAI_API_KEY (in the environment or .env) and restart",
     "replicate": "set REPLICATE_API_TOKEN (in the environment or .env) and restart",
-    "local": "install the local extra (pip install 'atelier[local]') and restart",
+    "local": "install the local extra and restart (`make run-local` does both; see the README)",
 }
 
 

@@ -25,7 +25,7 @@ VIDEO_BACKEND_MODULES: dict[str, str] = {
 }
 
 HOW_TO_ENABLE: dict[str, str] = {
-    "local": "install the local extra (pip install 'atelier[local]') and restart",
+    "local": "install the local extra and restart (`make run-local` does both; see the README)",
     "replicate": "set REPLICATE_API_TOKEN (in the environment or .env) and restart",
 }
 
