@@ -29,12 +29,16 @@ MAX_SIDE = 384
 JPEG_QUALITY = 75
 
 
-def from_image(image: Image, max_side: int = MAX_SIDE) -> Preview:
-    """A JPEG preview of a PIL image, shrunk to `max_side`; transparency over white."""
+def from_image(image: Image, max_side: int = MAX_SIDE, *, in_place: bool = False) -> Preview:
+    """A JPEG preview of a PIL image, shrunk to `max_side`; transparency over white.
+
+    `in_place` shrinks `image` itself (one the caller opened for this), sparing a copy of
+    the full-size picture. Bilinear after a box reduction: a preview needs no better.
+    """
     from PIL import Image as PILImage
 
-    picture = image.copy()
-    picture.thumbnail((max_side, max_side))
+    picture = image if in_place else image.copy()
+    picture.thumbnail((max_side, max_side), PILImage.Resampling.BILINEAR, reducing_gap=2.0)
     if picture.mode in ("RGBA", "LA", "P"):
         rgba = picture.convert("RGBA")
         picture = PILImage.new("RGB", rgba.size, (255, 255, 255))
@@ -53,7 +57,7 @@ def from_bytes(data: bytes, max_side: int = MAX_SIDE) -> Preview | None:
     try:
         with PILImage.open(io.BytesIO(data)) as opened:
             opened.draft("RGB", (max_side, max_side))  # JPEG: decode at a smaller scale
-            return from_image(opened, max_side)
+            return from_image(opened, max_side, in_place=True)
     except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
         log.info("preview_unreadable", error=type(exc).__name__)
         return None
