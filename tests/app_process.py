@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 ADMIN_PASSWORD = "admin-password-for-tests"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -64,7 +65,7 @@ class AppProcess:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=ROOT,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -113,3 +114,45 @@ def app_rows(app: AppProcess, sql: str) -> list[sqlite3.Row]:
     with sqlite3.connect(app.data_dir / "atelier.db") as db:
         db.row_factory = sqlite3.Row
         return db.execute(sql).fetchall()
+
+
+def app_errors(app: AppProcess) -> list[str]:
+    """Error lines in the app's log: structlog JSON at level error, or stdlib ERROR.
+
+    Skipped: Starlette's "No response returned" when the browser drops a request while
+    navigating (a client disconnect inside Chainlit's middleware, not an app error).
+    """
+    lines = app.log().splitlines()
+    errors = []
+    for index, line in enumerate(lines):
+        if not ('"level": "error"' in line or line.startswith(("ERROR:", "CRITICAL:"))):
+            continue
+        following = lines[index + 1 : index + 80]
+        end = next((i for i, text in enumerate(following) if text.startswith("ERROR:")), 80)
+        if "RuntimeError: No response returned." in following[:end] and any(
+            "anyio.EndOfStream" in text for text in following[:end]
+        ):
+            continue
+        errors.append(line)
+    return errors
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without OPENAI_* and ATELIER_* settings: the `atelier` command
+    sees only what a test gives it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ATELIER_"))}
+
+
+def atelier(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `atelier` command (not the server) to its end, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "chat_app.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**clean_env(), **(env or {})},
+        cwd=ROOT,
+        timeout=120,
+    )

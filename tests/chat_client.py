@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import socketio
 
+from tests.app_process import ADMIN_PASSWORD
 from tests.waiting import wait_until
 
 
@@ -141,6 +142,18 @@ class ChatSession:
         """Send a user message; return the messages the app produced for it."""
         before = len(self.order)
         self._task_end.clear()
+        await self.emit_message(text, command, files)
+        await asyncio.wait_for(self._task_end.wait(), timeout)
+        return [self.messages[i] for i in self.order[before:]]
+
+    async def emit_message(
+        self,
+        text: str,
+        command: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Emit a user message as the browser does, without waiting for the app's turn
+        (a refused message has none)."""
         message = {
             "id": str(uuid.uuid4()),
             "threadId": self.thread_id,
@@ -152,8 +165,6 @@ class ChatSession:
         if command:
             message["command"] = command
         await self.sio.emit("client_message", {"message": message, "fileReferences": files})
-        await asyncio.wait_for(self._task_end.wait(), timeout)
-        return [self.messages[i] for i in self.order[before:]]
 
     async def change_settings(self, values: dict[str, Any], timeout: float = 20) -> list[dict]:
         """Submit the settings panel as the browser does; returns the app's messages."""
@@ -176,6 +187,15 @@ class ChatSession:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+
+
+async def connected_session(
+    base_url: str, username: str = "admin", password: str = ADMIN_PASSWORD
+) -> ChatSession:
+    """Logged in and connected to a new chat (its welcome received): how a test begins."""
+    chat = ChatSession(base_url, login_cookie(base_url, username, password))
+    await chat.connect()
+    return chat
 
 
 def outputs(messages: list[dict]) -> list[str]:

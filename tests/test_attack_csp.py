@@ -20,17 +20,17 @@ from typing import Any
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
+from tests.app_process import app_errors
 from tests.attack_helpers import Recorder
-from tests.browser_support import chromium, only_hosts
-from tests.fakes.openai_server import Reply, default_brain
-from tests.test_browser import (
-    CONTENT_IMAGES,
-    WAIT_MS,
-    _app_errors,
-    _log_in,
-    _on_failure_show,
-    _save_screenshot,
+from tests.browser_support import (
+    chromium,
+    log_in,
+    on_failure_show,
+    only_hosts,
+    save_screenshot,
 )
+from tests.fakes.openai_server import Reply, default_brain
+from tests.test_browser import CONTENT_IMAGES, WAIT_MS
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
     recorder.requests.clear()
 
     fake_openai.brain = _leaking_brain(recorder.url)
-    with _on_failure_show(app, page, tmp_path):
+    with on_failure_show(app, page, tmp_path):
         response = page.goto(app.base_url, wait_until="domcontentloaded")
         assert response is not None
         headers = response.headers
@@ -122,7 +122,7 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "no-referrer"
 
-        _log_in(page)
+        log_in(page)
         chat_input = page.locator("#chat-input")
         expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
 
@@ -135,7 +135,7 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
         page.wait_for_function(
             "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
         )
-        _save_screenshot(page, tmp_path, "csp-1-image")
+        save_screenshot(page, tmp_path, "csp-1-image")
 
         # The hostile reply is shown, and its image is refused by the browser.
         chat_input.fill(f"{LEAK_WORD} tell me a secret")
@@ -145,7 +145,7 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
         expect(leak).to_have_count(1)  # markdown images render; the raw <img> stays text
         _wait_until_settled(page, f"img[src^='{recorder.url}']")
         assert leak.evaluate("img => img.naturalWidth") == 0
-        _save_screenshot(page, tmp_path, "csp-2-leak-refused")
+        save_screenshot(page, tmp_path, "csp-2-leak-refused")
         assert recorder.requests == []
 
         # Opening the thread again (a new page load) sends nothing either.
@@ -157,7 +157,7 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
             "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
         )
         _wait_until_settled(page, f"img[src^='{recorder.url}']")
-        _save_screenshot(page, tmp_path, "csp-3-reopened")
+        save_screenshot(page, tmp_path, "csp-3-reopened")
         assert recorder.requests == []
         # Stored files keep their own, stricter policy (nothing runs inside an image).
         media = page.request.get(image.evaluate("img => img.src"))
@@ -172,4 +172,4 @@ def test_a_reply_cannot_send_the_browser_elsewhere(
     ]
     assert unexpected == [], "the policy refused something the app needs"
     assert errors == []
-    assert _app_errors(app) == []
+    assert app_errors(app) == []

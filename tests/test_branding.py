@@ -9,22 +9,25 @@ ATELIER_SCREENSHOT_DIR is set, there too.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user, app_rows
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
+from tests.browser_support import (
+    browser_fixture,
+    log_in,
+    make_page,
+    page_fixture,
+    require_chromium,
+    save_screenshot,
+)
 from tests.replicate_fixtures import replicate_app_env
 from tests.waiting import wait_until_sync
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
 from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
 
@@ -42,28 +45,9 @@ USER, USER_PASSWORD = "bea", "bea-password-for-tests"
 
 # ------------------------------------------------------------------------------ fixtures
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-def _page(browser: Browser) -> Page:
-    """A fresh context (its own cookies), wide enough for the login page's picture."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    return context.new_page()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    page = _page(browser)
-    try:
-        yield page
-    finally:
-        page.context.close()
+browser = browser_fixture()
+# Wide enough for the login page's picture.
+page = page_fixture(WAIT_MS)
 
 
 @pytest.fixture
@@ -86,26 +70,18 @@ def no_local_extra(tmp_path: Path) -> dict[str, str]:
 
 
 def _screenshot(page: Page, tmp_path: Path, name: str) -> None:
-    """The chat scrolls inside its own pane, so a tall viewport shows all of it."""
-    path = tmp_path / f"{name}.png"
-    size = page.viewport_size
-    page.set_viewport_size({"width": 1280, "height": 1400})
-    page.wait_for_timeout(300)  # let the layout settle
-    page.screenshot(path=str(path), animations="disabled")
-    if size:
-        page.set_viewport_size(size)
-    target = os.environ.get("ATELIER_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / path.name)
+    save_screenshot(page, tmp_path, name, height=1400)
 
 
 def _log_in(page: Page, app: AppProcess, name: str, password: str) -> None:
-    page.goto(f"{app.base_url}/login", wait_until="domcontentloaded")
-    expect(page.locator("#email")).to_be_visible()
-    page.fill("#email", name)
-    page.fill("#password", password)
-    page.press("#password", "Enter")
+    log_in(page, name, password, at=f"{app.base_url}/login")
+
+
+def _user_page(browser: Browser, app: AppProcess) -> Page:
+    """The user's own page (a fresh context, its own cookies), signed in."""
+    user_page = make_page(browser, WAIT_MS)
+    _log_in(user_page, app, USER, USER_PASSWORD)
+    return user_page
 
 
 def _welcome(page: Page) -> Locator:
@@ -181,8 +157,7 @@ def test_the_administrator_sees_the_set_up_and_users_see_starters(
         assert part in admin_welcome, (part, admin_welcome)
     _screenshot(page, tmp_path, "welcome-admin")
 
-    user_page = _page(browser)
-    _log_in(user_page, app, USER, USER_PASSWORD)
+    user_page = _user_page(browser, app)
     user_welcome = _welcome(user_page).inner_text()
     assert "Describe the picture you want" in user_welcome, user_welcome
     assert ENV_NAME.findall(user_welcome) == [], user_welcome
@@ -240,8 +215,7 @@ def test_with_no_key_the_welcome_says_how_to_get_images(
     expect(page.locator(STARTERS)).to_have_count(0)  # nothing could be drawn from them
     _screenshot(page, tmp_path, "welcome-no-key-admin")
 
-    user_page = _page(browser)
-    _log_in(user_page, app, USER, USER_PASSWORD)
+    user_page = _user_page(browser, app)
     text = _welcome(user_page).inner_text()
     assert "Image making is not set up on this server yet" in text, text
     assert ENV_NAME.findall(text) == [], text

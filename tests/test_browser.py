@@ -13,23 +13,28 @@ Screenshots go to the test's tmp_path and, when ATELIER_SCREENSHOT_DIR is set, t
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD, AppProcess
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
+from tests.browser_support import (
+    browser_fixture,
+    expect_decoded,
+    goto,
+    log_in,
+    on_failure_show,
+    page_errors_fixture,
+    page_fixture,
+    require_chromium,
+    save_screenshot,
+    signed_in,
+)
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,99 +47,12 @@ TOOL_STEP = "[data-step-type='tool']"
 THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
 MEDIA_URL = r"/media/[0-9a-f]+\?"
 
-
-# ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    context.set_default_navigation_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    """Uncaught JavaScript errors on the page."""
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
+browser = browser_fixture()
+page = page_fixture(WAIT_MS)
+page_errors = page_errors_fixture()
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
-    """The chat scrolls inside its own pane, so a tall viewport shows the whole thread."""
-    path = tmp_path / f"{name}.png"
-    size = page.viewport_size
-    page.set_viewport_size({"width": 1280, "height": 1800})
-    page.wait_for_timeout(300)  # let the layout settle
-    page.screenshot(path=str(path), animations="disabled")
-    if size:
-        page.set_viewport_size(size)
-    target = os.environ.get("ATELIER_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / path.name)
-    return path
-
-
-@contextmanager
-def _on_failure_show(app: AppProcess, page: Page, tmp_path: Path) -> Iterator[None]:
-    """On failure: a screenshot, and the app's error log lines (conftest prints only
-    logs that hold a Traceback)."""
-    try:
-        yield
-    except BaseException:
-        for line in _app_errors(app):
-            print(f"app log: {line}")
-        with suppress(Exception):  # the page may be gone; the original error matters more
-            print(f"failure screenshot: {_save_screenshot(page, tmp_path, 'failure')}")
-        raise
-
-
-def _app_errors(app: AppProcess) -> list[str]:
-    """Error lines in the app's log: structlog JSON at level error, or stdlib ERROR.
-
-    Skipped: Starlette's "No response returned" when the browser drops a request while
-    navigating (a client disconnect inside Chainlit's middleware, not an app error).
-    """
-    lines = app.log().splitlines()
-    errors = []
-    for index, line in enumerate(lines):
-        if not ('"level": "error"' in line or line.startswith(("ERROR:", "CRITICAL:"))):
-            continue
-        following = lines[index + 1 : index + 80]
-        end = next((i for i, text in enumerate(following) if text.startswith("ERROR:")), 80)
-        if "RuntimeError: No response returned." in following[:end] and any(
-            "anyio.EndOfStream" in text for text in following[:end]
-        ):
-            continue
-        errors.append(line)
-    return errors
-
-
-def _log_in(page: Page, password: str = ADMIN_PASSWORD) -> None:
-    expect(page.locator("#email")).to_be_visible()
-    page.fill("#email", "admin")
-    page.fill("#password", password)
-    page.press("#password", "Enter")
-
-
-def _open(page: Page, url: str) -> None:
-    page.goto(url, wait_until="domcontentloaded")
 
 
 def _expect_tool_step(page: Page) -> None:
@@ -167,18 +85,6 @@ def _expect_image_loaded(page: Page, src_pattern: str) -> str:
     return image.get_attribute("src") or ""
 
 
-def _expect_decoded(page: Page, images: Locator, indexes: Iterable[int]) -> None:
-    """Those images are really decoded by the browser (not just present)."""
-    for index in indexes:
-        image = images.nth(index)
-        image.scroll_into_view_if_needed()  # the front end marks them loading="lazy"
-        page.wait_for_function(
-            "img => img.complete && img.naturalWidth > 0",
-            arg=image.element_handle(),
-            timeout=WAIT_MS,
-        )
-
-
 def _expect_conversation(page: Page, src_pattern: str) -> str:
     expect(page.locator("[data-step-type='user_message']")).to_contain_text(PROMPT)
     expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
@@ -205,9 +111,7 @@ def test_generate_image_survives_reload_and_restart(
     make_app, page: Page, page_errors: list[str], tmp_path: Path
 ):
     app = make_app()
-    with _on_failure_show(app, page, tmp_path):
-        _open(page, app.base_url)
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         chat_input = page.locator("#chat-input")
         expect(chat_input).to_be_visible()
         expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
@@ -220,16 +124,16 @@ def test_generate_image_survives_reload_and_restart(
         thread_url = page.url
         # Shown from the media store, where the image was stored (no second copy).
         live_src = _expect_conversation(page, r"/media/[0-9a-f]{64}")
-        _save_screenshot(page, tmp_path, "1-live")
+        save_screenshot(page, tmp_path, "1-live")
 
         # A new page load: start on a fresh chat, then open the thread from the sidebar.
-        _open(page, app.base_url)
+        goto(page, app.base_url)
         expect(page.locator("#chat-input")).to_be_visible()
         _open_from_sidebar(page)
         assert page.url == thread_url
         resumed_src = _expect_conversation(page, MEDIA_URL)
         assert urlsplit(resumed_src).path == urlsplit(live_src).path  # the same file
-        _save_screenshot(page, tmp_path, "2-reloaded")
+        save_screenshot(page, tmp_path, "2-reloaded")
 
         app.restart()
         # Same data dir, so same auth secret: the login cookie is still good.
@@ -239,27 +143,23 @@ def test_generate_image_survives_reload_and_restart(
         assert page.url == thread_url
         _expect_conversation(page, MEDIA_URL)
 
-        _open(page, app.base_url)
+        goto(page, app.base_url)
         expect(page.locator("#chat-input")).to_be_visible()
         _open_from_sidebar(page)
         assert page.url == thread_url
         after_restart_src = _expect_conversation(page, MEDIA_URL)
         assert urlsplit(after_restart_src).path == urlsplit(resumed_src).path
-        _save_screenshot(page, tmp_path, "3-after-restart")
-
-    assert page_errors == []
-    assert _app_errors(app) == []
+        save_screenshot(page, tmp_path, "3-after-restart")
 
 
 def test_wrong_password_is_refused(make_app, page: Page, tmp_path: Path):
     app = make_app()
-    with _on_failure_show(app, page, tmp_path):
-        _open(page, app.base_url)
-        _log_in(page, password="not-the-password")
+    with on_failure_show(app, page, tmp_path):
+        log_in(page, password="not-the-password", at=app.base_url)
         refused = page.get_by_role("alert").filter(has_text="Wrong username or password.")
         expect(refused).to_be_visible()
         expect(page.locator("#email")).to_be_visible()
-        _save_screenshot(page, tmp_path, "login-refused")
+        save_screenshot(page, tmp_path, "login-refused")
         expect(page.locator("#chat-input")).to_have_count(0)
         assert page.context.cookies() == []  # no session cookie was handed out
 
@@ -269,9 +169,7 @@ def test_refine_in_the_browser_settings_panel_and_before_after(
 ):
     """Set a seed in the settings panel, draw, then 'make it bluer': before and after."""
     app = make_app()
-    with _on_failure_show(app, page, tmp_path):
-        _open(page, app.base_url)
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         chat_input = page.locator("#chat-input")
         expect(chat_input).to_be_visible()
 
@@ -299,18 +197,14 @@ def test_refine_in_the_browser_settings_panel_and_before_after(
         # The before/after message holds the source and the result, both decoded.
         images = page.locator(CONTENT_IMAGES)
         expect(images).to_have_count(3)
-        _expect_decoded(page, images, (1, 2))
-        _save_screenshot(page, tmp_path, "4-before-after")
-    assert page_errors == []
-    assert _app_errors(app) == []
+        expect_decoded(page, images, (1, 2))
+        save_screenshot(page, tmp_path, "4-before-after")
 
 
 def test_curation_grid_with_scores(make_app, page: Page, page_errors: list[str], tmp_path: Path):
     """'best of 4' shows four decoded candidates side by side with a score table."""
     app = make_app()
-    with _on_failure_show(app, page, tmp_path):
-        _open(page, app.base_url)
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         chat_input = page.locator("#chat-input")
         expect(chat_input).to_be_visible()
         expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
@@ -323,10 +217,8 @@ def test_curation_grid_with_scores(make_app, page: Page, page_errors: list[str],
         expect(page.get_by_text("Why the others lost")).to_be_visible()
         images = page.locator(CONTENT_IMAGES)
         expect(images).to_have_count(4)
-        _expect_decoded(page, images, range(4))
-        _save_screenshot(page, tmp_path, "5-curation")
-    assert page_errors == []
-    assert _app_errors(app) == []
+        expect_decoded(page, images, range(4))
+        save_screenshot(page, tmp_path, "5-curation")
 
 
 def test_confirm_or_cancel_before_spending_and_the_cost_chart(
@@ -334,16 +226,14 @@ def test_confirm_or_cancel_before_spending_and_the_cost_chart(
 ):
     """Above the threshold the chat asks with two buttons; Cancel spends nothing."""
     app = make_app(ATELIER_CONFIRM_ABOVE_USD="0.01")
-    with _on_failure_show(app, page, tmp_path):
-        _open(page, app.base_url)
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         chat_input = page.locator("#chat-input")
         expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
         chat_input.fill("/image a lighthouse")
         page.locator("#chat-submit").click()
         expect(page.get_by_text(re.compile(r"Estimated cost of 1 image"))).to_be_visible()
         expect(page.get_by_text(re.compile(r"above your confirmation threshold"))).to_be_visible()
-        _save_screenshot(page, tmp_path, "6-confirm")
+        save_screenshot(page, tmp_path, "6-confirm")
         page.get_by_role("button", name="Cancel").click()
         expect(page.get_by_text(re.compile(r"nothing was spent"))).to_be_visible()
         expect(page.locator(CONTENT_IMAGES)).to_have_count(0)
@@ -353,13 +243,11 @@ def test_confirm_or_cancel_before_spending_and_the_cost_chart(
         page.get_by_role("button", name="Confirm").click()
         images = page.locator(CONTENT_IMAGES)
         expect(images).to_have_count(1)
-        _expect_decoded(page, images, [0])
+        expect_decoded(page, images, [0])
 
         chat_input.fill("/cost")
         page.locator("#chat-submit").click()
         expect(page.get_by_text("Cost report (last 30 days)")).to_be_visible()
         expect(page.locator(".js-plotly-plot")).to_have_count(1)
         expect(page.get_by_text("atelier-costs-30d.csv")).to_be_visible()
-        _save_screenshot(page, tmp_path, "7-cost")
-    assert page_errors == []
-    assert _app_errors(app) == []
+        save_screenshot(page, tmp_path, "7-cost")

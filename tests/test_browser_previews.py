@@ -12,19 +12,22 @@ ATELIER_SCREENSHOT_DIR when set).
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
+from tests.browser_support import (
+    browser_fixture,
+    collect_page_errors,
+    log_in,
+    page_fixture,
+    require_chromium,
+    save_screenshot,
+)
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -34,41 +37,19 @@ SHOTS = Path(os.environ.get("ATELIER_SCREENSHOT_DIR", "/work/helper-notes/shots/
 PREVIEW = "img[src^='data:image/jpeg']"
 FINAL = "[data-step-type] img[src*='/media/']"
 
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    with chromium() as browser:
-        yield from _page(browser)
-
-
-def _page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+browser = browser_fixture(scope="function")
+page = page_fixture(WAIT_MS)
 
 
 def _shot(page: Page, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), animations="disabled")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SHOTS / path.name)
+    save_screenshot(page, tmp_path, name, height=None, settle_ms=0, copy_to=SHOTS)
 
 
 def test_the_preview_changes_before_the_final_image(make_app, fake_openai, page, tmp_path):
     fake_openai.stream_interval_s = 2.5  # time for the page to be seen in each state
     app = make_app()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(app.base_url, wait_until="domcontentloaded")
-    login = page.locator("#email, #username").first
-    expect(login).to_be_visible()
-    login.fill("admin")
-    page.fill("#password", ADMIN_PASSWORD)
-    page.press("#password", "Enter")
+    errors = collect_page_errors(page)
+    log_in(page, at=app.base_url)
     chat_input = page.locator("#chat-input")
     expect(chat_input).to_be_visible()
 

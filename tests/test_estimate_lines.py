@@ -14,8 +14,8 @@ from decimal import Decimal
 import pytest
 
 from pipelines.catalogue.pricing import PriceTable
-from tests.app_process import ADMIN_PASSWORD, app_rows
-from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.app_process import app_rows
+from tests.chat_client import connected_session, outputs
 from tools.spending import describe, summary
 
 LABEL = "1 image with OpenAI gpt-image-2"
@@ -62,8 +62,7 @@ def test_every_line_of_the_arithmetic_has_one_bullet(table):
 @pytest.mark.slow
 async def test_the_chat_shows_the_range_and_settles_what_was_billed(make_app, fake_openai):
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     reply = outputs(await chat.send("/image a fox in the snow --size 1024x1024"))
     [estimate] = [text for text in reply if "Estimated cost" in text]
     assert estimate == (

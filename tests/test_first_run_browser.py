@@ -11,23 +11,26 @@ Screenshots go to the test's tmp_path and, when ATELIER_SCREENSHOT_DIR is set, t
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.app_process import ADMIN_PASSWORD, add_user
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
-from tests.chat_client import ChatSession, login_cookie
+from tests.browser_support import (
+    browser_fixture,
+    goto,
+    log_in,
+    page_fixture,
+    require_chromium,
+    save_screenshot,
+)
+from tests.chat_client import connected_session
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,39 +38,16 @@ WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)
 UNAVAILABLE = "This conversation does not exist, or it belongs to another account."
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+browser = browser_fixture()
+page = page_fixture(WAIT_MS)
 
 
 def _shot(page: Page, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"{name}.png"
-    page.wait_for_timeout(300)  # let the layout settle
-    page.screenshot(path=str(path), animations="disabled")
-    target = os.environ.get("ATELIER_SCREENSHOT_DIR")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / path.name)
+    save_screenshot(page, tmp_path, name, height=None)
 
 
 def _log_in(page: Page, base_url: str, name: str, password: str) -> None:
-    page.goto(base_url, wait_until="domcontentloaded")
-    page.locator("form input:not([type=password])").first.fill(name)
-    page.locator("form input[type=password]").fill(password)
-    page.locator("form input[type=password]").press("Enter")
+    log_in(page, name, password, at=base_url)
     expect(page.locator("#chat-input")).to_be_visible()
 
 
@@ -117,8 +97,7 @@ def test_someone_elses_conversation_is_called_unavailable(make_app, page: Page, 
     app = make_app()
 
     async def admins_conversation() -> str:
-        chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-        await chat.connect()
+        chat = await connected_session(app.base_url)
         await chat.send("/help")
         await chat.close()
         assert chat.thread_id is not None
@@ -128,7 +107,7 @@ def test_someone_elses_conversation_is_called_unavailable(make_app, page: Page, 
         thread_id = other.submit(asyncio.run, admins_conversation()).result()
     add_user(app, "bob", "bobs-password")
     _log_in(page, app.base_url, "bob", "bobs-password")
-    page.goto(f"{app.base_url}/thread/{thread_id}", wait_until="domcontentloaded")
+    goto(page, f"{app.base_url}/thread/{thread_id}")
     expect(page.get_by_text(f"Couldn't resume chat: {UNAVAILABLE}")).to_be_visible()
     expect(page.get_by_text("Could not reach the server")).to_have_count(0)
     _shot(page, tmp_path, "4-not-yours")

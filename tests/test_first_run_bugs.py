@@ -7,43 +7,32 @@ that is someone else's.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD, add_user, app_rows
-from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.app_process import ADMIN_PASSWORD, ROOT, add_user, app_rows, atelier, clean_env
+from tests.chat_client import ChatSession, connected_session, login_cookie, outputs
 from tests.waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 UNAVAILABLE = "This conversation does not exist, or it belongs to another account."
-
-
-def atelier(*args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ATELIER_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "chat_app.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**clean, **(env or {})},
-        cwd=ROOT,
-        timeout=120,
-    )
 
 
 def thread_names(app) -> list[str | None]:
     return [row["name"] for row in app_rows(app, "SELECT name FROM threads")]
+
+
+async def _send_blank(chat: ChatSession, text: str, files: list[dict] | None) -> None:
+    """Send a message with no words, as the browser would, and wait for the app's toast."""
+    await chat.emit_message(text, files=files)
+    await wait_until(lambda: any(event == "toast" for event, _ in chat.events), 20, "the toast")
 
 
 # ------------------------------------------------------------------ a. command chips
@@ -52,8 +41,7 @@ def thread_names(app) -> list[str | None]:
 async def test_a_command_chip_without_text_runs_the_command(make_app):
     """`/cost` picked from the `/` menu arrives as command="cost" with empty text."""
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     expected = {
         "cost": "Cost report",
         "help": "**Commands**",
@@ -76,18 +64,8 @@ async def test_a_command_chip_without_text_runs_the_command(make_app):
 
 async def test_an_empty_message_is_refused_and_leaves_no_conversation(make_app):
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
-    message = {
-        "id": str(uuid.uuid4()),
-        "threadId": chat.thread_id,
-        "type": "user_message",
-        "name": "user",
-        "output": "   ",
-        "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    await chat.sio.emit("client_message", {"message": message, "fileReferences": None})
-    await wait_until(lambda: any(event == "toast" for event, _ in chat.events), 20, "the toast")
+    chat = await connected_session(app.base_url)
+    await _send_blank(chat, "   ", files=None)
     [toast] = [data for event, data in chat.events if event == "toast"]
     assert toast["message"].startswith("Your message is empty.")
     # A message after it is answered as usual, and only it opened the conversation.
@@ -102,18 +80,8 @@ async def test_an_empty_message_is_refused_and_leaves_no_conversation(make_app):
 
 async def test_an_empty_first_message_creates_no_conversation(make_app):
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
-    message = {
-        "id": str(uuid.uuid4()),
-        "threadId": chat.thread_id,
-        "type": "user_message",
-        "name": "user",
-        "output": "",
-        "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    await chat.sio.emit("client_message", {"message": message, "fileReferences": []})
-    await wait_until(lambda: any(event == "toast" for event, _ in chat.events), 20, "the toast")
+    chat = await connected_session(app.base_url)
+    await _send_blank(chat, "", files=[])
     await chat.close()
     app.stop()  # every message written
     assert app_rows(app, "SELECT id FROM threads") == []
@@ -125,7 +93,7 @@ async def test_an_empty_first_message_creates_no_conversation(make_app):
 
 def test_a_busy_port_fails_before_any_user_is_created(tmp_path):
     data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ATELIER_"))}
+    env = clean_env()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -230,12 +198,11 @@ print("imported", sorted(m for m in ("chainlit", "fastapi", "uvicorn") if m in s
     [("ATELIER_REQUEST_TIMEOUT", "-3"), ("ATELIER_PRICES_FILE", "/nonexistent/prices.toml")],
 )
 def test_run_names_a_bad_setting_before_the_heavy_imports(tmp_path, variable, value):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ATELIER_"))}
     result = subprocess.run(
         [sys.executable, "-c", _RUN_AND_SAY_WHAT_WAS_IMPORTED, str(tmp_path / "data")],
         capture_output=True,
         text=True,
-        env={**clean, variable: value},
+        env={**clean_env(), variable: value},
         cwd=ROOT,
         timeout=120,
     )
@@ -250,8 +217,7 @@ def test_run_names_a_bad_setting_before_the_heavy_imports(tmp_path, variable, va
 
 async def test_someone_elses_conversation_is_called_unavailable_in_plain_words(make_app):
     app = make_app()
-    admin = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await admin.connect()
+    admin = await connected_session(app.base_url)
     await admin.send("/help")
     await admin.close()
     add_user(app, "bob", "bobs-password")

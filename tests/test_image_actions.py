@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,18 +27,26 @@ from chat_app.image_actions import bigger_size
 from memory.png_metadata import read_embedded
 from pipelines.images.local_diffusers import SIZE_RANGE
 from pipelines.images.openai_images import GPT_IMAGE_1, GPT_IMAGE_2
-from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user, app_rows
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
-from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.app_process import AppProcess, add_user, app_rows
+from tests.browser_support import (
+    SCREENSHOT_HEIGHT,
+    browser_fixture,
+    expect_decoded,
+    expect_idle,
+    page_errors_fixture,
+    page_fixture,
+    require_chromium,
+    save_screenshot,
+    send,
+    signed_in,
+)
+from tests.chat_client import ChatSession, connected_session, outputs
 from tests.replicate_fixtures import replicate_app_env
 from tests.waiting import wait_until, wait_until_sync
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
-
-from tests.test_browser import _app_errors, _log_in, _on_failure_show, _save_screenshot  # noqa: E402
+from playwright.sync_api import Download, Locator, Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -48,32 +56,10 @@ THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
 TILES = ".atl-tile"
 INTRUDER_PASSWORD = "mallory-password-1"
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    # As tall as the screenshots (tests/test_browser.py), so taking one moves nothing
-    # from under the pointer.
-    context = browser.new_context(viewport={"width": 1280, "height": 1800}, accept_downloads=True)
-    context.set_default_timeout(WAIT_MS)
-    context.set_default_navigation_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
+browser = browser_fixture()
+# As tall as the screenshots, so taking one moves nothing from under the pointer.
+page = page_fixture(WAIT_MS, height=SCREENSHOT_HEIGHT, accept_downloads=True)
+page_errors = page_errors_fixture()
 
 
 @pytest.fixture
@@ -83,19 +69,6 @@ def app(make_app, fake_replicate) -> AppProcess:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _send(page: Page, text: str) -> None:
-    """Type and send once the previous turn has ended (its stop button is gone)."""
-    expect(page.locator("#stop-button")).to_have_count(0)
-    page.locator("#chat-input").fill(text)
-    submit = page.locator("#chat-submit")
-    expect(submit).to_be_enabled()
-    submit.click()
-
-
-def _idle(page: Page) -> None:
-    expect(page.locator("#stop-button")).to_have_count(0)
 
 
 def _tile(page: Page, image_id: str) -> Locator:
@@ -143,19 +116,27 @@ def _expect_rows(what: str, check: Callable[[], object]) -> None:
     wait_until_sync(check, WAIT_MS / 1000, what)
 
 
-def _shot(page: Page, tmp_path: Path, name: str) -> None:
-    _save_screenshot(page, tmp_path, name)
-
-
 def _decoded(page: Page, count: int) -> None:
     images = page.locator(f"div:has(> {TILES}) > img")
     expect(images).to_have_count(count)
-    for index in range(count):
-        image = images.nth(index)
-        image.scroll_into_view_if_needed()  # the front end marks them loading="lazy"
-        page.wait_for_function(
-            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
-        )
+    expect_decoded(page, images, range(count))
+
+
+def _boxes(page: Page, ids: list[str]) -> list[dict]:
+    """Where those images are drawn on the page."""
+    return [page.locator(f"img[alt^='{i}']").bounding_box() for i in ids]
+
+
+def _expect_tool_step(page: Page, tool: str) -> None:
+    expect(page.locator("[data-step-type='tool']").filter(has_text=tool)).to_be_visible()
+
+
+def _download(page: Page, image_id: str) -> Download:
+    """Point at the image and follow its Download link."""
+    page.locator(f"img[alt^='{image_id}']").hover()
+    with page.expect_download() as info:
+        _tile(page, image_id).get_by_role("link", name="Download").click()
+    return info.value
 
 
 # --------------------------------------------------------------------------------- tests
@@ -164,24 +145,22 @@ def _decoded(page: Page, count: int) -> None:
 def test_grid_vary_keep_download_edit_animate(
     app: AppProcess, page: Page, page_errors: list[str], tmp_path: Path
 ) -> None:
-    with _on_failure_show(app, page, tmp_path):
-        page.goto(app.base_url, wait_until="domcontentloaded")
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         expect(page.locator("#chat-input")).to_be_visible()
 
         # A grid for --n 4: two columns, two rows, each image with its own buttons.
-        _send(page, "/image a fox in the snow --n 4")
+        send(page, "/image a fox in the snow --n 4")
         expect(page.locator(TILES)).to_have_count(4)
         _decoded(page, 4)
         ids = _tile_ids(page)
         assert ids == [row["id"] for row in _images(app)]  # the grid in request order
-        boxes = [page.locator(f"img[alt^='{i}']").bounding_box() for i in ids]
+        boxes = _boxes(page, ids)
         assert len({round(b["x"]) for b in boxes}) == 2, boxes
         assert len({round(b["y"]) for b in boxes}) == 2, boxes
         assert boxes[0]["width"] > 250, boxes  # not thumbnails, not full width
         expect(page.locator("button[id^='atl-']").first).to_be_hidden()  # Chainlit's row
-        _idle(page)
-        _shot(page, tmp_path, "1-grid")
+        expect_idle(page)
+        save_screenshot(page, tmp_path, "1-grid")
 
         # Pointing at the third image shows its buttons; its details on demand.
         third = ids[2]
@@ -189,7 +168,7 @@ def test_grid_vary_keep_download_edit_animate(
         for name in ("Vary", "Edit", "Bigger", "Animate", "Keep", "Details", "Download"):
             expect(_tile(page, third).get_by_label(name, exact=True)).to_have_css("opacity", "1")
         expect(_tile(page, ids[0]).get_by_role("button", name="Vary")).to_have_css("opacity", "0")
-        _shot(page, tmp_path, "2-hover")
+        save_screenshot(page, tmp_path, "2-hover")
         _tile(page, third).get_by_role("button", name="Details").click()
         details = _tile(page, third).locator(".atl-details")
         expect(details).to_be_visible()
@@ -197,41 +176,36 @@ def test_grid_vary_keep_download_edit_animate(
         expect(details).to_contain_text("openai gpt-image-2")
         expect(details).to_contain_text(re.compile(r"Cost\s*\$0\.\d{4}"))
         expect(details).to_contain_text(third)
-        _shot(page, tmp_path, "3-details")
+        save_screenshot(page, tmp_path, "3-details")
         details.get_by_role("button", name="Close details").click()
         expect(details).to_be_hidden()
 
         # Vary on the third: its variations, derived from it.
         _press(page, third, "Vary")
-        expect(
-            page.locator("[data-step-type='tool']").filter(has_text="variations")
-        ).to_be_visible()
+        _expect_tool_step(page, "variations")
         expect(page.locator(TILES)).to_have_count(6)
-        _idle(page)
+        expect_idle(page)
         _expect_rows("two variations of the third", lambda: len(_children(app, third)) == 2)
         _decoded(page, 6)
         _show_last_image(page)
-        _shot(page, tmp_path, "4-after-vary")
+        save_screenshot(page, tmp_path, "4-after-vary")
 
         # Keep the first: starred in the database, and still after a reload.
         first = ids[0]
         _press(page, first, "Keep")
         expect(_tile(page, first).locator(".atl-kept")).to_be_visible()
-        _idle(page)
+        expect_idle(page)
         _expect_rows("the first kept", lambda: _images(app)[0]["kept_at"] is not None)
         page.reload(wait_until="domcontentloaded")
         expect(page.locator(TILES)).to_have_count(6)
         expect(_tile(page, first).locator(".atl-kept")).to_be_visible()
         expect(_tile(page, first).get_by_role("button", name="Kept")).to_have_css("opacity", "1")
         expect(_tile(page, ids[1]).locator(".atl-kept")).to_have_count(0)
-        _shot(page, tmp_path, "5-kept-after-reload")
+        save_screenshot(page, tmp_path, "5-kept-after-reload")
 
         # Download the second: the original file, its parameters embedded.
         second = ids[1]
-        page.locator(f"img[alt^='{second}']").hover()
-        with page.expect_download() as info:
-            _tile(page, second).get_by_role("link", name="Download").click()
-        download = info.value
+        download = _download(page, second)
         assert download.suggested_filename == f"atelier-{second[:8]}.png"
         chunks = read_embedded(Path(download.path()).read_bytes())
         assert "a fox in the snow" in chunks["parameters"]
@@ -243,42 +217,36 @@ def test_grid_vary_keep_download_edit_animate(
         expect(page.get_by_text("What should change in image")).to_be_visible()
         page.locator("#chat-input").fill("make the fox blue")
         page.locator("#chat-submit").click()
-        expect(
-            page.locator("[data-step-type='tool']").filter(has_text="edit_image")
-        ).to_be_visible()
-        _idle(page)
+        _expect_tool_step(page, "edit_image")
+        expect_idle(page)
         _expect_rows("the edit of the first", lambda: len(_children(app, first)) == 1)
         assert _children(app, first)[0]["prompt_typed"] == "make the fox blue"
         _show_last_image(page)
-        _shot(page, tmp_path, "6-after-edit")
+        save_screenshot(page, tmp_path, "6-after-edit")
 
         # Animate the fourth: a clip from the fake Replicate, made from that image.
         fourth = ids[3]
         _press(page, fourth, "Animate")
         video = page.locator("video")
         expect(video).to_have_count(1)
-        _idle(page)
+        expect_idle(page)
         clips = app_rows(app, "select source_image_id from videos")
         assert [row[0] for row in clips] == [fourth]
         video.scroll_into_view_if_needed()
         page.wait_for_function("v => v.readyState >= 1", arg=video.element_handle())
-        _shot(page, tmp_path, "7-after-animate")
-    assert page_errors == []
-    assert _app_errors(app) == []
+        save_screenshot(page, tmp_path, "7-after-animate")
 
 
 def test_buttons_work_after_a_resume_and_a_restart(
     app: AppProcess, page: Page, page_errors: list[str], tmp_path: Path
 ) -> None:
-    with _on_failure_show(app, page, tmp_path):
-        page.goto(app.base_url, wait_until="domcontentloaded")
-        _log_in(page)
+    with signed_in(app, page, page_errors, tmp_path):
         expect(page.locator("#chat-input")).to_be_visible()
-        _send(page, "/image a heron at dawn --n 2")
+        send(page, "/image a heron at dawn --n 2")
         expect(page.locator(TILES)).to_have_count(2)
         expect(page).to_have_url(THREAD_URL)
         thread_url = page.url
-        _idle(page)
+        expect_idle(page)
         first, second = _tile_ids(page)
 
         # Reopened from the sidebar: the grid and its buttons are rebuilt from the store.
@@ -288,19 +256,17 @@ def test_buttons_work_after_a_resume_and_a_restart(
         expect(page).to_have_url(thread_url)
         expect(page.locator(TILES)).to_have_count(2)
         _decoded(page, 2)
-        boxes = [page.locator(f"img[alt^='{i}']").bounding_box() for i in (first, second)]
+        boxes = _boxes(page, [first, second])
         assert round(boxes[0]["y"]) == round(boxes[1]["y"]), boxes  # still side by side
         assert boxes[0]["x"] < boxes[1]["x"], boxes
-        page.locator(f"img[alt^='{first}']").hover()
-        with page.expect_download() as info:  # the resumed image's link is a signed one
-            _tile(page, first).get_by_role("link", name="Download").click()
-        chunks = read_embedded(Path(info.value.path()).read_bytes())
+        download = _download(page, first)  # the resumed image's link is a signed one
+        chunks = read_embedded(Path(download.path()).read_bytes())
         assert json.loads(chunks["atelier"])["image_id"] == first
         _press(page, second, "Vary")
         expect(page.locator(TILES)).to_have_count(4)
-        _idle(page)
+        expect_idle(page)
         _expect_rows("variations after a resume", lambda: len(_children(app, second)) == 2)
-        _shot(page, tmp_path, "8-resumed-vary")
+        save_screenshot(page, tmp_path, "8-resumed-vary")
 
         # After a restart, the same page: Keep and Bigger run as before.
         app.restart()
@@ -308,34 +274,28 @@ def test_buttons_work_after_a_resume_and_a_restart(
         expect(page.locator(TILES)).to_have_count(4)
         _press(page, first, "Keep")
         expect(_tile(page, first).locator(".atl-kept")).to_be_visible()
-        _idle(page)
+        expect_idle(page)
         _press(page, first, "Bigger")
-        expect(
-            page.locator("[data-step-type='tool']").filter(has_text="fork_image")
-        ).to_be_visible()
-        _idle(page)
+        _expect_tool_step(page, "fork_image")
+        expect_idle(page)
         _expect_rows("a larger fork", lambda: len(_children(app, first)) == 1)
         size = app_rows(app, f"select width, height from images where parent_id = '{first}'")
         assert tuple(size[0]) == (1280, 1280)  # 1024 x 1.25, the next step of gpt-image-2
         assert _images(app)[0]["kept_at"] is not None
-        _shot(page, tmp_path, "9-after-restart-kept-bigger")
-    assert page_errors == []
-    assert _app_errors(app) == []
+        save_screenshot(page, tmp_path, "9-after-restart-kept-bigger")
 
 
 def test_curation_candidates_in_a_row_keep_overrules_and_the_lightbox_has_buttons(
     app: AppProcess, page: Page, page_errors: list[str], tmp_path: Path
 ) -> None:
-    with _on_failure_show(app, page, tmp_path):
-        page.goto(app.base_url, wait_until="domcontentloaded")
-        _log_in(page)
-        _send(page, "best of 4 crayon apples DISC_TEST")
+    with signed_in(app, page, page_errors, tmp_path):
+        send(page, "best of 4 crayon apples DISC_TEST")
         expect(page.get_by_text(re.compile(r"Curated 4 candidate\(s\), kept"))).to_be_visible()
         expect(page.locator(TILES)).to_have_count(4)
         _decoded(page, 4)
-        _idle(page)
+        expect_idle(page)
         ids = _tile_ids(page)
-        boxes = [page.locator(f"img[alt^='{i}']").bounding_box() for i in ids]
+        boxes = _boxes(page, ids)
         assert len({round(b["y"]) for b in boxes}) == 1, boxes  # candidates side by side
 
         # Keep on a candidate the scores rejected: the user's choice, stored as such.
@@ -343,25 +303,23 @@ def test_curation_candidates_in_a_row_keep_overrules_and_the_lightbox_has_button
         rejected = next(row[0] for row in app_rows(app, verdicts) if row[1] == "rejected")
         _press(page, rejected, "Keep")
         expect(_tile(page, rejected).locator(".atl-kept")).to_be_visible()
-        _idle(page)
+        expect_idle(page)
         chosen = {row[0]: tuple(row[1:]) for row in app_rows(app, verdicts)}
         assert chosen[rejected] == ("kept", "user")
         _tile(page, rejected).scroll_into_view_if_needed()
-        _shot(page, tmp_path, "10-curation-kept")
+        save_screenshot(page, tmp_path, "10-curation-kept")
 
         # The lightbox shows the image with the same buttons; a press closes it and runs.
         page.locator(f"img.inline-image[alt^='{ids[0]}']").click()
         dialog = page.get_by_role("dialog")
         expect(dialog.locator(TILES)).to_have_count(1)
         expect(dialog.get_by_role("button", name="Vary")).to_be_visible()
-        _shot(page, tmp_path, "11-lightbox")
+        save_screenshot(page, tmp_path, "11-lightbox")
         dialog.get_by_role("button", name="Vary").click()
         expect(dialog).to_have_count(0)
         expect(page.locator(TILES)).to_have_count(6)
-        _idle(page)
+        expect_idle(page)
         _expect_rows("variations of a candidate", lambda: len(_children(app, ids[0])) == 2)
-    assert page_errors == []
-    assert _app_errors(app) == []
 
 
 def test_another_account_pressing_a_button_with_my_image_is_refused(app: AppProcess) -> None:
@@ -375,15 +333,13 @@ def test_another_account_pressing_a_button_with_my_image_is_refused(app: AppProc
 
 
 async def _forge_every_button(app: AppProcess) -> None:
-    owner = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await owner.connect()
+    owner = await connected_session(app.base_url)
     await owner.send("/image a lantern")
     (mine,) = [row["id"] for row in _images(app)]
     await owner.close()
 
     add_user(app, "mallory", INTRUDER_PASSWORD)
-    intruder = ChatSession(app.base_url, login_cookie(app.base_url, "mallory", INTRUDER_PASSWORD))
-    await intruder.connect()
+    intruder = await connected_session(app.base_url, "mallory", INTRUDER_PASSWORD)
     await intruder.send("/help")  # a conversation of its own, as when a button is pressed
     names = ["atelier_vary", "atelier_edit", "atelier_bigger", "atelier_animate", "atelier_keep"]
     for name in [*names, "atelier_details"]:
@@ -426,8 +382,7 @@ def test_a_button_asks_and_is_counted_as_a_typed_request(app: AppProcess) -> Non
 
 
 async def _vary_with_a_question(app: AppProcess) -> None:
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     await chat.send("/image a kite")
     (kite,) = [row["id"] for row in _images(app)]
     entries = "select status, image_id from ledger_entries"

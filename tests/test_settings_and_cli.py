@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from chat_app.settings import load_settings
 from core.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def atelier(*args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ATELIER_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "chat_app.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**clean, **(env or {})},
-        cwd=ROOT,
-        timeout=120,
-    )
+from tests.app_process import atelier
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import pytest
 from chat_app.commands import CHAT_COMMANDS
 from chat_app.titles import COMMAND_TITLES, MAX_TITLE, from_message, needs_model, tidy
 from memory.thread_titles import name_of, rename_if_unchanged
-from tests.app_process import ADMIN_PASSWORD, AppProcess
-from tests.chat_client import ChatSession, login_cookie, outputs
+from tests.app_process import AppProcess
+from tests.chat_client import ChatSession, connected_session, outputs
 from tests.db_fixtures import *  # noqa: F403 (fixtures: a fresh database per test)
 from tests.fakes.openai_server import Reply, default_brain
 from tests.waiting import wait_until
@@ -117,8 +117,7 @@ def _name(app: AppProcess, cookie: str, thread_id: str) -> str | None:
 @pytest.mark.slow
 async def test_the_sidebar_shows_the_prompt_not_the_command(make_app, fake_openai):
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     reply = outputs(await chat.send("/image a fox in the snow --size 1024x1024"))
     assert any("Image for" in text for text in reply), reply
     await wait_until(
@@ -142,8 +141,7 @@ async def test_a_long_first_message_is_titled_by_the_chat_model_once(make_app, f
 
     fake_openai.brain = brain
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     await chat.send(LONG)
     await wait_until(
         lambda: _name(app, chat.cookie, chat.thread_id) == TITLE, 30, "the model's title"
@@ -177,8 +175,7 @@ async def test_a_name_the_user_gave_is_never_replaced(make_app, fake_openai):
 
     fake_openai.brain = brain
     app = make_app()
-    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
-    await chat.connect()
+    chat = await connected_session(app.base_url)
     await chat.send(LONG)
     await wait_until(asked.is_set, 30, "the title request")
     renamed = httpx.put(

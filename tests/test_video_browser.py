@@ -9,19 +9,24 @@ Everything off localhost is aborted, as in test_browser.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.app_process import ADMIN_PASSWORD
-from tests.browser_support import CHROMIUM, CHROMIUM_MISSING, chromium, localhost_only
+from tests.browser_support import (
+    browser_fixture,
+    collect_page_errors,
+    goto,
+    log_in,
+    page_fixture,
+    require_chromium,
+    send,
+)
 from tests.replicate_fixtures import replicate_app_env
 
-if not CHROMIUM.exists():
-    pytest.skip(CHROMIUM_MISSING, allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -29,31 +34,8 @@ WAIT_MS = 60_000
 expect.set_options(timeout=WAIT_MS)
 THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 1400})
-    context.set_default_timeout(WAIT_MS)
-    context.route("**/*", localhost_only)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-def _send(page: Page, text: str) -> None:
-    """Type and send once the previous turn has ended (its stop button is gone)."""
-    expect(page.locator("#stop-button")).to_have_count(0)
-    page.locator("#chat-input").fill(text)
-    submit = page.locator("#chat-submit")
-    expect(submit).to_be_enabled()
-    submit.click()
+browser = browser_fixture()
+page = page_fixture(WAIT_MS, height=1400)
 
 
 def _expect_playable_clip(page: Page, src_pattern: str) -> None:
@@ -78,24 +60,20 @@ def test_animate_the_fox_plays_live_and_after_a_reload(
     make_app, fake_replicate, page: Page, tmp_path: Path
 ) -> None:
     app = make_app(**replicate_app_env(fake_replicate, ATELIER_LOCAL_ENABLED="0"))
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(app.base_url, wait_until="domcontentloaded")
-    page.fill("#email", "admin")
-    page.fill("#password", ADMIN_PASSWORD)
-    page.press("#password", "Enter")
+    errors = collect_page_errors(page)
+    log_in(page, at=app.base_url)
     expect(page.get_by_text("Welcome to Atelier.")).to_be_visible()
 
     # The image comes from (fake) OpenAI, which makes no video: the clip from Replicate.
-    _send(page, "draw a red fox in the snow")
+    send(page, "draw a red fox in the snow")
     expect(page.get_by_text("Done. Generated 1 image(s)")).to_be_visible()
-    _send(page, "animate the fox")
+    send(page, "animate the fox")
     expect(page.get_by_text(re.compile(r"Done\. Made a 6 s clip"))).to_be_visible()
     expect(page).to_have_url(THREAD_URL)
     _expect_playable_clip(page, r"/project/file/")
     page.screenshot(path=str(tmp_path / "live.png"))
 
-    page.goto(app.base_url, wait_until="domcontentloaded")
+    goto(page, app.base_url)
     expect(page.locator("#chat-input")).to_be_visible()
     page.locator("#thread-history").get_by_text("draw a red fox in the snow").click()
     expect(page).to_have_url(THREAD_URL)
