@@ -364,17 +364,9 @@ class Ledger:
         touched here: `release_abandoned` releases them once their process is dead.
         """
         when = _utc(now)
-        async with write_transaction(self._engine) as conn:
-            result = await conn.execute(
-                update(LedgerEntry)
-                .where(
-                    LedgerEntry.status == "reserved",
-                    LedgerEntry.instance_id.is_(None),
-                    LedgerEntry.created_at < when - older_than,
-                )
-                .values(status="released", settled_at=when, interrupted_at=when)
-            )
-        return int(result.rowcount or 0)
+        return await self._release_interrupted(
+            when, LedgerEntry.instance_id.is_(None), LedgerEntry.created_at < when - older_than
+        )
 
     async def release_abandoned(self, alive: Select[Any], *, now: datetime | None = None) -> int:
         """Release every open reservation whose process is not among `alive` (a select of
@@ -383,15 +375,18 @@ class Ledger:
         `alive` is evaluated inside the update, so a process that registered after the
         caller looked keeps what it has reserved since.
         """
-        when = _utc(now)
+        return await self._release_interrupted(
+            _utc(now),
+            LedgerEntry.instance_id.is_not(None),
+            LedgerEntry.instance_id.not_in(alive.scalar_subquery()),
+        )
+
+    async def _release_interrupted(self, when: datetime, *which: Any) -> int:
+        """Release the open reservations matching `which`, marked interrupted at `when`."""
         async with write_transaction(self._engine) as conn:
             result = await conn.execute(
                 update(LedgerEntry)
-                .where(
-                    LedgerEntry.status == "reserved",
-                    LedgerEntry.instance_id.is_not(None),
-                    LedgerEntry.instance_id.not_in(alive.scalar_subquery()),
-                )
+                .where(LedgerEntry.status == "reserved", *which)
                 .values(status="released", settled_at=when, interrupted_at=when)
             )
         return int(result.rowcount or 0)
