@@ -120,14 +120,16 @@ async def _chat_command(runtime: Runtime, ctx: ToolContext, name: str, text: str
 
 
 async def _full_image_id(ctx: ToolContext, given: str) -> str:
-    """Captions show 8-character ids; accept those for this conversation's images."""
+    """Captions show 8-character ids: this conversation's images first, then the user's."""
     given = given.strip().strip("`")
     if len(given) >= 32:
         return given
     recent = await ctx.services.images.for_thread(ctx.turn.thread_id, ctx.turn.user_id, limit=500)
     matches = [record.id for record in recent if record.id.startswith(given.lower())]
+    if not matches:  # one found in another conversation (/find, the gallery)
+        matches = await ctx.services.images.ids_starting_with(ctx.turn.user_id, given)
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise InvalidInput(f"No image in this conversation has an id starting with {given!r}.")
+        raise InvalidInput(f"None of your images has an id starting with {given!r}.")
     raise InvalidInput(f"Several images start with {given!r}; give more of the id.")

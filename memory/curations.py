@@ -116,6 +116,13 @@ class CurationStore:
                     )
                 )
                 session.add_all(self._score_rows(candidate.image_id, curation_id, candidate.scores))
+            if style:
+                # The gallery filters by style; a candidate learns its style only now.
+                await session.execute(
+                    update(Image)
+                    .where(Image.id.in_([c.image_id for c in candidates]), Image.style.is_(None))
+                    .values(style=style)
+                )
         return await self.get(curation_id, user_id)
 
     @staticmethod

@@ -37,11 +37,19 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
-# Sidebar search (migration 0010), made outside what the models can declare: SQLite's
-# FTS5 table `step_search` (FTS5 names its shadow tables after it) with its document
-# table `step_search_docs` and triggers; PostgreSQL's pg_trgm GIN indexes.
-SEARCH_TABLE = "step_search"
-SEARCH_INDEXES = frozenset({"ix_steps_output_trgm", "ix_threads_name_trgm"})
+# Sidebar search (migration 0010) and gallery prompt search (0013), made outside what
+# the models can declare: SQLite's FTS5 tables `step_search` and `image_search` (FTS5
+# names its shadow tables after them) with their document tables (`…_docs`) and
+# triggers; PostgreSQL's pg_trgm GIN indexes.
+SEARCH_TABLES = ("step_search", "image_search")
+SEARCH_INDEXES = frozenset(
+    {
+        "ix_steps_output_trgm",
+        "ix_threads_name_trgm",
+        "ix_images_prompt_typed_trgm",
+        "ix_images_prompt_sent_trgm",
+    }
+)
 
 # PostgreSQL connections per app process: a turn holds one only for the length of a
 # transaction, and 50 busy sessions kept up to ~40 in use at once. They are kept open:
@@ -57,7 +65,9 @@ def is_search_object(name: str | None) -> bool:
     """Whether `name` is part of the search index, which the models do not declare."""
     if not name:
         return False
-    return name in SEARCH_INDEXES or name == SEARCH_TABLE or name.startswith(SEARCH_TABLE + "_")
+    return name in SEARCH_INDEXES or any(
+        name == table or name.startswith(table + "_") for table in SEARCH_TABLES
+    )
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

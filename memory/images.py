@@ -10,6 +10,8 @@ the PNG (so a downloaded file still says how it was made), and the media route's
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +21,7 @@ from sqlalchemy import select, update
 
 from memory.db import write_session
 from memory.ids import require_uuid
+from memory.image_facets import lora_names_of, style_of
 from memory.models import Image, MediaRef, Thread, new_id, utcnow
 from memory.png_metadata import embed
 from memory.thread_media import LineageRecord, MediaLineageStore
@@ -53,6 +56,10 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
     row_type = Image
     record_type = ImageRecord
     noun = "image"
+    # Told of each image once it is recorded, with its owner's id (the runtime sets it to
+    # queue the image for its likeness embedding). Called in the event loop: must return
+    # at once and not raise.
+    on_recorded: Callable[[ImageRecord, str], None] | None = None
 
     async def record(
         self, thread_id: str, user_id: str, new: NewImage
@@ -95,7 +102,11 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
             created=created,
             files=[(key, new.mime, len(data))],
             parent_id=new.parent_id,
+            style=style_of(new.parameters),  # the gallery's filter columns
+            lora_names=lora_names_of(new.parameters),
         )
+        if self.on_recorded is not None:
+            self.on_recorded(record, user_id)
         return record, data
 
     async def keep(self, image_id: str, user_id: str) -> ImageRecord:
@@ -110,6 +121,19 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
                 )
             record = await self.get(image_id, user_id)
         return record
+
+    async def ids_starting_with(self, user_id: str, prefix: str, limit: int = 2) -> list[str]:
+        """The user's image ids (any conversation) that start with a short id from a caption."""
+        prefix = prefix.lower()
+        if not re.fullmatch(r"[0-9a-f-]{4,36}", prefix):
+            return []  # not the start of an id (and no LIKE wildcard gets through)
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Image.id)
+                .where(Image.user_id == user_id, Image.id.like(f"{prefix}%"))
+                .limit(limit)
+            )
+            return list(rows.all())
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -200,7 +201,12 @@ class MediaLineage:
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
-        return (Index(f"ix_{cls.__tablename__}_thread_created", "thread_id", "created_at"),)
+        table = cls.__tablename__
+        return (
+            Index(f"ix_{table}_thread_created", "thread_id", "created_at"),
+            # The gallery: one user's files newest first, paged by (created_at, id).
+            Index(f"ix_{table}_user_created", "user_id", "created_at", "id"),
+        )
 
 
 class Image(MediaLineage, Base):
@@ -216,6 +222,35 @@ class Image(MediaLineage, Base):
     prompt_sent: Mapped[str] = mapped_column(Text, default="")
     # When its owner kept (starred) it: the Keep button or /keep. NULL: not kept.
     kept_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Copied out of `parameters` when recorded, so the gallery filters on a column:
+    # the style it was made in, and the LoRAs it used as "|name1|name2|" in lower case
+    # (so `LIKE '%|name|%'` matches one whole name).
+    style: Mapped[str | None] = mapped_column(String(64))
+    lora_names: Mapped[str | None] = mapped_column(String(512))
+
+
+class ImageEmbedding(Base):
+    """One image's CLIP embedding, for likeness search in the gallery.
+
+    `id` is a sequence number, not just a key: an in-memory index reads "rows after N" to
+    catch up. `vector` is `dim` float32 values, little-endian, of unit length.
+    """
+
+    __tablename__ = "image_embeddings"
+    __table_args__ = (
+        Index("ix_image_embeddings_user_model_id", "user_id", "model", "id"),
+        {"sqlite_autoincrement": True},  # ids never reused: caches read "rows after N"
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="CASCADE"), unique=True
+    )
+    user_id: Mapped[str] = mapped_column(String(36), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Curation(Base):
