@@ -134,6 +134,53 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+async def _gallery_backfill(args: argparse.Namespace) -> int:
+    """Embed every image without a likeness vector; safe to rerun (done ones are skipped)."""
+    import time
+
+    from chat_app.bootstrap import ensure_data_dir
+    from chat_app.embedding_worker import backfill, build_likeness
+    from memory.db import create_engine, migrate
+    from memory.media_store import MediaStore
+
+    settings = _settings(args)
+    ensure_data_dir(settings)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        media = MediaStore(settings.data_dir.resolve() / "media")
+        likeness, worker = build_likeness(settings, engine, media)
+        if worker is None:
+            raise AtelierError(likeness.how_to_enable)
+        shown = [0.0]
+
+        def progress(done: int, stored: int, total: int) -> None:
+            # A line every two seconds at most, and the last one.
+            if done == total or time.monotonic() - shown[0] >= 2:
+                shown[0] = time.monotonic()
+                print(f"{done}/{total} images: {stored} embedded", flush=True)
+
+        print(f"Embedding images with {settings.clip_model} ...", flush=True)
+        stored, total = await backfill(worker, args.batch, progress)
+    finally:
+        await engine.dispose()
+    failed = total - stored
+    if not total:
+        print("Every image already has its likeness embedding.")
+    elif failed:
+        print(f"Done: {stored} embedded, {failed} failed (see the log; run again to retry).")
+    else:
+        print(f"Done: {stored} embedded.")
+    return 1 if failed else 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from chat_app.doctor import doctor
 
@@ -168,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         # given before it when none is given here.
         action.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     users.set_defaults(func=lambda a: asyncio.run(_users(a)))
+
+    gallery = sub.add_parser("gallery", help="maintain the gallery")
+    gallery_actions = gallery.add_subparsers(dest="action", required=True)
+    backfill = gallery_actions.add_parser(
+        "backfill", help="compute the likeness embedding of every image that has none"
+    )
+    backfill.add_argument(
+        "--batch", type=_positive, default=16, help="images per forward pass (default 16)"
+    )
+    backfill.add_argument("--data-dir", help="where the database and files live (ATELIER_DATA_DIR)")
+    backfill.set_defaults(func=lambda a: asyncio.run(_gallery_backfill(a)))
 
     doctor = sub.add_parser("doctor", help="show what is configured and reachable")
     doctor.add_argument("--data-dir")

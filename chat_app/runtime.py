@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import training_display
+from chat_app.embedding_worker import EmbeddingWorker, build_likeness
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from core.logging_setup import get_logger
@@ -23,6 +24,7 @@ from memory.auth_sessions import AuthSessionStore
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
+from memory.gallery import Gallery
 from memory.images import ImageStore
 from memory.instances import AppInstances
 from memory.ledger import Ledger
@@ -57,12 +59,17 @@ class Runtime:
     auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
     auth_secret: str
     services: Services  # what every tool call shares (stores, backends, prices, trainings)
+    # The worker that embeds each stored image for the gallery's search by likeness
+    # (`services.likeness`); None without the local extra or with the setting off.
+    embeddings: EmbeddingWorker | None = None
     # This process's heartbeat, which makes its reservations its own (set by start()).
     instances: AppInstances | None = None
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await migrate(self.engine)
+        if self.embeddings is not None:
+            self.embeddings.start()
         await self._ensure_first_user()
         purged = await self.auth_sessions.purge()
         if purged:
@@ -92,6 +99,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.embeddings is not None:
+            await self.embeddings.stop()  # what is still queued is left to the backfill
         if self.services.trainings is not None:
             await self.services.trainings.stop_all()  # local ones keep a checkpoint to resume from
         if self._heartbeat is not None:
@@ -156,6 +165,10 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     media = MediaStore(settings.data_dir.resolve() / "media")
     provider_limits.configure(settings.provider_concurrency)
     backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
+    images = ImageStore(engine, media)
+    likeness, embeddings = build_likeness(settings, engine, media)
+    if embeddings is not None:
+        images.on_recorded = embeddings.enqueue
     return Runtime(
         settings=settings,
         engine=engine,
@@ -164,9 +177,12 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         users=UserStore(session_factory(engine)),
         auth_sessions=AuthSessionStore(session_factory(engine), _login_lifetime()),
         auth_secret=auth_secret,
+        embeddings=embeddings,
         services=Services(
             backends=backends,
-            images=ImageStore(engine, media),
+            images=images,
+            gallery=Gallery(engine),
+            likeness=likeness,
             styles=StyleLibrary.load(settings.styles_file),
             rewrite=_prompt_rewriter(settings),
             curations=CurationStore(engine),

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
         "openai/clip-vit-base-patch32", validation_alias=_env("ATELIER_CLIP_MODEL")
     )
     clip_enabled: bool = Field(True, validation_alias=_env("ATELIER_CLIP_ENABLED"))
+    # The gallery's search by likeness (issue 16): each stored image is embedded by the
+    # CLIP model above in a background thread. Needs the local extra; off without it.
+    gallery_likeness: bool = Field(True, validation_alias=_env("ATELIER_GALLERY_LIKENESS"))
     prices_file: Path | None = Field(None, validation_alias=_env("ATELIER_PRICES_FILE"))
     # The model catalogue (pipelines/catalogue/models.toml) extended by the operator's own file, and
     # the day its shutdown dates are compared with (unset: today, UTC) to preview one.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import InvalidInput
 from memory.curations import CurationStore
+from memory.gallery import Gallery
 from memory.images import ImageRecord, ImageStore
 from memory.ledger import Ledger, OperatorLimits
 from memory.videos import VideoRecord, VideoStore
@@ -23,6 +24,7 @@ from pipelines.video.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 
 if TYPE_CHECKING:
+    from pipelines.scoring.likeness import Likeness
     from tools.training_jobs import TrainingJobs
     from tools.turn_guard import TurnGuard
 
@@ -77,6 +79,8 @@ class Services:
     videos: VideoStore | None = None  # None: video tools refuse (no store to keep clips)
     video_backends: VideoBackendRegistry | None = None
     trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
+    gallery: Gallery | None = None  # None: find_images refuses (no gallery to search)
+    likeness: Likeness | None = None  # None or unavailable: find_images searches words only
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:

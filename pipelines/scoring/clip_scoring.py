@@ -104,6 +104,28 @@ class ClipScorer:
             similarities.extend(_cosines(text_vectors, image_vector))
         return similarities
 
+    def embed_images(self, images: Sequence[ImageInput]) -> Any:
+        """Unit-length float32 embeddings (a CPU tensor, one row per image, in order).
+
+        Images go through the vision tower `batch_size` at a time, as in `score`.
+        """
+        import torch
+
+        pictures = [_as_rgb(image) for image in images]
+        if not pictures:
+            return torch.empty((0, int(self._model.config.projection_dim)))
+        return torch.cat(
+            [
+                self._image_embeddings(pictures[start : start + self.batch_size])
+                for start in range(0, len(pictures), self.batch_size)
+            ]
+        )
+
+    def embed_text(self, text: str) -> Any:
+        """The unit-length float32 embedding of one text (a 1-D CPU tensor), cut to the model."""
+        _check_text(text)
+        return self._text_embeddings([text])[0]
+
     def _score(self, images: Sequence[ImageInput], text: str, batch_size: int) -> list[float]:
         # Decode everything first, so a bad input fails before any compute is spent.
         pictures = [_as_rgb(image) for image in images]
