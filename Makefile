@@ -49,6 +49,7 @@ bench: $(VENV)/.dev-installed
 	-$(PY) benchmarks/startup.py  # exits 1 when the 3 s target is missed
 	$(PY) benchmarks/write_statements.py
 	$(PY) benchmarks/memory_growth.py
+	-$(PY) benchmarks/gallery_search.py  # exits 1 when a target is missed
 	-$(PY) benchmarks/turn_latency.py  # exits 1 when a target is missed (see its docstring)
 
 clean:
