@@ -15,7 +15,8 @@ The fake OpenAI server (tests/fakes/openai_server.py) runs as a process of its o
 benchmark process is the client. The two app processes share nothing but the accounts:
 they are made once with the app's UserStore (real argon2 hashes) and copied (SQLite
 file, PostgreSQL TEMPLATE). Every app process is warmed up (its lazy imports, its first
-agent and image turns) before anything is measured.
+agent and image turns) and left to finish what that started in the background (the
+likeness worker's first import of torch) before anything is measured.
 
 At each level C (1, 10, 50), C accounts log in at once (POST /login) on each server and
 connect (Socket.IO), as C browsers would; each session sends one untimed turn (its
@@ -79,6 +80,7 @@ from benchmarks.turn_load import (  # noqa: E402
     Scenario,
     close_sessions,
     copy_sqlite,
+    cpu_seconds,
     create_users,
     expect_image,
     expect_text,
@@ -247,6 +249,21 @@ async def warm_up(servers: Servers, scenarios: list[Scenario], user: str) -> lis
     return problems
 
 
+async def until_quiet(pid: int, limit_s: float = 180, idle_share: float = 0.03) -> float:
+    """Wait until the server uses under `idle_share` of a core for a second (at most
+    `limit_s`); returns the seconds waited. The warm-up's image is embedded for likeness
+    search in the background (chat_app/embedding_worker.py), which first imports torch
+    and transformers: tens of seconds of CPU that belong to start-up, not to the turns
+    measured after it."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        if cpu_seconds(pid) - before < idle_share:
+            break
+    return time.perf_counter() - started
+
+
 # --------------------------------------------------------------------------- one level
 
 
@@ -352,6 +369,10 @@ async def run_db(
             servers.agent = start_app(dirs["agent"], urls["agent"], fake)
         problems = await warm_up(servers, scenarios, names[0])
         results.problems += [f"{db} {p}" for p in problems]
+        for server in ("command", "agent"):
+            if getattr(servers, server) is not None:
+                waited = await until_quiet(servers.pid(server))
+                print(f"{db}: {server} app quiet {waited:.1f} s after its warm-up", flush=True)
         for level in args.levels:
             await run_level(db, level, servers, scenarios, names, args, results)
         if any(s.name == "image" for s in scenarios):

@@ -68,21 +68,29 @@ def _text_chunk(keyword: str, text: str) -> bytes:
         return _chunk(b"iTXt", header + text.encode("utf-8"))
 
 
-def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, whole chunk) of a structurally sound PNG, or InvalidInput."""
+def _chunks(png: bytes) -> list[tuple[bytes, memoryview]]:
+    """(type, whole chunk) of a structurally sound PNG, or InvalidInput.
+
+    The chunks are views into `png`, not copies: the image data of a 1024x1024 picture
+    is megabytes, and `embed` copies it once, into the file it returns."""
     if not png.startswith(_SIGNATURE):
         raise InvalidInput("Parameters can only be embedded into PNG files.")
-    found: list[tuple[bytes, bytes]] = []
+    view = memoryview(png)
+    found: list[tuple[bytes, memoryview]] = []
     at = len(_SIGNATURE)
     while at < len(png):
         if at + 12 > len(png):
             raise InvalidInput(_UNREADABLE)
         (length,) = struct.unpack_from(">I", png, at)
         end = at + 12 + length
-        kind, data = png[at + 4 : at + 8], png[at + 8 : at + 8 + length]
-        if end > len(png) or zlib.crc32(kind + data) != struct.unpack_from(">I", png, end - 4)[0]:
+        kind = png[at + 4 : at + 8]
+        # The CRC covers the type and the data, which lie side by side in the file.
+        if (
+            end > len(png)
+            or zlib.crc32(view[at + 4 : end - 4]) != struct.unpack_from(">I", png, end - 4)[0]
+        ):
             raise InvalidInput(_UNREADABLE)
-        found.append((kind, png[at:end]))
+        found.append((kind, view[at:end]))
         at = end
         if kind == b"IEND":
             break
@@ -104,7 +112,7 @@ def embed(png: bytes, record: dict[str, Any]) -> bytes:
     texts = _text_chunk("parameters", a1111_parameters(record)) + _text_chunk(
         "atelier", json.dumps(record, sort_keys=True, default=str)
     )
-    out = [_SIGNATURE]
+    out: list[bytes | memoryview] = [_SIGNATURE]
     for kind, whole in _chunks(png):
         if kind == b"IDAT" and texts:
             out.append(texts)

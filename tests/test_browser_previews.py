@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)
 SHOTS = Path(os.environ.get("ATELIER_SCREENSHOT_DIR", "/work/helper-notes/shots/previews"))
-PREVIEW = "img[src^='data:image/jpeg']"
+PREVIEW = "img[src^='data:image/png']"  # a partial image as OpenAI sent it
 FINAL = "[data-step-type] img[src*='/media/']"
 
 browser = browser_fixture(scope="function")

@@ -75,7 +75,8 @@ async def test_openai_streams_partial_images_as_previews_then_the_image(fake_ope
     assert sent is not None and (sent["stream"], sent["partial_images"]) == (True, 2)
     shown = progress.previews
     assert len(shown) == 2
-    assert [decoded(p).size for p in shown] == [(384, 384)] * 2
+    # Passed on as OpenAI sent them (full size, PNG): the browser scales them.
+    assert [(p.mime, decoded(p).size) for p in shown] == [("image/png", (1024, 1024))] * 2
     assert shown[0].data != shown[1].data  # the second partial image is sharper
     # The bar moves with the partial images: a third of the way, then two thirds.
     fractions = [u.fraction for u in progress.history if u.preview is not None]
@@ -286,7 +287,7 @@ async def test_the_chat_updates_a_preview_and_keeps_only_the_image(make_app, fak
     ]
     assert len({data["url"] for _, data in previews}) == 2  # two partial images...
     assert len({data["id"] for _, data in previews}) == 1  # ...in one element, updated
-    assert all(data["url"].startswith("data:image/jpeg;base64,") for _, data in previews)
+    assert all(data["url"].startswith("data:image/png;base64,") for _, data in previews)
     final = next(
         index
         for index, (event, data) in enumerate(events)

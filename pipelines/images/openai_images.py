@@ -282,9 +282,12 @@ class OpenAIImages:
         if self._openai is None:
             import openai
 
+            from pipelines.images.openai_stream import client_class
+
             # Every request, the client's own retries included, waits out a 429 pause that
-            # any request to OpenAI met (pipelines/provider_limits.py).
-            self._openai = openai.AsyncOpenAI(
+            # any request to OpenAI met (pipelines/provider_limits.py). Its streams are
+            # split into lines at memory speed (pipelines/images/openai_stream.py).
+            self._openai = client_class()(
                 **self._options,
                 http_client=openai.DefaultAsyncHttpxClient(
                     event_hooks=provider_limits.http_hooks("openai")
@@ -382,7 +385,11 @@ class OpenAIImages:
                 kind = getattr(event, "type", None)
                 b64 = getattr(event, "b64_json", None)
                 if kind in _PARTIAL_EVENTS and bar is not None and isinstance(b64, str):
-                    preview = await asyncio.to_thread(previews.from_base64, b64)
+                    # Passed on as it came when the browser can show it (a header read
+                    # here); else shrunk, which decodes it, in a worker thread.
+                    preview = previews.forwarded(b64)
+                    if preview is None:
+                        preview = await asyncio.to_thread(previews.from_base64, b64)
                     bar.stage(getattr(event, "partial_image_index", 0), preview)
                 elif kind in _COMPLETED_EVENTS:
                     if not isinstance(b64, str) or not b64:
