@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BATCH_SIZE = 8  # images per forward pass: small, so a late image waits for little
+# After the model fails to load, images are left to the backfill for this long before
+# loading is tried again: a model that cannot load (offline, a wrong id) would otherwise
+# cost a load attempt per image stored.
+MODEL_RETRY_S = 600.0
 QUEUE_SIZE = 10_000
 _NO_LIMIT = 2**31 - 1
 T = TypeVar("T")
@@ -52,6 +57,7 @@ class EmbeddingWorker:
         self._queue: asyncio.Queue[ImageSource] = asyncio.Queue(queue_size)
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
+        self._model_retry_at = 0.0  # monotonic time before which the model is not tried
 
     def enqueue(self, record: ImageRecord, user_id: str) -> None:
         """The ImageStore hook: queue a new image; returns at once, never raises."""
@@ -90,7 +96,7 @@ class EmbeddingWorker:
                 pictures.append((source, await self._in_thread(self._media.get, source.media_key)))
             except AtelierError as exc:
                 log.warning("embedding_file_missing", image_id=source.image_id, error=str(exc))
-        if not pictures:
+        if not pictures or not await self._model_loads():
             return 0
         try:
             rows = await self._vectors([data for _, data in pictures])
@@ -108,6 +114,26 @@ class EmbeddingWorker:
             except AtelierError as exc:  # deleted meanwhile
                 log.info("embedding_not_stored", image_id=source.image_id, error=str(exc))
         return stored
+
+    async def _model_loads(self) -> bool:
+        """Whether the model is (or now gets) loaded; a failure is logged once per pause."""
+        if time.monotonic() < self._model_retry_at:
+            return False
+        try:
+            await self._in_thread(
+                clip_embeddings.load_model, self.likeness.model_id, self.likeness.device
+            )
+        except AtelierError as exc:
+            self._model_retry_at = time.monotonic() + MODEL_RETRY_S
+            log.warning(
+                "embedding_model_unavailable",
+                model=self.likeness.model_id,
+                error=str(exc),
+                retry_in_s=MODEL_RETRY_S,
+                effect="new images are left to `atelier gallery backfill` until it loads",
+            )
+            return False
+        return True
 
     @property
     def _index(self) -> EmbeddingIndex:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from sqlalchemy import delete, select
+from structlog.testing import capture_logs
 
 from chat_app import cli
 from chat_app.embedding_worker import EmbeddingWorker, build_likeness
@@ -222,6 +223,33 @@ async def test_a_file_that_cannot_be_embedded_is_left_out_and_the_turn_goes_on(
     assert await likeness.index.missing(likeness.model, 10) == [bad]
     with pytest.raises(InvalidInput):  # asked for directly, the reason is told
         await likeness.more_like(alice, bad)
+
+
+async def test_a_model_that_cannot_load_is_tried_once_not_per_image(
+    engine: Any, media: MediaStore, users: Any, tmp_path: Path
+) -> None:
+    """Offline, or a wrong model id: the first image finds out, the next ones wait for the
+    backfill instead of each paying for a failed load."""
+    empty = tmp_path / "no-model-here"
+    empty.mkdir()
+    likeness, worker = build_likeness(_settings(tmp_path, empty), engine, media)
+    assert worker is not None
+    images = ImageStore(engine, media)
+    images.on_recorded = worker.enqueue
+    worker.start()
+    alice, _ = await _users(users)
+    thread = str(uuid.uuid4())
+    try:
+        with capture_logs() as logs:
+            for n in range(3):
+                await images.record(thread, alice, _new(_png(n)))
+                await worker.idle()
+    finally:
+        await worker.stop()
+    assert await _stored_vectors(engine, alice) == {}
+    assert len(await likeness.index.missing(likeness.model, 10)) == 3  # left to the backfill
+    failures = [e for e in logs if e["event"] == "embedding_model_unavailable"]
+    assert len(failures) == 1 and failures[0]["model"] == str(empty)
 
 
 async def test_more_like_an_image_stored_before_likeness_embeds_it_then(

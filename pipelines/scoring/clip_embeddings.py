@@ -56,6 +56,11 @@ def embed_text(text: str, model_id: str, device: str = "auto") -> np.ndarray:
     return np.ascontiguousarray(scorer.embed_text(text).numpy(), dtype=np.float32)
 
 
+def load_model(model_id: str, device: str = "auto") -> None:
+    """Load the model now (once per process); raises as the embedding calls would."""
+    _scorer(model_id, device)
+
+
 def _scorer(model_id: str, device: str) -> ClipScorer:
     if not extra_installed():
         raise BackendNotConfigured(
