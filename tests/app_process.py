@@ -47,6 +47,9 @@ class AppProcess:
                 "PYTHONUNBUFFERED": "1",
                 # Tests never reach the internet: the hub fails at once instead of retrying.
                 "HF_HUB_OFFLINE": "1",
+                # Each app would import torch in the background for the first image it
+                # stores (likeness embeddings): tests that search by likeness turn it on.
+                "ATELIER_GALLERY_LIKENESS": "false",
                 **self.env,
             }
         )

@@ -130,7 +130,11 @@ def world(
 ) -> Iterator[World]:
     try:  # likeness on a tiny CLIP built on disk when the local extra is here, else off
         clip = request.getfixturevalue("tiny_clip_dir")
-        env = {"ATELIER_CLIP_MODEL": str(clip), "ATELIER_LOCAL_DEVICE": "cpu"}
+        env = {
+            "ATELIER_CLIP_MODEL": str(clip),
+            "ATELIER_LOCAL_DEVICE": "cpu",
+            "ATELIER_GALLERY_LIKENESS": "true",
+        }
     except pytest.skip.Exception:
         env = {"ATELIER_GALLERY_LIKENESS": "false"}
     app = AppProcess(tmp_path_factory.mktemp("gallery") / "data", env).start()
