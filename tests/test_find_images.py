@@ -294,3 +294,18 @@ def test_the_find_command_takes_the_tools_arguments() -> None:
         find_images.validate({"since_days": 0})
     with pytest.raises(InvalidInput, match="kind"):
         find_images.validate({"kind": "sound"})
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_short_id_from_another_conversation_names_the_users_image_only(
+    world: World,
+) -> None:
+    """`/animate --image 1a2b3c4d` after /find: the 8 characters a caption shows resolve
+    across the user's conversations, never to someone else's image or by a wildcard."""
+    from chat_app.commands import _full_image_id
+
+    fox = await world.make(world.ann, FIRST, "a red fox in the snow", days_ago=1)
+    assert await _full_image_id(world.ann, fox.id[:8]) == fox.id
+    for ctx, given in ((world.mallory, fox.id[:8]), (world.ann, "%%%%"), (world.ann, "____")):
+        with pytest.raises(InvalidInput, match="None of your images has an id starting with"):
+            await _full_image_id(ctx, given)

@@ -140,7 +140,7 @@ async def test_commands_run_the_refinement_loop_with_short_ids(make_app, fake_op
     assert "clean black ink line art" in rewrite
     for bad, words in [
         ("/variations --n lots", "takes a whole number"),
-        ("/fork zzzz", "No image in this conversation"),
+        ("/fork zzzz", "None of your images has an id starting with"),
         ("/edit", "Say what to change"),
         ("/image a cat --size 999x999", "Valid sizes"),
         ("/image a cat --n 101", "at most 100 images"),
