@@ -42,7 +42,8 @@ WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)  # `expect` has its own 5 s default
 PROMPT = "draw a red fox in the snow"
 # Images in the conversation, not the authors' avatars.
-CONTENT_IMAGES = "[data-step-type] img:not([alt^='Avatar for'])"
+# Stored images, not avatars nor the live previews (data: URIs) that they replace.
+CONTENT_IMAGES = "[data-step-type] img:not([alt^='Avatar for']):not([src^='data:'])"
 TOOL_STEP = "[data-step-type='tool']"
 THREAD_URL = re.compile(r"/thread/[0-9a-f-]{36}$")
 MEDIA_URL = r"/media/[0-9a-f]+\?"
