@@ -133,13 +133,17 @@ def _public_dir() -> Path:
 @router.get("/api/gallery/capabilities")
 async def capabilities(user_id: UserId) -> Response:
     likeness = services().likeness
-    available = bool(likeness is not None and getattr(likeness, "available", False))
+    available = _usable(likeness)
     help_text = "" if available else _how_to_enable(likeness)
     return gallery_json.JSON({"likeness": available, "likeness_help": help_text})
 
 
-def _how_to_enable(likeness: Any) -> str:
-    text = getattr(likeness, "how_to_enable", None)
+def _usable(likeness: Likeness | None) -> bool:
+    return likeness is not None and likeness.available
+
+
+def _how_to_enable(likeness: Likeness | None) -> str:
+    text = likeness.how_to_enable if likeness is not None else None
     return text or (
         "Search by likeness needs the local extra: pip install 'atelier[local]', "
         "then run `atelier gallery backfill` once for older images."
@@ -165,8 +169,9 @@ async def similar(request: Request, user_id: UserId) -> Response:
     if bool(text) == bool(like):
         raise InvalidInput("Give either q (words to search by likeness) or like (an image id).")
     found = services()
-    if found.likeness is None or not getattr(found.likeness, "available", False):
+    if not _usable(found.likeness):
         raise InvalidInput(_how_to_enable(found.likeness))
+    assert found.likeness is not None  # _usable said so
     filters = _filters(params, skip=_PAGING + _SIMILAR)
     k = _limit(params, name="k")
     # The filters apply to the likeness answer, so ask for more when they may drop some.
