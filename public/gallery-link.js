@@ -12,7 +12,6 @@
 (function () {
   "use strict";
 
-  const SVG = "http://www.w3.org/2000/svg";
   // Lucide's "images".
   const IMAGES = [
     "M18 22H4a2 2 0 0 1-2-2V6",
@@ -22,24 +21,7 @@
   ];
 
   function icon() {
-    const svg = document.createElementNS(SVG, "svg");
-    for (const [name, value] of Object.entries({
-      viewBox: "0 0 24 24",
-      fill: "none",
-      stroke: "currentColor",
-      "stroke-width": "2",
-      "stroke-linecap": "round",
-      "stroke-linejoin": "round",
-      "aria-hidden": "true",
-    })) {
-      svg.setAttribute(name, value);
-    }
-    for (const d of IMAGES) {
-      const path = document.createElementNS(SVG, "path");
-      path.setAttribute("d", d);
-      svg.appendChild(path);
-    }
-    return svg;
+    return window.atelierIcon(IMAGES); // public/images.js, loaded before this script
   }
 
   function headerLink() {

@@ -29,6 +29,8 @@
     return found;
   }
 
+  // A Lucide-style line icon from its path data; other scripts (gallery-link.js, loaded
+  // after this one) draw theirs with it too, as `window.atelierIcon`.
   function icon(paths) {
     const svg = document.createElementNS(SVG, "svg");
     for (const [name, value] of Object.entries({
@@ -49,6 +51,7 @@
     }
     return svg;
   }
+  window.atelierIcon = icon;
 
   // Lucide's "download" and "x", drawn here: no server button stands behind these two.
   const DOWNLOAD = ["M21 15v4a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2v-4", "M7 10l5 5 5-5", "M12 15V3"];
