@@ -32,6 +32,7 @@ class ImageRecord(LineageRecord):
     parent_id: str | None
     prompt_sent: str
     kept_at: datetime | None = None  # when its owner kept (starred) it
+    batch_id: str | None = None  # the batch it was made in (memory/batches.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class NewImage:
     message_id: str | None = None
     cost_usd: Decimal | None = None
     duration_ms: int | None = None
+    batch_id: str | None = None  # made as an item of this batch
 
 
 class ImageStore(MediaLineageStore[Image, ImageRecord]):
@@ -104,6 +106,7 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
             parent_id=new.parent_id,
             style=style_of(new.parameters),  # the gallery's filter columns
             lora_names=lora_names_of(new.parameters),
+            batch_id=require_uuid(new.batch_id, "batch id") if new.batch_id else None,
         )
         if self.on_recorded is not None:
             self.on_recorded(record, user_id)

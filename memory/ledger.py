@@ -55,7 +55,7 @@ from core.errors import AtelierError, InvalidInput, NotFound
 from memory import csv_cells, media_claims
 from memory.db import write_transaction
 from memory.ids import require_uuid
-from memory.models import Budget, LedgerEntry, Thread, new_id, utcnow
+from memory.models import Batch, Budget, LedgerEntry, Schedule, Thread, new_id, utcnow
 
 SCOPES = ("thread", "user_day")
 SETTERS = ("user", "operator")
@@ -153,6 +153,7 @@ class Reservation:
     instance_id: str | None = None  # the app process holding it (memory/instances.py)
     interrupted_at: datetime | None = None  # released because that process died
     told_at: datetime | None = None  # when its user was told of the interruption
+    batch_id: str | None = None  # the batch whose item this paid for
 
     @classmethod
     def from_row(cls, row: Any) -> Reservation:
@@ -174,6 +175,7 @@ class Reservation:
             instance_id=row.instance_id,
             interrupted_at=row.interrupted_at,
             told_at=row.told_at,
+            batch_id=row.batch_id,
         )
 
 
@@ -198,6 +200,18 @@ class CostRow:
     count: int
     unpriced: int = 0  # actions with no known price, not counted in usd
     at_ceiling: int = 0  # actions with no known price, counted in usd at the operator's ceiling
+
+
+@dataclass(frozen=True)
+class BatchCostRow:
+    """One batch's settled spending over a report's days (/cost's "Batches" lines)."""
+
+    batch_id: str
+    title: str | None  # None: the batch's conversation (and so its row) was deleted
+    schedule_id: str | None  # the schedule it ran for, if any
+    schedule_name: str | None  # None also when that schedule was deleted since
+    usd: Decimal
+    count: int  # settled paid actions (attempts), priced or not
 
 
 class Ledger:
@@ -231,6 +245,7 @@ class Ledger:
         estimate_usd: Decimal,
         operator_limits: OperatorLimits | None = None,
         message_id: str | None = None,
+        batch_id: str | None = None,
         now: datetime | None = None,
     ) -> Reservation:
         """Reserve `estimate_usd` for a paid action, or raise BudgetExceeded.
@@ -242,6 +257,8 @@ class Ledger:
         thread_id = require_uuid(thread_id, "thread id")
         if message_id is not None:
             message_id = require_uuid(message_id, "message id")
+        if batch_id is not None:
+            batch_id = require_uuid(batch_id, "batch id")
         estimate = _money(estimate_usd, "estimate_usd")
         when = _utc(now)
         values = {
@@ -256,6 +273,7 @@ class Ledger:
             "status": "reserved",
             "created_at": when,
             "instance_id": self.instance_id,
+            "batch_id": batch_id,
         }
         day = when.date().isoformat()
         async with self._serialised(
@@ -605,6 +623,56 @@ class Ledger:
                 count=r.count,
                 unpriced=int(r.unpriced or 0),
                 at_ceiling=int(r.at_ceiling or 0),
+            )
+            for r in rows
+        ]
+
+    async def batch_costs(
+        self, user_id: str, days: int = 30, *, now: datetime | None = None
+    ) -> list[BatchCostRow]:
+        """Settled spending per batch over the last `days` UTC days, the latest batch first.
+
+        From the ledger, which outlives the batches: a batch whose conversation was
+        deleted still shows what it cost, without its title.
+        """
+        user_id = require_uuid(user_id, "user id")
+        if not isinstance(days, int) or not 1 <= days <= 366:
+            raise InvalidInput("A cost report covers 1 to 366 days.")
+        start = _day_start(_utc(now)) - timedelta(days=days - 1)
+        spent = (
+            select(
+                LedgerEntry.batch_id,
+                func.sum(LedgerEntry.actual_usd).label("usd"),
+                func.count().label("count"),
+                func.max(LedgerEntry.created_at).label("latest"),
+            )
+            .where(
+                LedgerEntry.user_id == user_id,
+                LedgerEntry.batch_id.is_not(None),
+                LedgerEntry.status == "settled",
+                LedgerEntry.created_at >= start,
+            )
+            .group_by(LedgerEntry.batch_id)
+            .subquery()
+        )
+        query = (
+            select(spent, Batch.title, Batch.schedule_id, Schedule.name.label("schedule_name"))
+            .outerjoin(Batch, and_(Batch.id == spent.c.batch_id, Batch.user_id == user_id))
+            .outerjoin(
+                Schedule, and_(Schedule.id == Batch.schedule_id, Schedule.user_id == user_id)
+            )
+            .order_by(spent.c.latest.desc(), spent.c.batch_id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            BatchCostRow(
+                batch_id=r.batch_id,
+                title=r.title,
+                schedule_id=r.schedule_id,
+                schedule_name=r.schedule_name,
+                usd=_dec(r.usd),
+                count=int(r.count),
             )
             for r in rows
         ]

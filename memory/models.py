@@ -227,6 +227,8 @@ class Image(MediaLineage, Base):
     # (so `LIKE '%|name|%'` matches one whole name).
     style: Mapped[str | None] = mapped_column(String(64))
     lora_names: Mapped[str | None] = mapped_column(String(512))
+    # The batch it was made in (batches.id; no FK: the image outlives its batch's row).
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class ImageEmbedding(Base):
@@ -345,6 +347,8 @@ class LedgerEntry(Base):
     # Released because its process died mid-action; the user is told once (told_at).
     interrupted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     told_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The batch (batches.id) whose item this paid for: /cost's "Batches" lines.
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class AppInstance(Base):
@@ -467,3 +471,103 @@ class AuthSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    """A list of items generated as one job: confirmed once, run concurrently, resumable.
+
+    `instance_id` names the app process running it (app_instances.id); NULL while no
+    process runs it, so another process's start-up adopts a running batch whose process
+    died (memory/batches.py). `spec` holds how every item is made (tools/batch_runner.py's
+    BatchSpec); `told_at` is when its final summary was shown in its conversation.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_user_created", "user_id", "created_at"),
+        Index("ix_batches_status_instance", "status", "instance_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id", ondelete="CASCADE"))
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    schedule_id: Mapped[str | None] = mapped_column(String(36), index=True)  # no FK
+    message_id: Mapped[str | None] = mapped_column(String(36))  # the progress message's step
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|paused|...
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    estimate_usd: Mapped[Decimal] = mapped_column(MONEY)
+    item_count: Mapped[int] = mapped_column(Integer)
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    told_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BatchItem(Base):
+    """One object of a batch: what is sent for it, every attempt, and how it ended."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "position"),
+        Index("ix_batch_items_batch_status", "batch_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(String(36), ForeignKey("batches.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # 0-based, in the user's order
+    label: Mapped[str] = mapped_column(String(300))  # the object as the user wrote it
+    prompt_sent: Mapped[str] = mapped_column(Text, default="")
+    template: Mapped[str | None] = mapped_column(String(64))
+    style: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[str | None] = mapped_column(String(16))
+    count: Mapped[int] = mapped_column(Integer, default=1)  # images per item
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|...
+    attempts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    image_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the final attempt's
+    qc_score: Mapped[float | None] = mapped_column(Float)
+    qc_passed: Mapped[bool | None] = mapped_column(Boolean)
+    cost_usd: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))  # all attempts
+    reservation_id: Mapped[str | None] = mapped_column(String(36))  # the attempt in flight
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Schedule(Base):
+    """A recurring batch: when it runs, what it makes, and the next due time.
+
+    Each due time is claimed by one compare-and-set on `next_run_at`, so two app
+    processes sharing the database fire it once (memory/schedules.py). Its runs are
+    batches in its own conversation (`thread_id`).
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_status_next_run", "status", "next_run_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    thread_id: Mapped[str] = mapped_column(String(36), ForeignKey("threads.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(16))  # cron | interval | daily | weekly
+    expression: Mapped[str] = mapped_column(String(120))  # as tools/schedule_times.py says
+    timezone: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text)  # may contain {theme}
+    themes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    theme_index: Mapped[int] = mapped_column(Integer, default=0)
+    count: Mapped[int] = mapped_column(Integer)
+    style: Mapped[str | None] = mapped_column(String(64))
+    backend: Mapped[str | None] = mapped_column(String(200))  # a backend spec
+    size: Mapped[str | None] = mapped_column(String(16))
+    budget_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | paused
+    missed_policy: Mapped[str | None] = mapped_column(String(16))  # run_once|skip; NULL: setting
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_batch_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -24,7 +24,10 @@ from pipelines.video.video_registry import VideoBackendRegistry
 from tools.styles import StyleLibrary
 
 if TYPE_CHECKING:
+    from memory.schedules import ScheduleStore
     from pipelines.scoring.likeness import Likeness
+    from tools.batch_runner import BatchRunner
+    from tools.batch_setup import BatchSetup
     from tools.training_jobs import TrainingJobs
     from tools.turn_guard import TurnGuard
 
@@ -81,6 +84,9 @@ class Services:
     trainings: TrainingJobs | None = None  # None: LoRA training tools refuse
     gallery: Gallery | None = None  # None: find_images refuses (no gallery to search)
     likeness: Likeness | None = None  # None or unavailable: find_images searches words only
+    schedules: ScheduleStore | None = None  # None: the schedule tools refuse
+    batches: BatchRunner | None = None  # None: the batch tools refuse
+    batch_setup: BatchSetup | None = None  # None: built-in templates, no progress display
 
     def curation_store(self) -> CurationStore:
         if self.curations is None:
@@ -99,8 +105,10 @@ class Turn:
     # What the user attached to this message: a training started now trains on them.
     attached_images: tuple[str, ...] = ()
     attached_zips: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes)
+    attached_files: tuple[tuple[str, bytes], ...] = ()  # .txt/.csv lists: (file name, bytes)
     # The message's tool-call count and running spend; None: each paid action alone.
     guard: TurnGuard | None = None
+    batch_id: str | None = None  # set for a batch item's work: its charges and images say so
 
 
 class Port(Protocol):

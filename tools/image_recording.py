@@ -108,6 +108,7 @@ class Recorder:
                         message_id=ctx.turn.message_id,
                         duration_ms=duration_ms,
                         cost_usd=cost_each,
+                        batch_id=ctx.turn.batch_id,
                     ),
                 )
             )

@@ -224,7 +224,8 @@ async def paid_action(
         # One decision at a time per message: its total and its reservations move together.
         async with turn.lock:
             _refuse_if_declined(turn, label)  # a call that waited here while the user said no
-            await _confirm_if_above_threshold(ctx, ledger, turn, estimate, label, what)
+            if ctx.turn.batch_id is None:  # a batch's items were confirmed as one batch
+                await _confirm_if_above_threshold(ctx, ledger, turn, estimate, label, what)
             charge.reservation = await ledger.reserve(
                 user_id=ctx.turn.user_id,
                 thread_id=ctx.turn.thread_id,
@@ -234,6 +235,7 @@ async def paid_action(
                 estimate_usd=estimate.usd,
                 operator_limits=ctx.services.operator_limits,
                 message_id=ctx.turn.message_id,
+                batch_id=ctx.turn.batch_id,
             )
             turn.committed_usd += estimate.usd
     try:
