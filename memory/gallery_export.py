@@ -124,7 +124,7 @@ def _write_zip(media: MediaStore, details: list[GalleryDetail]) -> Path:
             rows = [_add_files(archive, media, detail) for detail in details]
             with archive.open(_info(MANIFEST, zipfile.ZIP_DEFLATED), "w") as entry:
                 text = io.TextIOWrapper(entry, encoding="utf-8", newline="")
-                _write_manifest(text, rows)
+                write_manifest(text, rows)
                 text.flush()
                 text.detach()
     except BaseException:
@@ -230,9 +230,12 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _write_manifest(out: io.TextIOBase, rows: list[dict[str, Any]]) -> None:
-    extra = sorted({key for row in rows for key in row} - set(COLUMNS))
-    header = [*COLUMNS, *extra]
+def write_manifest(
+    out: io.TextIOBase, rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS
+) -> None:
+    """A formula-safe CSV: `columns` first, then any other key a row has, sorted."""
+    extra = sorted({key for row in rows for key in row} - set(columns))
+    header = [*columns, *extra]
     writer = csv_cells.safe_writer(out, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
