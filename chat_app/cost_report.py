@@ -3,6 +3,8 @@
 Shown as tables, a stacked bar chart of the user's daily spending (Chainlit's Plotly
 element) and a CSV download, all stored with the thread so the report can be read again
 after a resume. Only settled costs are counted; requests still running are shown apart.
+Batches and schedules get their own lines, from the ledger entries that name a batch (a
+schedule's runs are batches naming it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import chainlit as cl
 from chat_app import rendering
 from core import money
 from core.errors import InvalidInput
-from memory.ledger import CostRow, Ledger, OperatorLimits, ScopeUsage
+from memory.ledger import BatchCostRow, CostRow, Ledger, OperatorLimits, ScopeUsage
 
 DEFAULT_DAYS = 30
 
@@ -85,6 +87,57 @@ def _section(title: str, rows: list[CostRow], with_days: bool) -> str:
     return "\n\n".join(parts)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _batches(rows: list[BatchCostRow]) -> str:
+    """One line per batch the user started (not a schedule's run), costliest first."""
+    if not rows:
+        return "**Batches:** nothing spent."
+    usd = sum((r.usd for r in rows), Decimal(0))
+    batches = f"{len(rows)} batch" + ("es" if len(rows) != 1 else "")
+    lines = [
+        f"**Batches: {money.usd(usd, 4)}** over {batches}.",
+        "| batch | id | paid actions | spent |",
+        "|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: -r.usd):
+        title = _cell(row.title or "(conversation deleted)")
+        lines.append(f"| {title} | `{row.batch_id[:8]}` | {row.count} | {money.usd(row.usd, 4)} |")
+    return "\n".join(lines)
+
+
+def _schedules(rows: list[BatchCostRow]) -> str:
+    """One line per schedule: its runs (batches) in the period, added up."""
+    if not rows:
+        return "**Schedules:** nothing spent."
+    grouped: dict[str, list[BatchCostRow]] = defaultdict(list)
+    for row in rows:
+        grouped[row.schedule_id or ""].append(row)
+    usd = sum((r.usd for r in rows), Decimal(0))
+    lines = [
+        f"**Schedules: {money.usd(usd, 4)}** over {_plural(len(grouped), 'schedule')}.",
+        "| schedule | id | runs | paid actions | spent |",
+        "|---|---|---|---|---|",
+    ]
+    totals = sorted(grouped.items(), key=lambda kv: -sum((r.usd for r in kv[1]), Decimal(0)))
+    for schedule_id, group in totals:
+        name = group[0].schedule_name or "(deleted schedule)"
+        spent = sum((r.usd for r in group), Decimal(0))
+        count = sum(r.count for r in group)
+        lines.append(
+            f"| {_cell(name)} | `{schedule_id[:8]}` | {len(group)} | {count} | "
+            f"{money.usd(spent, 4)} |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """A name inside a Markdown table: no pipe or line break can break the row."""
+    return " ".join(text.replace("|", "/").split()) or "–"
+
+
 def _usage_line(usage: ScopeUsage) -> str:
     where = "This conversation" if usage.scope == "thread" else "Today (UTC)"
     text = f"{where}: spent {money.usd(usage.spent_usd, 4)}"
@@ -140,12 +193,15 @@ async def show(
     usages = await ledger.usage(
         user_id=user_id, thread_id=thread_id, operator_limits=operator_limits
     )
+    batch_rows = await ledger.batch_costs(user_id, days)
     text = "\n\n".join(
         [
             f"## Cost report (last {days} days)",
             "\n".join(_usage_line(usage) for usage in usages),
             _section("This conversation", conversation, with_days=False),
             _section("All your conversations", everything, with_days=True),
+            _batches([r for r in batch_rows if r.schedule_id is None]),
+            _schedules([r for r in batch_rows if r.schedule_id is not None]),
             "_Budgets are in the settings panel; `/estimate` prices a request first._",
         ]
     )

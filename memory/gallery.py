@@ -35,6 +35,7 @@ from memory.gallery_search import PromptSearch, escape_like
 from memory.ids import is_uuid, require_uuid
 from memory.image_facets import lora_list
 from memory.models import (
+    Batch,
     Curation,
     CurationCandidate,
     Image,
@@ -267,6 +268,7 @@ class Gallery:
         if f.lora is not None:
             name = escape_like(f.lora.strip().lower())
             where.append(Image.lora_names.like(f"%|{name}|%", escape="\\"))
+        where += _origin(user_id, f)
         if f.text is not None:
             where += await self._search.image_match(session, user_id, f.text)
         rows = await session.execute(
@@ -381,6 +383,28 @@ def _common(
         where.append(model.cost_usd <= f.max_cost_usd)
     if f.ids is not None:
         where.append(model.id.in_(f.ids))
+    return where
+
+
+def _origin(user_id: str, f: GalleryFilters) -> list[ColumnElement[bool]]:
+    """Which batch, schedule or source an image came from (images.batch_id, batches).
+
+    A batch or schedule is looked up among the user's own batches, so another user's
+    id simply matches nothing. A schedule's runs are batches naming it.
+    """
+    where: list[ColumnElement[bool]] = []
+    mine = select(Batch.id).where(Batch.user_id == user_id)
+    scheduled = mine.where(Batch.schedule_id.is_not(None))
+    if f.batch_id is not None:
+        where.append(Image.batch_id.in_(mine.where(Batch.id == f.batch_id)))
+    if f.schedule_id is not None:
+        where.append(Image.batch_id.in_(mine.where(Batch.schedule_id == f.schedule_id)))
+    if f.origin == "chat":
+        where.append(Image.batch_id.is_(None))
+    elif f.origin == "schedule":
+        where.append(Image.batch_id.in_(scheduled))
+    elif f.origin == "batch":
+        where += [Image.batch_id.is_not(None), Image.batch_id.not_in(scheduled)]
     return where
 
 

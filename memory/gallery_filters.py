@@ -28,12 +28,14 @@ IDS_MAX = 500  # ids in one request (a likeness search re-filters its k answers)
 SIZE_MAX = 100_000  # pixels on a side
 COST_MAX = Decimal("1000000")
 KINDS = ("image", "video")
+# Where an image came from: a batch the user started, a schedule's run, or the chat.
+ORIGINS = ("batch", "schedule", "chat")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _WHOLE = re.compile(r"[0-9]{1,6}")
 # Filters only an image has: asking for one leaves clips out.
-IMAGE_ONLY = ("style", "kept", "min_score", "has_video", "lora")
+IMAGE_ONLY = ("style", "kept", "min_score", "has_video", "lora", "batch_id", "schedule_id")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class GalleryFilters:
     has_video: bool | None = None  # True: images with a clip made from them; False: none
     lora: str | None = None  # LoRA name used, case-insensitive
     ids: tuple[str, ...] | None = None  # restrict to these
+    batch_id: str | None = None  # images of this batch (the user's own)
+    schedule_id: str | None = None  # images of this schedule's runs
+    origin: str | None = None  # "batch" | "schedule" | "chat" (clips count as chat)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -63,7 +68,11 @@ class GalleryFilters:
     @property
     def images_only(self) -> bool:
         """Whether clips are left out: asked for images, or for what only images have."""
-        return self.kind == "image" or any(getattr(self, n) is not None for n in IMAGE_ONLY)
+        return (
+            self.kind == "image"
+            or self.origin in ("batch", "schedule")
+            or any(getattr(self, n) is not None for n in IMAGE_ONLY)
+        )
 
     @property
     def videos_only(self) -> bool:
@@ -101,6 +110,9 @@ class GalleryFilters:
             has_video=_flag(get("has_video"), "has_video"),
             lora=get("lora"),
             ids=None if ids is None else tuple(i.strip() for i in ids.split(",") if i.strip()),
+            batch_id=get("batch"),
+            schedule_id=get("schedule"),
+            origin=get("origin"),
         )
 
 
@@ -109,12 +121,14 @@ _QUERY_NAME = {
     "text": "q",
     "min_cost_usd": "min_cost",
     "max_cost_usd": "max_cost",
+    "batch_id": "batch",
+    "schedule_id": "schedule",
 }
 
 
 def _check(f: GalleryFilters) -> None:
     """Refuse a value that cannot be what the caller meant, naming the parameter."""
-    for field in ("text", "model", "backend", "style", "lora", "kind"):
+    for field in ("text", "model", "backend", "style", "lora", "kind", "origin"):
         value = getattr(f, field)
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"Invalid {_QUERY_NAME.get(field, field)}: expected text.")
@@ -128,8 +142,21 @@ def _check(f: GalleryFilters) -> None:
         raise InvalidInput("Invalid lora: a LoRA name has no '|'.")
     if f.kind is not None and f.kind not in KINDS:
         raise InvalidInput("Invalid kind: expected 'image' or 'video'.")
-    if f.kind == "video" and any(getattr(f, n) is not None for n in IMAGE_ONLY):
-        asked = ", ".join(n for n in IMAGE_ONLY if getattr(f, n) is not None)
+    if f.origin is not None and f.origin not in ORIGINS:
+        raise InvalidInput("Invalid origin: expected 'batch', 'schedule' or 'chat'.")
+    for field in ("batch_id", "schedule_id"):
+        value = getattr(f, field)
+        if value is not None:
+            name = _QUERY_NAME[field]
+            object.__setattr__(f, field, require_uuid(value, name))
+    if f.kind == "video" and (
+        f.origin in ("batch", "schedule") or any(getattr(f, n) is not None for n in IMAGE_ONLY)
+    ):
+        asked = ", ".join(
+            _QUERY_NAME.get(n, n)
+            for n in (*IMAGE_ONLY, "origin")
+            if getattr(f, n) is not None and (n != "origin" or f.origin != "chat")
+        )
         raise InvalidInput(f"Invalid kind: clips have no {asked}; ask for kind=image or both.")
     for name in ("since", "until"):
         value = getattr(f, name)

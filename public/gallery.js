@@ -44,6 +44,7 @@
   const FILTERS = [
     "kind", "model", "backend", "style", "lora", "since", "until", "min_score",
     "width", "height", "min_cost", "max_cost", "kept", "has_video",
+    "origin", "batch", "schedule",
   ];
   const SEARCH_DELAY_MS = 300;
   const EXTENSIONS = {
@@ -238,6 +239,9 @@
       if (field.type === "checkbox") field.checked = state.filters[name] === "1";
       else field.value = state.filters[name] || "";
     }
+    // One batch's or schedule's images (?batch=ID): shown only while it applies.
+    $("batch-filter").hidden = !state.filters.batch;
+    $("schedule-filter").hidden = !state.filters.schedule;
     const count = Object.keys(state.filters).length;
     $("filter-count").hidden = count === 0;
     $("filter-count").textContent = String(count);
