@@ -12,7 +12,7 @@ import asyncio
 import chainlit as cl
 from chainlit.types import ThreadDict
 
-from chat_app import image_actions, rendering, settings_panel, starters, welcome
+from chat_app import batch_display, image_actions, rendering, settings_panel, starters, welcome
 from chat_app.runtime import Runtime, get_runtime
 from chat_app.session_guard import SESSION_CLAIM
 from core.errors import AtelierError, NotFound
@@ -74,6 +74,7 @@ async def _resume(thread: ThreadDict) -> None:
     user_id = await current_user_id(runtime)
     await settings_panel.show(runtime, user_id)
     await image_actions.restore_buttons(thread, user_id)  # Chainlit keeps no actions
+    await batch_display.restore_buttons(runtime, user_id, thread["id"])
     # Work a crash cut short here is told after the history: Chainlit sends the thread
     # when this returns, and the browser replaces what it shows with it.
     task = asyncio.create_task(_tell_after_resume(runtime, user_id, thread["id"]))
@@ -89,8 +90,24 @@ async def _tell_after_resume(runtime: Runtime, user_id: str, thread_id: str) -> 
 
     try:
         await tell_interrupted_work(runtime, user_id, thread_id)
+        await batch_display.tell_finished(runtime, user_id, thread_id)
     except Exception:
         log.exception("interruption_notice_failed")
+
+
+@cl.action_callback(batch_display.PAUSE)
+async def _batch_pause(action: cl.Action) -> None:
+    await batch_display.act(get_runtime(), action)
+
+
+@cl.action_callback(batch_display.RESUME)
+async def _batch_resume(action: cl.Action) -> None:
+    await batch_display.act(get_runtime(), action)
+
+
+@cl.action_callback(batch_display.STOP)
+async def _batch_stop(action: cl.Action) -> None:
+    await batch_display.act(get_runtime(), action)
 
 
 @cl.on_settings_update

@@ -10,17 +10,19 @@ import asyncio
 import contextlib
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chat_app import training_display
+from chat_app import batch_display, training_display
 from chat_app.embedding_worker import EmbeddingWorker, build_likeness
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from core.logging_setup import get_logger
 from memory.auth_sessions import AuthSessionStore
+from memory.batches import BatchStore
 from memory.curations import CurationStore
 from memory.data_layer import AtelierDataLayer
 from memory.db import create_engine, migrate, session_factory
@@ -30,6 +32,7 @@ from memory.instances import AppInstances
 from memory.ledger import Ledger
 from memory.loras import LoraStore
 from memory.media_store import MediaStore
+from memory.schedules import ScheduleStore
 from memory.users import UserStore
 from memory.videos import VideoStore
 from pipelines import provider_limits
@@ -37,9 +40,15 @@ from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
 from pipelines.training.registry import TrainingBackendRegistry
 from pipelines.video.video_registry import VideoBackendRegistry
+from tools.batch_runner import BatchRunner
+from tools.batch_setup import BatchSetup
 from tools.context import PromptRewriter, Services
+from tools.object_templates import TemplateLibrary
 from tools.styles import StyleLibrary
 from tools.training_jobs import TrainingJobs
+
+if TYPE_CHECKING:
+    from chat_app.scheduler import Scheduler
 
 log = get_logger(__name__)
 
@@ -64,6 +73,8 @@ class Runtime:
     embeddings: EmbeddingWorker | None = None
     # This process's heartbeat, which makes its reservations its own (set by start()).
     instances: AppInstances | None = None
+    # Starts each schedule's runs when they fall due (set by start()).
+    scheduler: Scheduler | None = None
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
@@ -90,7 +101,12 @@ class Runtime:
             if released:
                 log.warning("stale_reservations_released", count=released)
             await self.instances.refresh_untold()
+            try:
+                await self._adopt_batches()
+            except Exception:  # the chat still starts; the heartbeat tries again
+                log.exception("batch_adoption_failed")
             self._heartbeat = asyncio.create_task(self.instances.run(), name="heartbeat")
+        self._start_scheduler()
         log.info(
             "started",
             database=self.engine.dialect.name,
@@ -99,6 +115,16 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        runner = self.services.batches
+        if runner is not None:
+            if self.instances is not None and runner.adopt in self.instances.sweeps:
+                # A heartbeat must not adopt what shutdown() is about to release.
+                self.instances.sweeps.remove(runner.adopt)
+            # Items running go back to pending, and the batches to no process: the next
+            # start-up (or a live process's heartbeat) adopts them.
+            await runner.shutdown()
         if self.embeddings is not None:
             await self.embeddings.stop()  # what is still queued is left to the backfill
         if self.services.trainings is not None:
@@ -118,6 +144,39 @@ class Runtime:
         # Messages Chainlit handed over but not yet committed are written, not dropped.
         await self.data_layer.flush()
         await self.engine.dispose()
+
+    async def _adopt_batches(self) -> None:
+        """Batches whose process died continue here: now, and whenever the heartbeat
+        finds another process dead. Two processes never adopt the same batch."""
+        runner = self.services.batches
+        if runner is None or self.instances is None:
+            return
+        # Registered first, so a failure below is tried again by the heartbeat.
+        self.instances.sweeps.append(runner.adopt)
+        self.instances.sweeps.append(runner.refresh_untold)
+        adopted = await runner.adopt(await self.instances.alive())
+        if adopted:
+            log.warning("batches_adopted", count=len(adopted))
+        await runner.refresh_untold()
+
+    def _start_scheduler(self) -> None:
+        runner, schedules = self.services.batches, self.services.schedules
+        if runner is None or schedules is None:
+            return
+        from chat_app.scheduler import Scheduler
+
+        self.scheduler = Scheduler(
+            schedules,
+            runner,
+            runner.store,
+            self.services,
+            poll_s=self.settings.schedule_poll_s,
+            missed_policy=self.settings.schedule_missed,
+            instance_id=runner.instance_id,
+            qc_retries=self.settings.batch_qc_retries,
+            error_retries=self.settings.batch_error_retries,
+        )
+        self.scheduler.start()
 
     async def _interrupt_dead_trainings(self) -> None:
         """No job runs here yet: a training the database calls running died with its
@@ -169,7 +228,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     likeness, embeddings = build_likeness(settings, engine, media)
     if embeddings is not None:
         images.on_recorded = embeddings.enqueue
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         media=media,
@@ -200,8 +259,33 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
                 backends=TrainingBackendRegistry.from_settings(settings, backends),
                 watcher_factory=training_display.watch,
             ),
+            schedules=ScheduleStore(engine),
         ),
     )
+    _add_batches(runtime)
+    return runtime
+
+
+def _add_batches(runtime: Runtime) -> None:
+    """The batch runner (it runs tool work, so it takes the finished Services) and what
+    starting a batch needs; a bad templates file stops start-up naming the file."""
+    settings = runtime.settings
+    store = BatchStore(runtime.engine)
+    runner = BatchRunner(
+        runtime.services,
+        store,
+        instance_id=lambda: runtime.instances.id if runtime.instances is not None else None,
+        qc_retries=settings.batch_qc_retries,
+        error_retries=settings.batch_error_retries,
+        media=runtime.media,
+    )
+    setup = BatchSetup(
+        templates=TemplateLibrary.load(settings.templates_file),
+        max_items=settings.batch_max_items,
+        display=batch_display.factory(store),
+    )
+    runtime.services = replace(runtime.services, batches=runner, batch_setup=setup)
+    runner.services = runtime.services
 
 
 def _prompt_rewriter(settings: Settings) -> PromptRewriter | None:

@@ -179,6 +179,28 @@ class Settings(BaseSettings):
         3, validation_alias=_env("ATELIER_UPLOADS_PER_USER")
     )
 
+    # Batches and schedules (issue 17): how often a batch item that fails its quality
+    # checks is made again with a new seed, and a provider error retried with the same
+    # one; the most items one batch takes; the operator's object templates (a TOML file
+    # extending or replacing tools/object_templates.toml); how often the scheduler looks
+    # for due schedules, and what a run missed while the app was down does.
+    batch_qc_retries: Annotated[int, Field(ge=0, le=5)] = Field(
+        2, validation_alias=_env("ATELIER_BATCH_QC_RETRIES")
+    )
+    batch_error_retries: Annotated[int, Field(ge=0, le=5)] = Field(
+        2, validation_alias=_env("ATELIER_BATCH_ERROR_RETRIES")
+    )
+    batch_max_items: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1000, validation_alias=_env("ATELIER_BATCH_MAX_ITEMS")
+    )
+    templates_file: Path | None = Field(None, validation_alias=_env("ATELIER_TEMPLATES_FILE"))
+    schedule_poll_s: Annotated[float, Field(ge=0.1, le=3600)] = Field(
+        30.0, validation_alias=_env("ATELIER_SCHEDULE_POLL_S")
+    )
+    schedule_missed: Literal["run_once", "skip"] = Field(
+        "run_once", validation_alias=_env("ATELIER_SCHEDULE_MISSED")
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:

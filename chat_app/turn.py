@@ -12,12 +12,26 @@ from dataclasses import replace
 import chainlit as cl
 import structlog
 
-from chat_app import agent, commands, model_status, rendering, settings_panel, titles
+from chat_app import (
+    agent,
+    batch_display,
+    commands,
+    model_status,
+    rendering,
+    settings_panel,
+    titles,
+)
 from chat_app.chat_port import ChatPort
 from chat_app.conversation import MAX_HISTORY_STEPS, build_messages, history_from_steps
 from chat_app.empty_messages import EMPTY_MESSAGE
 from chat_app.runtime import Runtime
-from chat_app.uploads import acknowledgement, read_zips, record_uploads
+from chat_app.uploads import (
+    acknowledgement,
+    list_acknowledgement,
+    read_lists,
+    read_zips,
+    record_uploads,
+)
 from core import money
 from core.errors import AtelierError, InvalidInput
 from core.logging_setup import get_logger
@@ -81,22 +95,32 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         await _tell_interrupted(runtime, ctx)
         uploads = []
         if message.elements:
-            zips = await read_zips(list(message.elements))
-            uploads = await record_uploads(ctx, list(message.elements), text)
+            elements = list(message.elements)
+            zips = await read_zips(elements)
+            files = await read_lists(elements)
+            uploads = await record_uploads(ctx, elements, text)
             attached = {
                 "attached_images": tuple(r.id for r in uploads),
                 "attached_zips": tuple(zips),
+                "attached_files": tuple(files),
             }
             ctx = replace(ctx, turn=replace(ctx.turn, **attached))
             handled = bool(message.command or text.startswith("/"))
-            if not (zips and (handled or runtime.settings.llm_configured)):
+            llm = runtime.settings.llm_configured
+            if (uploads or zips) and not (zips and (handled or llm)):
                 await rendering.notice(acknowledgement(uploads, zips))
-            if not text or (zips and not handled and not runtime.settings.llm_configured):
+            if files and not handled and not (llm and text):
+                await rendering.notice(list_acknowledgement(files))
+                return  # a list waits for a /batch in the same message
+            if not (text or message.command) or (zips and not handled and not llm):
                 return  # a zip alone waits for a /train in the same message
-        if message.command:
-            await commands.run(runtime, ctx, message.command.lower(), text)
-        elif text.startswith("/"):
-            await commands.run(runtime, ctx, *commands.split_slash(text))
+            if files and not handled:
+                text += _list_note(files)  # the agent's start_batch reads them
+        if message.command or text.startswith("/"):
+            name, rest = _command(message.command, text)
+            if name == "batch" and "\n" in rest:
+                ctx, rest = _typed_list(ctx, rest)
+            await commands.run(runtime, ctx, name, rest)
         elif runtime.settings.llm_configured:
             model_status.require_chat_model(runtime.services.backends.catalogue, runtime.settings)
             await _agent_turn(runtime, ctx, message, text)
@@ -129,6 +153,9 @@ async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
     """Once per process: trainings a restart cut short, and how to continue them; once
     ever: other work in this conversation that a crash cut short."""
     await tell_interrupted_work(runtime, ctx.turn.user_id, ctx.turn.thread_id)
+    await batch_display.tell_finished(
+        runtime, ctx.turn.user_id, ctx.turn.thread_id, known_only=True
+    )
     if runtime.services.trainings is None:
         return
     trainings = runtime.services.trainings
@@ -152,8 +179,8 @@ async def tell_interrupted_work(runtime: Runtime, user_id: str, thread_id: str) 
         return
     instances.untold_threads.discard(thread_id)
     for entry in await ledger.claim_interrupted(user_id=user_id, thread_id=thread_id):
-        if entry.what == "training":
-            continue  # the LoRA's own notice says how to resume it
+        if entry.what in ("training", "batch"):
+            continue  # the LoRA's own notice says how to resume it; a batch resumes itself
         records = await images_left_by(runtime.engine, entry)
         text = interruption_notice(entry, records, await message_text(runtime.engine, entry))
         log.info("interruption_told", entry=entry.id, what=entry.what, images=len(records))
@@ -198,6 +225,36 @@ def interruption_notice(entry: Reservation, records: list[ImageRecord], asked: s
     if records:
         text += f"\n\nIt had already stored {named} (shown here)."
     return text + " Send your message again to redo it."
+
+
+def _command(chip: str | None, text: str) -> tuple[str, str]:
+    """The command (a chip from the menu, or typed) and its text."""
+    if chip:
+        return chip.lower(), text
+    head, newline, tail = text.partition("\n")
+    if not head.lstrip("/").strip():  # "/" alone on the first line: not a command
+        return commands.split_slash(text)
+    name, rest = commands.split_slash(head)
+    return name, f"{rest}\n{tail}" if newline else rest
+
+
+TYPED_LIST = "typed list.txt"
+
+
+def _typed_list(ctx: ToolContext, text: str) -> tuple[ToolContext, str]:
+    """`/batch --style crayon` and a list on the lines below: the options stay the
+    command's text (one line, as every command takes them), the lines are the list."""
+    first, _, lines = text.partition("\n")
+    files = (*ctx.turn.attached_files, (TYPED_LIST, lines.encode()))
+    return replace(ctx, turn=replace(ctx.turn, attached_files=files)), first
+
+
+def _list_note(files: list[tuple[str, bytes]]) -> str:
+    names = ", ".join(name for name, _ in files)
+    return (
+        f"\n\n[Attached list: {names}. start_batch called without items or text makes "
+        "one image of each of its rows.]"
+    )
 
 
 def _quote(text: str, limit: int = 200) -> str:

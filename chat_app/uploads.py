@@ -7,6 +7,10 @@ them by id like any generated image, and the lineage shows where they came from.
 A zip is a training set: it is not recorded as an image but handed to the turn, so
 a training started in the same message (`/train NAME` or "learn this subject") uses
 it; lora_dataset checks what is inside.
+
+A .txt or .csv is a list of objects for a batch: handed to the turn as well, so
+`/batch` (or "a crayon drawing of each of these") in the same message makes one image
+per row; tools/batch_items.py reads and checks it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,20 @@ from tools.context import ToolContext
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_ZIP_BYTES = DatasetLimits().max_upload_bytes
 ZIP_MIMES = ("application/zip", "application/x-zip-compressed")
+MAX_LIST_BYTES = 1024 * 1024
+LIST_SUFFIXES = (".txt", ".csv")
+LIST_MIMES = ("text/plain", "text/csv", "application/csv")
 
 
 def is_zip(element: Any) -> bool:
     name = (getattr(element, "name", None) or "").lower()
     return name.endswith(".zip") or getattr(element, "mime", None) in ZIP_MIMES
+
+
+def is_list(element: Any) -> bool:
+    """A .txt/.csv attachment: the objects of a batch, not an image."""
+    name = (getattr(element, "name", None) or "").lower()
+    return name.endswith(LIST_SUFFIXES) or getattr(element, "mime", None) in LIST_MIMES
 
 
 async def _read(element: Any, limit: int = MAX_UPLOAD_BYTES) -> bytes:
@@ -58,11 +71,20 @@ async def read_zips(elements: list[Any]) -> list[tuple[str, bytes]]:
     ]
 
 
+async def read_lists(elements: list[Any]) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of the attached .txt/.csv lists, for a batch in this message."""
+    return [
+        (getattr(element, "name", None) or "list.txt", await _read(element, MAX_LIST_BYTES))
+        for element in elements
+        if is_list(element) and not is_zip(element)
+    ]
+
+
 async def record_uploads(ctx: ToolContext, elements: list[Any], text: str) -> list[ImageRecord]:
     """Check every attached image first, then record them all: one bad file records none."""
     checked = []
     for element in elements:
-        if is_zip(element):
+        if is_zip(element) or is_list(element):
             continue
         name = getattr(element, "name", None) or "the attachment"
         data = await _read(element)
@@ -108,4 +130,15 @@ def acknowledgement(records: list[ImageRecord], zips: list[tuple[str, bytes]] = 
         f"Saved {len(records)} upload(s): {listed}. Say what to do with "
         f"{'it' if len(records) == 1 else 'them'}, e.g. *make it look like a watercolour*, "
         "or `/edit <instruction>`."
+    )
+
+
+def list_acknowledgement(files: list[tuple[str, bytes]]) -> str:
+    """A list arrived without /batch: how to make one image per row of it."""
+    names = ", ".join(name for name, _ in files)
+    return (
+        f"Received {names} as a list. To make one image of each row, attach it to a "
+        "`/batch` message, e.g. `/batch --style crayon`. A .txt takes one object per "
+        "line; a .csv names its columns in a header row: object (or item, label, "
+        "prompt), and optionally style, size, count, seed and template per row."
     )

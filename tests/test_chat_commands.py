@@ -136,7 +136,8 @@ SAMPLE = {
 
 def test_every_command_takes_exactly_its_tools_arguments():
     """Each field of a tool's arguments model is an option of its command (the free text
-    aside), typed as the model types it; and /help lists those options."""
+    and the fields the command itself sets aside), typed as the model types it; and /help
+    lists those options."""
     edit = next(command for command, tool in registry.commands() if tool is edit_image)
     options = edit_image.command_options(edit)
     free_text = {"instruction"}
@@ -145,7 +146,11 @@ def test_every_command_takes_exactly_its_tools_arguments():
     shown = help_text()
     for command, tool in registry.commands():
         options = tool.command_options(command)
-        assert {o.field for o in options.values()} == set(tool.args.model_fields) - {command.text}
+        preset_only = {o.field for o in tool.options.values() if o.preset_only}
+        assert {o.field for o in options.values()} == (
+            set(tool.args.model_fields) - {command.text} - preset_only
+        )
+        assert not preset_only - set(command.preset)  # the command itself sets them
         text = "x" if command.text else ""
         for flag, option in options.items():
             typed, value = SAMPLE.get(option.kind, ("word", "word"))
@@ -156,3 +161,13 @@ def test_every_command_takes_exactly_its_tools_arguments():
         assert all(f"`--{flag}`" in line for flag in options), line
     for chat_command in CHAT_COMMANDS:
         assert f"`/{chat_command.name}`" in shown
+
+
+def test_a_sub_command_cannot_be_turned_into_another_by_an_option():
+    """`/batch pause ID --action stop` must not stop the batch: the action is the
+    command's own, so typing it is an unknown option."""
+    assert parse("batch", "pause 1a2b3c4d")["action"] == "pause"
+    with pytest.raises(InvalidInput, match="Unknown option --action"):
+        parse("batch", "pause 1a2b3c4d --action stop")
+    with pytest.raises(InvalidInput, match="Unknown option --action"):
+        parse("schedule", "pause 1a2b3c4d --action delete")

@@ -44,6 +44,7 @@ class Option:
     flag: str | None = None  # the option's name when it differs from the field's
     words: bool = False  # the value runs to the next option (prompts), not one word
     image: bool = False  # an image id: the 8-character ids shown in captions are accepted
+    preset_only: bool = False  # set by the command itself (`/batch pause`), never typed
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class CommandOption:
     kind: Kind
     words: bool
     image: bool
+    preset_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class Tool(Generic[ArgsT]):
         for name, info in self.args.model_fields.items():
             option = next((m for m in info.metadata if isinstance(m, Option)), Option())
             out[option.flag or name] = CommandOption(
-                name, _kind(info.annotation), option.words, option.image
+                name, _kind(info.annotation), option.words, option.image, option.preset_only
             )
         return out
 
@@ -113,7 +115,11 @@ class Tool(Generic[ArgsT]):
         return {o.field for o in self.options.values() if o.image}
 
     def command_options(self, command: Command) -> dict[str, CommandOption]:
-        return {flag: o for flag, o in self.options.items() if o.field != command.text}
+        return {
+            flag: o
+            for flag, o in self.options.items()
+            if o.field != command.text and not o.preset_only
+        }
 
     def parse(self, command: Command, text: str) -> dict[str, Any]:
         """`a fox --n 2 --size 1536x1024` -> {"prompt": "a fox", "n": 2, "size": ...}."""

@@ -20,6 +20,8 @@ from tools import (
     generate_video,
     keep_image,
     refine_prompt,
+    schedule_creation,
+    start_batch,
     train_lora,
     variations,
 )
@@ -40,6 +42,10 @@ TOOLS: tuple[Tool[Any], ...] = (
     train_lora.train_lora,
     train_lora.stop_training,
     train_lora.resume_training,
+    schedule_creation.schedule_creation,
+    schedule_creation.manage_schedules,
+    start_batch.start_batch,
+    start_batch.manage_batches,
 )
 BY_NAME: dict[str, Tool[Any]] = {tool.name: tool for tool in TOOLS}
 
