@@ -51,6 +51,8 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/memory_growth.py
 	-$(PY) benchmarks/gallery_search.py  # exits 1 when a target is missed
 	-$(PY) benchmarks/turn_latency.py  # exits 1 when a target is missed (see its docstring)
+	-$(PY) benchmarks/batch_throughput.py  # exits 1 when a target is missed
+	-$(PY) benchmarks/batch_overhead.py  # exits 1 when the 15 ms target is missed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
