@@ -19,6 +19,7 @@ import zipfile
 import httpx
 import pytest
 
+from chat_app.batch_display import PAUSE, RESUME, STOP
 from chat_app.spending_prompts import CONFIRM
 from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user, app_rows
 from tests.chat_client import ChatSession, connected_session, login_cookie, outputs
@@ -142,6 +143,24 @@ async def test_a_typed_batch_runs_pauses_resumes_and_ends_with_its_zip(make_app,
     await bob.connect()
     said = "\n".join(outputs(await bob.send(f"/batch pause {batch['id']}")))
     assert f"No batch with id {batch['id']}" in said, said
+    # The progress message's buttons, forged with alice's batch id: each is refused
+    # as not bob's (an owner check missing would answer "already done" instead).
+    for name in (PAUSE, RESUME, STOP):
+        seen = len(bob.order)
+        action = {"name": name, "payload": {"batch_id": batch["id"]}, "label": "x", "id": name}
+        pressed = httpx.post(
+            f"{app.base_url}/project/action",
+            json={"sessionId": bob.session_id, "action": {**action, "forId": None}},
+            headers={"Cookie": bob_cookie},
+            timeout=30,
+        )
+        assert pressed.status_code == 200, pressed.text
+
+        def refused(seen: int = seen) -> bool:
+            later = outputs([bob.messages[i] for i in bob.order[seen:]])
+            return any(f"No batch with id {batch['id']}" in text for text in later)
+
+        await wait_until(refused, 30, f"the forged {name} to be refused")
     assert _batches(app)[0]["status"] == "done"
     await bob.close()
     await chat.close()
