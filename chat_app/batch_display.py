@@ -65,6 +65,9 @@ class ChatBatchDisplay:
         if not self.sent:
             rendering.beside_current_step(self.message)  # in the turn that started it
         self.origin = cl.context.session
+        # The session's Chainlit context: a batch adopted after a restart runs in a task
+        # started without one, so each update and the end are shown in this one.
+        self.context = context_var.get()
         self.last_text = 0.0
         self.failed_seen = -1
         self.buttons: set[str] | None = None  # the names of the buttons shown
@@ -92,6 +95,26 @@ class ChatBatchDisplay:
         running: list[BatchItemRecord],
         eta_s: float | None,
     ) -> None:
+        token = context_var.set(self.context)
+        try:
+            await self._update(batch, counts, running, eta_s)
+        finally:
+            context_var.reset(token)
+
+    async def finished(self, batch: BatchRecord, summary: BatchSummary) -> None:
+        token = context_var.set(self.context)
+        try:
+            await self._finished(batch, summary)
+        finally:
+            context_var.reset(token)
+
+    async def _update(
+        self,
+        batch: BatchRecord,
+        counts: dict[str, int],
+        running: list[BatchItemRecord],
+        eta_s: float | None,
+    ) -> None:
         now = time.monotonic()
         paused = batch.status == "paused"
         if now - self.last_text < MIN_INTERVAL_S and not paused:
@@ -103,7 +126,7 @@ class ChatBatchDisplay:
         self.message.content = progress_text(batch, counts, running, eta_s, self.failures)
         await self._show(_actions(batch))
 
-    async def finished(self, batch: BatchRecord, summary: BatchSummary) -> None:
+    async def _finished(self, batch: BatchRecord, summary: BatchSummary) -> None:
         if summary.contact_sheet:  # first: when the summary shows, its sheet is there
             await self._contact_sheet(batch, summary.contact_sheet)
         await self.store.mark_told(batch.id)  # shown here: not told again on return
@@ -355,7 +378,7 @@ def summary_of(batch: BatchRecord, items: list[BatchItemRecord]) -> BatchSummary
 
 async def restore_buttons(runtime: Runtime, user_id: str, thread_id: str) -> None:
     """A resumed conversation's running or paused batches get their buttons again
-    (Chainlit keeps no actions)."""
+    (Chainlit keeps no actions), and one nobody watches gets this page's display."""
     runner = runtime.services.batches
     if runner is None:
         return
@@ -363,3 +386,5 @@ async def restore_buttons(runtime: Runtime, user_id: str, thread_id: str) -> Non
         if batch.message_id and batch.status in ("running", "paused"):
             for action in _actions(batch):
                 await action.send(for_id=batch.message_id)
+            # Adopted after a restart, it runs here unwatched: this page shows it live.
+            runner.watch(batch.id, ChatBatchDisplay(runner.store, batch.thread_id, batch))

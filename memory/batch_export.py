@@ -11,6 +11,7 @@ the media store, formula-safe cells), so the two downloads cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -19,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.errors import NotFound
 from core.logging_setup import get_logger
 from memory.gallery_export import MANIFEST, _add, _cell, _extension, _info, write_manifest
 from memory.images import ImageRecord, ImageStore
@@ -59,7 +61,12 @@ async def zip_batch(
     items = await store.items(batch_id, user_id)
     finals: list[tuple[BatchItemRecord, list[ImageRecord]]] = []
     for item in items:
-        finals.append((item, [await images.get(i, user_id) for i in item.image_ids]))
+        records = []
+        for image_id in item.image_ids:
+            # Deleted since (the gallery's Delete): the manifest keeps its id, no file.
+            with contextlib.suppress(NotFound):
+                records.append(await images.get(image_id, user_id))
+        finals.append((item, records))
     path = await asyncio.to_thread(_write_zip, media, finals)
     log.info("batch_zip_made", items=len(items), bytes=path.stat().st_size)
     return path

@@ -263,3 +263,36 @@ async def test_a_list_without_batch_in_command_mode_says_how(make_app):
     assert "Received objects.csv as a list" in said and "`/batch`" in said, said
     assert app_rows(app, "SELECT * FROM images") == []
     await chat.close()
+
+
+async def test_a_page_opened_on_an_adopted_batch_shows_it_live(make_app, fake_openai):
+    """After a restart the batch runs on with nobody watching; a page opened on its
+    conversation meanwhile shows its progress live, then its summary, in the same
+    message (not a stale count from before the restart)."""
+    app = make_app()
+    fake_openai.latency_s = 1.0
+    chat = await connected_session(app.base_url)
+    chat.ask_answer = CONFIRM
+    await chat.send("/batch " + ", ".join(f"thing {n}" for n in range(40)))
+    [batch] = _batches(app)
+    await wait_until(
+        lambda: any(i["status"] == "done" for i in _items(app, batch["id"])),
+        30,
+        "a first item done",
+    )
+    await chat.close()
+    app.restart()
+    back = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
+    await back.connect(resume_thread=chat.thread_id)
+    await wait_until(
+        lambda: any("running" in t for t in _texts(back, batch["message_id"])),
+        30,
+        "live progress after the restart",
+    )
+    await wait_until(
+        lambda: any("Batch finished" in t for t in _texts(back, batch["message_id"])),
+        90,
+        "the summary in the progress message",
+    )
+    assert "40 of 40 done" in _texts(back, batch["message_id"])[-1]
+    await back.close()

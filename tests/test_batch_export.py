@@ -97,3 +97,33 @@ async def test_another_users_batch_is_not_found(tmp_path, sqlite_engine, fake_op
     media = MediaStore(tmp_path / "media")  # where the world's images are
     with pytest.raises(NotFound, match="No batch with id"):
         await zip_batch(world.store, media, world.services.images, batch.id, other.id)
+
+
+async def test_an_image_deleted_from_the_gallery_leaves_a_gap_not_a_broken_download(
+    tmp_path, sqlite_engine, fake_openai
+):
+    """Deleting one of a batch's images (the gallery's Delete) must not break the zip or
+    the contact sheet of the rest: the manifest keeps the id, the sheet an empty tile."""
+    from memory.gallery_actions import delete_item
+
+    world = World(tmp_path, sqlite_engine, fake_openai)
+    await world.account()
+    batch = await world.batch([f"apple {DISC_TEST}", f"fig {DISC_TEST}"], SPEC)
+    await world.runner.start(world.ctx, batch, None)
+    await world.runner.wait(batch.id)
+    first, second = await world.items(batch)
+    media = MediaStore(tmp_path / "media")  # where the world's images are
+    await delete_item(sqlite_engine, media, world.user_id, first.image_ids[0])
+
+    path = await zip_batch(world.store, media, world.services.images, batch.id, world.user_id)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    finally:
+        path.unlink()
+    assert sorted(names) == ["0002-object-1.png", "manifest.csv"]
+    assert [r["image_id"] for r in rows] == [first.image_ids[0], second.image_ids[0]]
+    assert [r["file"] for r in rows] == ["", "0002-object-1.png"]
+    sheet = await world.runner.contact_sheet(batch.id, world.user_id)
+    assert sheet[:4] == b"\x89PNG"

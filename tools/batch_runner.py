@@ -378,6 +378,16 @@ class BatchRunner:
         elif batch.status == "running" and run.halt == "paused":
             run.halt = None
 
+    def watch(self, batch_id: str, watcher: BatchWatcher) -> bool:
+        """Show a batch this process runs, and nobody watches, in a page opened on it
+        (one adopted after a restart): its progress goes there from now on. A batch
+        already watched keeps its watcher (which mirrors to the user's other pages)."""
+        run = self._runs.get(batch_id)
+        if run is None or run.watcher is not None:
+            return False
+        run.watcher = watcher
+        return True
+
     async def refresh_untold(self, alive: object = None) -> None:
         """Re-read which conversations have a finished batch not yet told (a heartbeat
         sweep: `alive` is not needed)."""
@@ -480,8 +490,9 @@ class BatchRunner:
         for item in items:
             data = None
             if item.image_ids:
-                record = await images.get(item.image_ids[0], user_id)
-                with contextlib.suppress(NotFound):  # a file gone from the store: empty tile
+                # Deleted since (the gallery's Delete), or its file gone: an empty tile.
+                with contextlib.suppress(NotFound):
+                    record = await images.get(item.image_ids[0], user_id)
                     data = await asyncio.to_thread(images.read, record)
             label = item.label if item.status != "pending" else f"(not run) {item.label}"
             tiles.append((data, label, item.status == "done"))
