@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import chainlit as cl
 from chainlit.context import context_var, local_steps
-from chainlit.session import ws_sessions_id
 
 from chat_app import progress_display, rendering
 from core import money
@@ -171,17 +170,7 @@ class ChatBatchDisplay:
         await rendering.send_in_order(self.message, [image])
 
     async def _mirror(self) -> None:
-        """The message's new text to the same user's other pages showing this thread."""
-        user = getattr(self.origin.user, "identifier", None)
-        for session in list(ws_sessions_id.values()):
-            if session is self.origin or session.thread_id != self.thread_id:
-                continue
-            if getattr(session.user, "identifier", None) != user:
-                continue
-            try:
-                await session.emit("update_message", self.message.to_dict())
-            except Exception as exc:  # a page closing mid-send must not stop the batch
-                log.info("batch_mirror_failed", error=type(exc).__name__)
+        await rendering.mirror_update(self.origin, self.thread_id, self.message, "batch")
 
 
 def factory(store: BatchStore) -> Callable[[str, BatchRecord | None], ChatBatchDisplay | None]:

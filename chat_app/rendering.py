@@ -5,11 +5,15 @@ from __future__ import annotations
 import chainlit as cl
 from chainlit.context import local_steps
 from chainlit.data import get_data_layer
+from chainlit.session import WebsocketSession, ws_sessions_id
 
 from chat_app import image_buttons
 from core import money
+from core.logging_setup import get_logger
 from memory.images import ImageRecord
 from tools.context import ToolArtifact
+
+log = get_logger(__name__)
 
 
 def beside_current_step(message: cl.Message) -> cl.Message:
@@ -192,3 +196,25 @@ async def clips(artifact: ToolArtifact) -> None:
     )
     await message.send()
     await send_in_order(message, elements)
+
+
+async def mirror_update(
+    origin: WebsocketSession, thread_id: str, message: cl.Message, what: str
+) -> None:
+    """A message's new text to the same user's other pages showing its thread.
+
+    Background work (a training, a batch) updates its message in the session that
+    started it; a page reloaded or opened in another tab is a session of its own.
+    `what` names the work in the log line of a page that closed mid-send, which must
+    not stop the work.
+    """
+    user = getattr(origin.user, "identifier", None)
+    for session in list(ws_sessions_id.values()):
+        if session is origin or session.thread_id != thread_id:
+            continue
+        if getattr(session.user, "identifier", None) != user:
+            continue
+        try:
+            await session.emit("update_message", message.to_dict())
+        except Exception as exc:
+            log.info(f"{what}_mirror_failed", error=type(exc).__name__)
