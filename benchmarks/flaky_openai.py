@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import threading
 from typing import Any
 
@@ -164,9 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=0.0, help="seconds a timeout is held")
     parser.add_argument("--image-side", type=int, default=None, help="tiny N×N images")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     fake = FlakyOpenAI(
         port=args.port,
         image_latency_s=args.latency,
@@ -174,13 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         hold_s=args.hold,
         image_side=args.image_side,
     ).start()
-    print(f"READY {fake.base_url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-    return 0
+    return fake.serve_until_signalled(fake.base_url)
 
 
 if __name__ == "__main__":

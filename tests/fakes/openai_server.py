@@ -41,7 +41,6 @@ import io
 import json
 import math
 import re
-import signal
 import sys
 import threading
 import time
@@ -1350,22 +1349,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stream-interval", type=float, default=0.0, help="seconds between streamed events"
     )
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     fake = FakeOpenAI(
         port=args.port,
         latency_s=args.latency,
         api_key=args.api_key,
         stream_interval_s=args.stream_interval,
     ).start()
-    print(f"READY {fake.base_url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-    return 0
+    return fake.serve_until_signalled(fake.base_url)
 
 
 if __name__ == "__main__":

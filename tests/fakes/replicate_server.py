@@ -42,7 +42,6 @@ import binascii
 import io
 import json
 import re
-import signal
 import sys
 import threading
 import time
@@ -886,9 +885,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-mode", choices=("url", "data"), default="url")
     parser.add_argument("--finish-on-create", action="store_true", help="one request an image")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     fake = FakeReplicate(
         port=args.port,
         api_token=args.api_token or None,
@@ -898,13 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         output_mode=args.output_mode,
     ).start()
     fake.finish_on_create = args.finish_on_create
-    print(f"READY {fake.base_url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-    return 0
+    return fake.serve_until_signalled(fake.base_url)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fast, bind an ephemeral port, and stop cleanly; this is that part, once.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -83,6 +84,20 @@ class ThreadedServer:
         if self._socket is not None:
             self._socket.close()
         self._server = self._thread = self._socket = None
+
+    def serve_until_signalled(self, base_url: str) -> int:
+        """Process mode, once started: print "READY <base_url>" (the parent waits for
+        that line), then serve until SIGINT or SIGTERM. Returns the exit status."""
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"READY {base_url}", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+        return 0
 
     def __enter__(self) -> Self:
         return self.start()
