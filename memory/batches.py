@@ -197,15 +197,10 @@ class BatchStore:
 
     async def get(self, batch_id: str, user_id: str) -> BatchRecord:
         batch_id = require_uuid(batch_id, "batch id")
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(Batch).where(Batch.id == batch_id, Batch.user_id == user_id)
-                )
-            ).one_or_none()
-        if row is None:
+        found = await self._list(Batch.id == batch_id, Batch.user_id == user_id)
+        if not found:
             raise _not_found(batch_id)
-        return BatchRecord.from_row(row)
+        return found[0]
 
     async def items(self, batch_id: str, user_id: str) -> list[BatchItemRecord]:
         """The batch's items in the user's order."""
