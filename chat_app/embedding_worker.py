@@ -25,7 +25,7 @@ from core.errors import AtelierError
 from core.logging_setup import get_logger
 from memory.image_embeddings import EmbeddingIndex, ImageSource
 from memory.images import ImageRecord
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from pipelines.scoring import clip_embeddings
 from pipelines.scoring.likeness import Likeness
 
@@ -140,7 +140,7 @@ class EmbeddingWorker:
         return self.likeness.index
 
     @property
-    def _media(self) -> MediaStore:
+    def _media(self) -> MediaStorage:
         return self.likeness.media
 
     async def _vectors(self, images: list[bytes]) -> Any:  # a float32 array, a row each
@@ -167,7 +167,7 @@ class EmbeddingWorker:
 
 
 def build_likeness(
-    settings: Settings, engine: AsyncEngine, media: MediaStore
+    settings: Settings, engine: AsyncEngine, media: MediaStorage
 ) -> tuple[Likeness, EmbeddingWorker | None]:
     """The app's likeness search and its worker; no worker when it is off or cannot run."""
     if not settings.gallery_likeness:

@@ -1,7 +1,10 @@
 """GET /media/<key>: stored files, for their owner (login cookie) or a signed link.
 
-Served as files, so HTTP Range requests work: Safari will not play a video without them,
-and every browser seeks in a clip with them.
+The owner check comes first, whatever holds the file; then the store says how to send
+it (memory/media_store.py `answer`). HTTP Range requests work in every case: Safari will
+not play a video without them, and every browser seeks in a clip with them. A local file
+is sent as a file; an S3 object is streamed with the range passed on to S3, or (presign)
+answered with a redirect to a link that expires within a minute.
 """
 
 from __future__ import annotations
@@ -9,12 +12,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from chat_app.runtime import get_runtime
 from core.errors import NotFound
 from memory import signed_links
 from memory.ids import require_media_key
+from memory.media_store import Answer, Redirect, SendFile
 
 router = APIRouter()
 
@@ -56,7 +60,24 @@ async def media(key: str, request: Request, exp: str | None = None, sig: str | N
         mime = await runtime.services.images.media_owner_ok(key, user_id)
     if mime is None:
         raise HTTPException(status_code=404, detail="Not found")
-    path = runtime.media.path_for(key)
-    if not await asyncio.to_thread(path.is_file):
-        raise HTTPException(status_code=404, detail="Not found")
-    return FileResponse(path, media_type=mime, headers=_HEADERS)
+    try:
+        answer = await asyncio.to_thread(
+            runtime.media.answer, key, mime, request.headers.get("range")
+        )
+    except NotFound:
+        raise HTTPException(status_code=404, detail="Not found") from None
+    return _response(answer, mime)
+
+
+def _response(answer: Answer, mime: str) -> Response:
+    if isinstance(answer, SendFile):
+        return FileResponse(answer.path, media_type=mime, headers=_HEADERS)
+    if isinstance(answer, Redirect):
+        # The link is valid for a minute: neither the browser nor a proxy may keep it.
+        return RedirectResponse(answer.url, status_code=302, headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        answer.chunks,
+        status_code=answer.status,
+        media_type=mime,
+        headers={**_HEADERS, **answer.headers},
+    )

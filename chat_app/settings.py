@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         900, validation_alias=_env("ATELIER_LOGIN_WINDOW_SECONDS")
     )
     redis_url: str | None = Field(None, validation_alias=_env("ATELIER_REDIS_URL"))
+    # Local GPU jobs on `atelier worker` processes (issue 18): Celery on this Redis URL;
+    # unset, they run in this process. Keys start with the prefix (one per deployment).
+    broker_url: str | None = Field(None, validation_alias=_env("ATELIER_BROKER_URL"))
+    broker_prefix: str = Field("atelier:", validation_alias=_env("ATELIER_BROKER_PREFIX"))
+    # GET /metrics (Prometheus) answers only with this bearer token; unset, it is a 404.
+    metrics_token: SecretStr | None = Field(None, validation_alias=_env("ATELIER_METRICS_TOKEN"))
 
     # Uploads (issue 12, memory): how many uploads one user may send at the same time;
     # more answer 429. Each is streamed to disk with the size limit of Chainlit's
@@ -201,7 +207,20 @@ class Settings(BaseSettings):
         "run_once", validation_alias=_env("ATELIER_SCHEDULE_MISSED")
     )
 
-    @field_validator("redis_url")
+    # Media on S3-compatible object storage (issue 18): set a bucket and every app process
+    # keeps its images and clips there instead of under data_dir/media (thumbnails stay a
+    # local cache). Credentials come from the standard AWS environment or config files.
+    # With presign, /media answers its owner with a redirect to a link valid 60 s (the
+    # browser must reach the endpoint); without, the app streams the file itself.
+    media_s3_bucket: str | None = Field(None, validation_alias=_env("ATELIER_MEDIA_S3_BUCKET"))
+    media_s3_endpoint_url: str | None = Field(
+        None, validation_alias=_env("ATELIER_MEDIA_S3_ENDPOINT_URL")
+    )
+    media_s3_prefix: str = Field("media/", validation_alias=_env("ATELIER_MEDIA_S3_PREFIX"))
+    media_s3_region: str | None = Field(None, validation_alias=_env("ATELIER_MEDIA_S3_REGION"))
+    media_s3_presign: bool = Field(False, validation_alias=_env("ATELIER_MEDIA_S3_PRESIGN"))
+
+    @field_validator("redis_url", "broker_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -233,7 +252,9 @@ class Settings(BaseSettings):
             raise ValueError("must be one of debug, info, warning, error")
         return value
 
-    @field_validator("llm_base_url", "openai_base_url", "replicate_base_url")
+    @field_validator(
+        "llm_base_url", "openai_base_url", "replicate_base_url", "media_s3_endpoint_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value in (None, ""):

@@ -20,7 +20,7 @@ from chat_app.runtime import get_runtime
 from chat_app.session_guard import claims_of
 from core.errors import NotFound
 from memory.ids import require_media_key
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from memory.thumbnails import Thumbnails, thumbnail_source
 
 router = APIRouter()
@@ -33,7 +33,7 @@ _HEADERS = {
 
 
 @lru_cache(maxsize=4)
-def thumbnails_for(media: MediaStore) -> Thumbnails:
+def thumbnails_for(media: MediaStorage) -> Thumbnails:
     """One Thumbnails per media store in this process, so first requests share work."""
     return Thumbnails(media)
 

@@ -24,7 +24,7 @@ from core.errors import NotFound
 from core.logging_setup import get_logger
 from memory.gallery_export import MANIFEST, _add, _cell, _extension, _info, write_manifest
 from memory.images import ImageRecord, ImageStore
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 
 if TYPE_CHECKING:
     from memory.batches import BatchItemRecord, BatchStore
@@ -54,7 +54,7 @@ COLUMNS = (
 
 
 async def zip_batch(
-    store: BatchStore, media: MediaStore, images: ImageStore, batch_id: str, user_id: str
+    store: BatchStore, media: MediaStorage, images: ImageStore, batch_id: str, user_id: str
 ) -> Path:
     """A temporary zip of the user's batch (NotFound for anyone else's); the caller
     streams it and removes it."""
@@ -72,7 +72,9 @@ async def zip_batch(
     return path
 
 
-def _write_zip(media: MediaStore, finals: list[tuple[BatchItemRecord, list[ImageRecord]]]) -> Path:
+def _write_zip(
+    media: MediaStorage, finals: list[tuple[BatchItemRecord, list[ImageRecord]]]
+) -> Path:
     fd, name = tempfile.mkstemp(prefix="atelier-batch-", suffix=".zip")
     path = Path(name)
     try:

@@ -62,7 +62,7 @@ from core.logging_setup import get_logger
 from memory import media_claims, signed_links
 from memory.db import session_factory, write_session
 from memory.ids import is_uuid, require_uuid
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from memory.models import Element, Step, Thread, User, utcnow
 from memory.models import Feedback as FeedbackRow
 from memory.requester import Requester
@@ -210,7 +210,7 @@ class AtelierDataLayer(BaseDataLayer):
     def __init__(
         self,
         engine: AsyncEngine,
-        media: MediaStore,
+        media: MediaStorage,
         link_secret: str,
         requester: Callable[[], Requester | None] = current_requester,
     ) -> None:
@@ -873,7 +873,7 @@ class AtelierDataLayer(BaseDataLayer):
     async def create_element(self, element: ChainlitElement) -> None:
         element_id = require_uuid(element.id, "element id")
         thread_id = require_uuid(element.thread_id, "thread id")
-        stored = self._stored_file(element)
+        stored = await self._stored_file(element)
         if stored is not None:  # already in the media store (an image the app made)
             media_key, size_bytes, data = *stored, None
         else:
@@ -925,14 +925,14 @@ class AtelierDataLayer(BaseDataLayer):
 
         await self._write("attachment", work)
 
-    def _stored_file(self, element: ChainlitElement) -> tuple[str, int] | None:
+    async def _stored_file(self, element: ChainlitElement) -> tuple[str, int] | None:
         """(key, size) of a file the app put in the media store itself, named by the
         element's `stored_media_key` (chat_app/rendering.py), if it is there."""
         key = getattr(element, "stored_media_key", None)
         if not isinstance(key, str):
             return None
         try:
-            return key, self._media.path_for(key).stat().st_size
+            return key, await asyncio.to_thread(self._media.size, key)
         except (NotFound, OSError):
             return None
 

@@ -33,7 +33,7 @@ from core.logging_setup import get_logger
 from memory.db import session_factory, write_session
 from memory.ids import is_uuid
 from memory.images import ImageRecord, ImageStore, NewImage
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from memory.models import (
     Element,
     Image,
@@ -111,7 +111,7 @@ async def set_kept(engine: AsyncEngine, user_id: str, image_id: str, kept: bool)
 
 async def delete_item(
     engine: AsyncEngine,
-    media: MediaStore,
+    media: MediaStorage,
     user_id: str,
     item_id: str,
     *,
@@ -223,8 +223,8 @@ async def _unreferenced(engine: AsyncEngine, key: str) -> bool:
         return not await session.scalar(select(referred))
 
 
-def _remove_file(media: MediaStore, key: str) -> None:
-    media.path_for(key).unlink(missing_ok=True)
+def _remove_file(media: MediaStorage, key: str) -> None:
+    media.delete(key)
 
 
 # -------------------------------------------------------- reuse in a new chat
@@ -232,7 +232,7 @@ def _remove_file(media: MediaStore, key: str) -> None:
 
 async def reuse_in_new_conversation(
     engine: AsyncEngine,
-    media: MediaStore,
+    media: MediaStorage,
     user_id: str,
     image_id: str,
     *,

@@ -6,11 +6,12 @@ its poster frame. `manifest.csv` has one row per item with every recorded field 
 parameter, nested ones under dotted names (`parameters.request.size`); its cells are
 formula-safe (memory/csv_cells.py), since prompts and model names are anyone's text.
 
-The zip is written to a temporary file, a file at a time from disk (images and clips are
-already compressed, so they are stored, not deflated), so memory stays small whatever the
-selection weighs; the caller streams the file and then removes it. A selection is capped
-(`MAX_ITEMS`); one that names anything not the user's is refused as a whole, without
-saying which id it was (whether an id exists is not the requester's to learn).
+The zip is written to a temporary file, a file at a time as the media store streams it
+(from disk or S3; images and clips are already compressed, so they are stored, not
+deflated), so memory stays small whatever the selection weighs; the caller streams the
+file and then removes it. A selection is capped (`MAX_ITEMS`); one that names anything
+not the user's is refused as a whole, without saying which id it was (whether an id
+exists is not the requester's to learn).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from core.errors import InvalidInput, NotFound
 from core.logging_setup import get_logger
 from memory import csv_cells
 from memory.ids import is_uuid
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 
 if TYPE_CHECKING:
     from memory.gallery import Gallery, GalleryDetail
@@ -81,7 +82,9 @@ COLUMNS = (
 )
 
 
-async def zip_items(gallery: Gallery, media: MediaStore, user_id: str, ids: Sequence[str]) -> Path:
+async def zip_items(
+    gallery: Gallery, media: MediaStorage, user_id: str, ids: Sequence[str]
+) -> Path:
     """A temporary zip of the user's items `ids` (in that order); the caller removes it.
 
     InvalidInput for an empty or too large selection; NotFound if any id is not the
@@ -116,7 +119,7 @@ def _checked_ids(ids: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------- the zip
 
 
-def _write_zip(media: MediaStore, details: list[GalleryDetail]) -> Path:
+def _write_zip(media: MediaStorage, details: list[GalleryDetail]) -> Path:
     fd, name = tempfile.mkstemp(prefix="atelier-gallery-", suffix=".zip")
     path = Path(name)
     try:
@@ -134,7 +137,7 @@ def _write_zip(media: MediaStore, details: list[GalleryDetail]) -> Path:
 
 
 def _add_files(
-    archive: zipfile.ZipFile, media: MediaStore, detail: GalleryDetail
+    archive: zipfile.ZipFile, media: MediaStorage, detail: GalleryDetail
 ) -> dict[str, Any]:
     """Put the item's file (and a clip's poster) in the zip; its manifest row."""
     item = detail.item
@@ -146,14 +149,13 @@ def _add_files(
     return row
 
 
-def _add(archive: zipfile.ZipFile, media: MediaStore, key: str, name: str) -> str:
+def _add(archive: zipfile.ZipFile, media: MediaStorage, key: str, name: str) -> str:
     """The file under `name`, streamed from the store; "(missing)" if it is not there."""
     try:
-        source = media.path_for(key)
-        with source.open("rb") as src, archive.open(_info(name, zipfile.ZIP_STORED), "w") as out:
+        with media.open(key) as src, archive.open(_info(name, zipfile.ZIP_STORED), "w") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
-    except (FileNotFoundError, NotFound):
+    except NotFound:
         log.warning("gallery_zip_file_missing", key=key[:12])
         return f"(missing from the media store: {name})"
     return name

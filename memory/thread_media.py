@@ -29,7 +29,7 @@ from core.errors import NotFound
 from memory import media_claims
 from memory.db import session_factory, write_session
 from memory.ids import require_uuid
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from memory.models import Image, Thread, Video
 
 RowT = TypeVar("RowT", Image, Video)
@@ -87,7 +87,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
     record_type: type[RecordT]
     noun: str  # names the kind in errors: "image" gives "No image with id …"
 
-    def __init__(self, engine: AsyncEngine, media: MediaStore) -> None:
+    def __init__(self, engine: AsyncEngine, media: MediaStorage) -> None:
         self._sessions = session_factory(engine)
         self._media = media
         self._insert = media_claims.insert_for(engine)

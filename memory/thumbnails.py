@@ -2,8 +2,9 @@
 
 The gallery shows hundreds of images at a time; sending the full PNGs would cost
 megabytes per screen and a decode each in the browser. A thumbnail is a pure function of
-the source key and the settings below, so it is made on first request, written next to
-the media store (`<media root>/thumbs/ab/<key>-<size>.webp`, atomically) and then only
+the source key and the settings below, so it is made on first request, written to the
+store's local cache folder (`<data dir>/media/thumbs/ab/<key>-<size>.webp`, atomically;
+also when the originals are in S3: a thumbnail can always be made again) and then only
 read. Concurrent first requests for one key share one generation (single flight), and
 decoding runs in a worker thread so the event loop never waits on Pillow.
 
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.errors import NotFound, PersistenceError
 from core.logging_setup import get_logger
 from memory.ids import require_media_key
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from memory.models import MediaRef, Thread, User, Video
 
 log = get_logger(__name__)
@@ -41,13 +42,13 @@ VERSION = 1
 class Thumbnails:
     def __init__(
         self,
-        media: MediaStore,
+        media: MediaStorage,
         size: int = SIZE,
         quality: int = QUALITY,
         cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.media = media
-        self.root = media.root / "thumbs"
+        self.root = media.cache_dir / "thumbs"
         self.size = size
         self.quality = quality
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -112,19 +113,18 @@ class Thumbnails:
     def _make(self, key: str, path: Path) -> None:
         if path.is_file():  # made by another process, or just before this task began
             return
-        source = self.media.path_for(key)
-        data = _webp(source, self.size, self.quality)
+        data = _webp(self.media.get(key), self.size, self.quality)
         _write_atomically(path, data)
         log.info("thumbnail_made", key=key[:12], bytes=len(data))
 
 
-def _webp(source: Path, size: int, quality: int) -> bytes:
+def _webp(source: bytes, size: int, quality: int) -> bytes:
     from io import BytesIO
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(source) as image:
+        with Image.open(BytesIO(source)) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -133,8 +133,6 @@ def _webp(source: Path, size: int, quality: int) -> bytes:
                 image = image.convert("RGBA" if has_alpha else "RGB")
             out = BytesIO()
             image.save(out, "WEBP", quality=quality, method=4)
-    except FileNotFoundError:
-        raise NotFound("No such file.") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         log.warning("thumbnail_unreadable", error=type(exc).__name__)
         raise NotFound("This file has no thumbnail.") from None

@@ -41,7 +41,7 @@ from tools.context import QuietPort, ToolContext, Turn
 
 if TYPE_CHECKING:
     from memory.batches import BatchItemRecord, BatchRecord, BatchStore
-    from memory.media_store import MediaStore
+    from memory.media_store import MediaStorage
     from tools.context import Services
 
 log = get_logger(__name__)
@@ -173,7 +173,7 @@ class BatchRunner:
         instance_id: Callable[[], str | None],
         qc_retries: int = 2,
         error_retries: int = 2,
-        media: MediaStore | None = None,
+        media: MediaStorage | None = None,
         window: int = 2,
     ) -> None:
         self.services = services

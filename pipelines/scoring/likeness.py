@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from core.errors import BackendNotConfigured, NotFound
 from memory.ids import require_uuid
 from memory.image_embeddings import EmbeddingIndex
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
 from pipelines.scoring import clip_embeddings
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Likeness:
     """Likeness search over one CLIP model's vectors; `unavailable` when it cannot run."""
 
     def __init__(
-        self, index: EmbeddingIndex, media: MediaStore, model_id: str, device: str = "auto"
+        self, index: EmbeddingIndex, media: MediaStorage, model_id: str, device: str = "auto"
     ) -> None:
         self.available = True
         self.how_to_enable = ""
