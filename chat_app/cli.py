@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chat_app import listen
+from chat_app.worker_cli import add_worker_parser
 from core.errors import AtelierError
 
 if TYPE_CHECKING:
@@ -141,14 +142,14 @@ async def _gallery_backfill(args: argparse.Namespace) -> int:
     from chat_app.bootstrap import ensure_data_dir
     from chat_app.embedding_worker import backfill, build_likeness
     from memory.db import create_engine, migrate
-    from memory.media_store import MediaStore
+    from memory.media_stores import media_store_for
 
     settings = _settings(args)
     ensure_data_dir(settings)
     engine = create_engine(settings.resolved_database_url)
     try:
         await migrate(engine)
-        media = MediaStore(settings.data_dir.resolve() / "media")
+        media = media_store_for(settings)
         likeness, worker = build_likeness(settings, engine, media)
         if worker is None:
             raise AtelierError(likeness.how_to_enable)
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="show what is configured and reachable")
     doctor.add_argument("--data-dir")
     doctor.set_defaults(func=_doctor)
+    add_worker_parser(sub)  # `atelier worker` (chat_app/worker_cli.py)
     return parser
 
 

@@ -20,6 +20,7 @@ from chat_app import batch_display, training_display
 from chat_app.embedding_worker import EmbeddingWorker, build_likeness
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
+from core.errors import InvalidInput
 from core.logging_setup import get_logger
 from memory.auth_sessions import AuthSessionStore
 from memory.batches import BatchStore
@@ -31,11 +32,12 @@ from memory.images import ImageStore
 from memory.instances import AppInstances
 from memory.ledger import Ledger
 from memory.loras import LoraStore
-from memory.media_store import MediaStore
+from memory.media_store import MediaStorage
+from memory.media_stores import media_store_for
 from memory.schedules import ScheduleStore
 from memory.users import UserStore
 from memory.videos import VideoStore
-from pipelines import provider_limits
+from pipelines import job_runners, provider_limits
 from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
 from pipelines.training.registry import TrainingBackendRegistry
@@ -62,7 +64,7 @@ STALE_RESERVATION_AGE = timedelta(hours=6)
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    media: MediaStore
+    media: MediaStorage
     data_layer: AtelierDataLayer
     users: UserStore
     auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
@@ -107,6 +109,7 @@ class Runtime:
                 log.exception("batch_adoption_failed")
             self._heartbeat = asyncio.create_task(self.instances.run(), name="heartbeat")
         self._start_scheduler()
+        await job_runners.start(self.settings)  # dispatcher, when jobs run on workers
         log.info(
             "started",
             database=self.engine.dialect.name,
@@ -115,6 +118,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        await job_runners.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
         runner = self.services.batches
@@ -193,7 +197,12 @@ class Runtime:
             return
         given = self.settings.admin_password
         password = given.get_secret_value() if given else secrets.token_urlsafe(12)
-        await self.users.add("admin", password, role="admin")
+        try:
+            await self.users.add("admin", password, role="admin")
+        except InvalidInput:
+            if await self.users.count() > 0:
+                return  # another replica, starting at the same time, made it first
+            raise
         log.info("admin_created", credentials_generated=given is None)
         if given is None:
             # Printed once to the operator's terminal, never logged.
@@ -221,7 +230,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
-    media = MediaStore(settings.data_dir.resolve() / "media")
+    media = media_store_for(settings)
     provider_limits.configure(settings.provider_concurrency)
     backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
     images = ImageStore(engine, media)

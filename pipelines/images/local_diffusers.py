@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ContentRefused, InvalidInput
-from pipelines import devices
+from pipelines import devices, job_runners
 from pipelines.backend_settings import BackendSettings
 from pipelines.images import latent_preview
 from pipelines.images.base import (
@@ -222,6 +222,7 @@ class LocalDiffusers:
         images = await self.runner.run(
             plan.device, functools.partial(render, spec, self.cache), progress
         )
+        plan = job_runners.plan_used(self.runner, plan)
         d = defaults_for(spec.model)
         parameters: dict[str, Any] = {
             "task": spec.task,
@@ -250,7 +251,10 @@ class LocalDiffusers:
         )
 
     async def _device_plan(self) -> devices.DevicePlan:
-        # The first call imports torch (seconds): do it off the event loop, once.
+        # The first call imports torch (seconds): do it off the event loop, once. A
+        # worker plans its own device; this process then need not have torch at all.
+        if job_runners.plans_on_worker(self.runner):
+            return job_runners.planned_here(self.device)
         if self._plan is None:
             self._plan = await asyncio.to_thread(devices.plan, self.device)
         return self._plan
@@ -501,12 +505,17 @@ def _png(image: Any, seed: int) -> GeneratedImage:
 
 
 def create_backend(settings: BackendSettings) -> LocalDiffusers | None:
-    """None when turned off or when the local extra (torch, diffusers) is not installed."""
-    if not settings.local_enabled or not (_installed("torch") and _installed("diffusers")):
+    """None when turned off or when the local extra (torch, diffusers) is not installed
+    here; with a broker (ATELIER_BROKER_URL) the workers need it, this process does not."""
+    if not settings.local_enabled:
+        return None
+    remote = bool(job_runners.broker_url_of(settings))
+    if not remote and not (_installed("torch") and _installed("diffusers")):
         return None
     return LocalDiffusers(
         model=settings.local_model,
         device=settings.local_device,
         lora_dir=settings.resolved_lora_dir,
+        runner=job_runners.runner_for(settings),
         models_dir=settings.local_models_dir,
     )

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidInput
-from pipelines import devices
+from pipelines import devices, job_runners
 from pipelines.backend_settings import BackendSettings
 from pipelines.images.pipeline_cache import load_text2img
 from pipelines.job_queue import JobCancelled, JobQueue, JobRunner
@@ -206,7 +206,10 @@ class LocalLoraTrainer:
     ) -> LoraTrainingResult:
         """Run the training job; raises CancelledError when stopped (checkpoint kept)."""
         layout = self._check(request)  # refuse before importing torch, if at all
-        plan = training_plan(await asyncio.to_thread(devices.plan, self.device), request.params)
+        if job_runners.plans_on_worker(self.runner):
+            plan = job_runners.planned_here(self.device)  # the worker plans it (job_codec)
+        else:
+            plan = training_plan(await asyncio.to_thread(devices.plan, self.device), request.params)
         job = TrainingJob(
             layout=layout,
             base_model=request.base_model,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput
-from pipelines import devices
+from pipelines import devices, job_runners
 from pipelines.backend_settings import BackendSettings
 from pipelines.images.base import InputImage, SizeRange
 from pipelines.images.pipeline_cache import PipelineCache, _dtype_argument, _source, load_error
@@ -176,6 +176,7 @@ class LocalStableVideo:
         video = await self.runner.run(
             plan.device, functools.partial(render_clip, spec, self.cache), progress or Progress()
         )
+        plan = job_runners.plan_used(self.runner, plan)
         return VideoResult(
             video=video,
             backend=self.id,
@@ -198,7 +199,10 @@ class LocalStableVideo:
         )
 
     async def _device_plan(self) -> devices.DevicePlan:
-        # The first call imports torch (seconds): do it off the event loop, once.
+        # The first call imports torch (seconds): do it off the event loop, once. A
+        # worker plans its own device; this process then need not have torch at all.
+        if job_runners.plans_on_worker(self.runner):
+            return job_runners.planned_here(self.device)
         if self._plan is None:
             self._plan = await asyncio.to_thread(devices.plan, self.device)
         return self._plan
@@ -298,12 +302,15 @@ def create_video_backend(settings: BackendSettings, images: Any = None) -> Local
     The image backend's job queue is reused when there is one, so a clip and an image
     never run on the device at the same time.
     """
-    if not settings.local_enabled or not (_installed("torch") and _installed("diffusers")):
+    if not settings.local_enabled:
+        return None
+    remote = bool(job_runners.broker_url_of(settings))
+    if not remote and not (_installed("torch") and _installed("diffusers")):
         return None
     shared = next((b for b in (images.available() if images else []) if b.id == "local"), None)
     return LocalStableVideo(
         model=settings.local_video_model,
         device=settings.local_device,
-        runner=getattr(shared, "runner", None),
+        runner=getattr(shared, "runner", None) or job_runners.runner_for(settings),
         models_dir=settings.local_models_dir,
     )
