@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import make_url, text
 
 from chat_app.bootstrap import SECRET_FILE, ensure_data_dir
+from chat_app.doctor_scale import scale_checks
 from chat_app.settings import Settings
 from core.errors import ConfigError
 from core.redact import redact_urls
@@ -134,6 +135,7 @@ async def run_checks(settings: Settings) -> list[Check]:
     )
     checks.extend(_models(settings))
     checks.append(_gpu())
+    checks.extend(await scale_checks(settings))  # broker, each live worker, media store
     secret_source = (
         "CHAINLIT_AUTH_SECRET"
         if settings.auth_secret
@@ -153,4 +155,5 @@ def doctor(settings: Settings) -> int:
         # Details may quote URLs and library errors: no password leaves through them.
         print(f"{mark}{check.name.ljust(width)}  {redact_urls(check.detail)}")
     essential = {c.name: c.ok for c in checks}
-    return 0 if essential.get("data dir") and essential.get("database") else 1
+    needed = ("data dir", "database", "broker", "media")  # a broker is ok when not set
+    return 0 if all(essential.get(name) for name in needed) else 1
