@@ -41,10 +41,21 @@ def load_or_create_auth_secret(settings: Settings) -> str:
         value = path.read_text().strip()
         if len(value) >= 32:
             return value
+        path.unlink(missing_ok=True)  # too short to be one we wrote: replaced below
     value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written to a file of its own, then linked into place: of replicas starting together
+    # on a shared data dir, the first link wins and the others read the winner's secret
+    # (a cookie signed by one must be honoured by all).
+    draft = path.with_name(f"{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        draft.unlink()
     return value
 
 

@@ -227,6 +227,11 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
 
     if engine.dialect.name != "sqlite":
         async with engine.begin() as connection:
+            # Replicas starting together would each create the same tables; the lock
+            # makes the later ones wait, and alembic then finds the schema current.
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext('atelier-migrate'))")
+            )
             await connection.run_sync(upgrade)
         return
     async with one_writer(engine), engine.connect() as connection:
