@@ -140,8 +140,15 @@ async def overhead(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
-def build_full_size_sd(folder: Path) -> Path:
-    """SD 1.5's architecture with random weights; configs as in its model_index folders."""
+def build_full_size_sd(folder: Path, device: str = "cpu") -> Path:
+    """SD 1.5's architecture with random weights, saved like a downloaded checkpoint.
+
+    The modules are made on the target device (random init of ~1.07 B parameters on a
+    GPU takes a moment, on a CPU tens of seconds) and saved in float16 on CUDA (half the
+    bytes to write and read back); the loader casts them to the plan's dtype anyway.
+    The tokenizer is the tests' hand-written byte-level one: its ids fit CLIP's 49408
+    vocabulary, and speed does not depend on it.
+    """
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
     from diffusers import UNet2DConditionModel as UNet
@@ -149,46 +156,55 @@ def build_full_size_sd(folder: Path) -> Path:
 
     from tests.tiny_models import write_tiny_clip_tokenizer
 
-    torch.manual_seed(0)
-    unet = UNet(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    # The tokenizer stays tiny (its ids fit the full vocabulary); speed does not depend on it.
+    folder = Path(folder)
     write_tiny_clip_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            act_fn="silu",
+            center_input_sample=False,
+            flip_sin_to_cos=True,
+            freq_shift=0,
         )
-    )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            norm_num_groups=32,
+            act_fn="silu",
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                projection_dim=768,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -197,9 +213,9 @@ def build_full_size_sd(folder: Path) -> Path:
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        unet=unet.to(dtype),
+        vae=vae.to(dtype),
+        text_encoder=text_encoder.to(dtype),
         tokenizer=tokenizer,
         scheduler=scheduler,
         safety_checker=None,
@@ -207,6 +223,10 @@ def build_full_size_sd(folder: Path) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
+    write_tiny_clip_tokenizer(folder / "tokenizer")  # transformers 5 saves tokenizer.json only
+    del pipe, unet, vae, text_encoder
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return folder
 
 
@@ -222,7 +242,7 @@ async def full_size(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     if not has_cuda and not args.allow_cpu:
         return {"skipped": "no CUDA device; --full-size measures GPU speed (--allow-cpu forces)"}
     started = time.perf_counter()
-    build_full_size_sd(folder)
+    build_full_size_sd(folder, "cuda" if has_cuda else "cpu")
     built = time.perf_counter() - started
     backend = LocalDiffusers(model=str(folder), device=args.device)
     request = ImageRequest("a lighthouse at dusk", size="512x512", steps=args.steps, seed=1)
