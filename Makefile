@@ -26,11 +26,14 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 run: $(VENV)/.app-installed
 	$(VENV)/bin/atelier run
 
-# Browser tests drive Debian's Chromium (Playwright cannot download its own offline).
+# Browser tests drive Debian's Chromium (Playwright cannot download its own offline);
+# the replica tests put Debian's nginx, with deploy/nginx.conf, in front of the app
+# (the package starts a default nginx on port 80: stopped again, the tests run their own).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && { command -v nginx || test -x /usr/sbin/nginx; }; } >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nginx >/dev/null && \
+	  { $(SUDO) service nginx stop >/dev/null 2>&1 || true; }; }
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .

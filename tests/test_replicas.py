@@ -17,9 +17,13 @@ against two trivial servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
+import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -34,18 +38,19 @@ from sqlalchemy import text
 
 from memory.db import create_engine, session_factory
 from memory.users import UserStore
-from tests.app_process import ADMIN_PASSWORD, AppProcess
+from tests.app_process import ADMIN_PASSWORD, AppProcess, free_port
 from tests.chat_client import ChatSession, outputs
 from tests.db_fixtures import db_url  # noqa: F401 - fixture
 from tests.sticky_proxy import COOKIE, StickyProxy
 from tests.test_crash_recovery import HoldingOpenAI
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_sync
 from tests.worker_fixtures import worker_pool  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(300)
 
 T = TypeVar("T")
 PASSWORD = "replica-test-password"
+REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Replicas share one server database: the PostgreSQL variant of tests/db_fixtures.py.
 on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -434,3 +439,113 @@ async def test_the_proxy_pins_a_client_and_fails_over():
         await live.wait_closed()
         none = await client.get("/")
         assert none.status_code == 502 and "No replica is available" in none.text
+
+
+# ------------------------------------------------------------- nginx, as deploy/ runs it
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def _nginx_config(folder: Path, port: int, apps: list[AppProcess]) -> Path:
+    """deploy/nginx.conf as shipped, with this test's replicas, port and writable paths.
+
+    Only addresses and file places change; the stickiness, fail-over and socket rules
+    are the file's own. `X-Upstream` tells the test which replica answered."""
+    text_ = (REPO / "deploy" / "nginx.conf").read_text()
+    servers = "".join(
+        f"        server 127.0.0.1:{app.port} max_fails=1 fail_timeout=10s;\n" for app in apps
+    )
+    text_ = re.sub(r"(        server app\d:8000 [^\n]*\n)+", servers, text_)
+    text_ = text_.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    text_ = text_.replace(
+        "add_header Set-Cookie $atelier_sticky_cookie always;",
+        "add_header Set-Cookie $atelier_sticky_cookie always;\n"
+        "            add_header X-Upstream $upstream_addr always;",
+    )
+    places = "".join(
+        f"    {name}_temp_path {folder / name};\n"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text_ = text_.replace(
+        "http {\n", f"http {{\n{places}    access_log {folder / 'access.log'};\n", 1
+    )
+    text_ = f"pid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'};\n" + text_
+    assert "app1:8000" not in text_ and f"127.0.0.1:{port}" in text_
+    path = folder / "nginx.conf"
+    path.write_text(text_)
+    return path
+
+
+@contextlib.contextmanager
+def _nginx(folder: Path, apps: list[AppProcess]) -> Iterator[str]:
+    assert NGINX is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = _nginx_config(folder, port, apps)
+    checked = subprocess.run([NGINX, "-t", "-c", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    proc = subprocess.Popen(
+        [NGINX, "-c", str(config), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_sync(lambda: _answers(base_url), 20, "nginx to listen")
+        yield base_url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        httpx.get(base_url + "/", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+@on_postgres
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it)")
+async def test_behind_nginx_with_the_deploy_config(replicas, tmp_path, db_url):  # noqa: F811
+    """The shipped deploy/nginx.conf in front of two replicas: the browser stays on one
+    replica (polling and websocket alike), and when that one is killed the same cookie
+    carries on on the other and the conversation resumes."""
+    apps = replicas(2, CHAINLIT_AUTH_SECRET=secrets.token_urlsafe(48))
+    with _nginx(tmp_path / "nginx", apps) as base_url:
+        login = await _login(base_url)
+        cookie = _cookie_header(login)
+        assert COOKIE in login.cookies  # nginx's own stickiness cookie
+        chat = ChatSession(base_url, cookie)
+        await chat.connect()
+        assert "You said: hello one" in outputs(await chat.send("hello one"))
+        async with httpx.AsyncClient() as client:
+            answers = [
+                await client.get(f"{base_url}/user", headers={"Cookie": cookie}) for _ in range(4)
+            ]
+        upstreams = {a.headers["x-upstream"] for a in answers}
+        assert len(upstreams) == 1, upstreams  # pinned
+        (holder_addr,) = upstreams
+        holder = next(app for app in apps if holder_addr.endswith(f":{app.port}"))
+        await _wait_for(
+            lambda: _stored_outputs(db_url, chat.thread_id),
+            lambda stored: "You said: hello one" in stored,
+            "the first exchange to be stored",
+        )
+        _kill(holder)
+        await chat.close()
+
+        async with httpx.AsyncClient() as client:
+            who = await client.get(f"{base_url}/user", headers={"Cookie": cookie})
+        assert who.status_code == 200 and who.json()["identifier"] == "admin", who.text
+        assert not who.headers["x-upstream"].endswith(f":{holder.port}")
+
+        resumed = ChatSession(base_url, cookie)
+        await resumed.connect(resume_thread=chat.thread_id)
+        typed = [s["output"] for s in resumed.resumed["steps"] if s["type"] == "user_message"]
+        assert typed == ["hello one"], typed
+        assert "You said: hello two" in outputs(await resumed.send("hello two"))
+        await resumed.close()
