@@ -393,6 +393,65 @@ async def test_a_fresh_deployment_works_as_one(
                 redis_client.delete(*keys)
 
 
+@on_postgres
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_job_whose_user_left_completes_and_shows_on_resume(
+    replicas,
+    worker_pool,  # noqa: F811
+    tiny_sd_dir,
+    redis_client,
+    db_url,  # noqa: F811
+):
+    """The user closes the tab while a worker runs their image: the job is not cancelled
+    (only Stop cancels), its result is stored once, and it is there when they come
+    back."""
+    worker_pool.start("w1")
+    [app] = replicas(1, ATELIER_LOCAL_MODEL=str(tiny_sd_dir), **worker_pool.env)
+    await asyncio.to_thread(worker_pool.wait_ready)
+    login = await _login(app.base_url)
+    cookie = _cookie_header(login)
+    chat = ChatSession(app.base_url, cookie)
+    await chat.connect()
+    await chat.send("/backend local")
+    asking = asyncio.create_task(
+        chat.send("/image a small red house --seed 5 --size 64x64 --steps 60", timeout=120)
+    )
+    await wait_until(
+        lambda: redis_client.exists(f"{worker_pool.prefix}busy:w1"), 60, "the worker to start"
+    )
+    await chat.close()  # the tab is closed mid-job
+    asking.cancel()
+    with pytest.raises((asyncio.CancelledError, Exception)):
+        await asking
+
+    await _wait_for(
+        lambda: _image_count(db_url, chat.thread_id),
+        lambda count: count == 1,
+        "the image made for nobody watching to be stored",
+        timeout=90,
+    )
+    stats = redis_client.hgetall(f"{worker_pool.prefix}stats")
+    assert int(stats.get(b"succeeded", 0)) == 1 and not stats.get(b"cancelled"), stats
+
+    back = ChatSession(app.base_url, cookie)
+    await back.connect(resume_thread=chat.thread_id)
+    images = [e for e in back.resumed["elements"] if e["type"] == "image"]
+    assert len(images) == 1, back.resumed["elements"]
+    await back.close()
+    assert "Traceback" not in app.log(), app.log()[-4000:]
+
+
+async def _image_count(database_url: str, thread_id: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            query = text("SELECT count(*) FROM images WHERE thread_id = :t")
+            return int((await conn.scalar(query, {"t": thread_id})) or 0)
+    finally:
+        await engine.dispose()
+
+
 # --------------------------------------------------------------------------- the proxy
 
 
