@@ -143,6 +143,7 @@ async def _gallery_backfill(args: argparse.Namespace) -> int:
     from chat_app.embedding_worker import backfill, build_likeness
     from memory.db import create_engine, migrate
     from memory.media_stores import media_store_for
+    from pipelines import job_runners
 
     settings = _settings(args)
     ensure_data_dir(settings)
@@ -153,6 +154,8 @@ async def _gallery_backfill(args: argparse.Namespace) -> int:
         likeness, worker = build_likeness(settings, engine, media)
         if worker is None:
             raise AtelierError(likeness.how_to_enable)
+        # With a broker, workers embed; this process hands them the jobs meanwhile.
+        await job_runners.start(settings)
         shown = [0.0]
 
         def progress(done: int, stored: int, total: int) -> None:
@@ -164,6 +167,7 @@ async def _gallery_backfill(args: argparse.Namespace) -> int:
         print(f"Embedding images with {settings.clip_model} ...", flush=True)
         stored, total = await backfill(worker, args.batch, progress)
     finally:
+        await job_runners.reset()
         await engine.dispose()
     failed = total - stored
     if not total:

@@ -10,6 +10,10 @@ them) embeds them. Nothing here can fail a turn.
 
 Images recorded while the queue is full, or while the app is down, are left to the
 backfill too; the queue holds ids only, so its bound is about bursts, not memory.
+
+With a broker configured (ATELIER_BROKER_URL) the forward passes are `embedding` jobs
+on `atelier worker` processes (`Likeness.remote`); this task then only reads files,
+waits for the vectors and stores them, and the app needs no torch.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from core.logging_setup import get_logger
 from memory.image_embeddings import EmbeddingIndex, ImageSource
 from memory.images import ImageRecord
 from memory.media_store import MediaStorage
-from pipelines.scoring import clip_embeddings
+from pipelines.scoring import clip_embeddings, clip_jobs
 from pipelines.scoring.likeness import Likeness
 
 if TYPE_CHECKING:
@@ -120,9 +124,12 @@ class EmbeddingWorker:
         if time.monotonic() < self._model_retry_at:
             return False
         try:
-            await self._in_thread(
-                clip_embeddings.load_model, self.likeness.model_id, self.likeness.device
-            )
+            if self.likeness.remote is not None:
+                await self.likeness.remote.load(self.likeness.model_id)
+            else:
+                await self._in_thread(
+                    clip_embeddings.load_model, self.likeness.model_id, self.likeness.device
+                )
         except AtelierError as exc:
             self._model_retry_at = time.monotonic() + MODEL_RETRY_S
             log.warning(
@@ -144,6 +151,8 @@ class EmbeddingWorker:
         return self.likeness.media
 
     async def _vectors(self, images: list[bytes]) -> Any:  # a float32 array, a row each
+        if self.likeness.remote is not None:
+            return await self.likeness.remote.embed_images(self.likeness.model_id, images)
         return await self._in_thread(
             clip_embeddings.embed_images, images, self.likeness.model_id, self.likeness.device
         )
@@ -175,12 +184,16 @@ def build_likeness(
             "Search by likeness is turned off; set ATELIER_GALLERY_LIKENESS=true and restart "
             "the app to turn it on."
         ), None
-    if not clip_embeddings.extra_installed():
+    # With a broker, workers embed: the app itself may lack torch.
+    remote = clip_jobs.remote_clip(settings)
+    if remote is None and not clip_embeddings.extra_installed():
         return Likeness.unavailable(
             "Search by likeness needs the local extra (torch and transformers): install it "
             f"with {clip_embeddings.EXTRA_HINT} and restart the app."
         ), None
-    likeness = Likeness(EmbeddingIndex(engine), media, settings.clip_model, settings.local_device)
+    likeness = Likeness(
+        EmbeddingIndex(engine), media, settings.clip_model, settings.local_device, remote
+    )
     return likeness, EmbeddingWorker(likeness)
 
 

@@ -40,6 +40,7 @@ from memory.videos import VideoStore
 from pipelines import job_runners, provider_limits
 from pipelines.catalogue.pricing import PriceTable
 from pipelines.images.registry import BackendRegistry
+from pipelines.scoring import clip_jobs
 from pipelines.training.registry import TrainingBackendRegistry
 from pipelines.video.video_registry import VideoBackendRegistry
 from tools.batch_runner import BatchRunner
@@ -235,6 +236,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
     backends = BackendRegistry.from_settings(settings, load_catalogue(settings))
     images = ImageStore(engine, media)
     likeness, embeddings = build_likeness(settings, engine, media)
+    clip_remote = clip_jobs.remote_clip(settings)  # None: CLIP runs in this process
     if embeddings is not None:
         images.on_recorded = embeddings.enqueue
     runtime = Runtime(
@@ -255,6 +257,7 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
             rewrite=_prompt_rewriter(settings),
             curations=CurationStore(engine),
             clip_model=settings.clip_model if settings.clip_enabled else None,
+            clip_remote=clip_remote,  # set: CLIP runs on workers (ATELIER_BROKER_URL)
             prices=PriceTable.load(
                 settings.prices_file, local_usd_per_gpu_second=settings.local_usd_per_gpu_second
             ),

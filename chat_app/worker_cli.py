@@ -14,7 +14,7 @@ from typing import Any
 
 from core.errors import ConfigError
 
-KINDS = ("image", "video", "training")
+KINDS = ("image", "video", "training", "embedding")
 
 
 def add_worker_parser(sub: Any) -> None:
@@ -25,7 +25,7 @@ def add_worker_parser(sub: Any) -> None:
     worker.add_argument(
         "--queues",
         default=",".join(KINDS),
-        help="the kinds of job it takes: image,video,training (default all)",
+        help="the kinds of job it takes: image,video,training,embedding (default all)",
     )
     worker.add_argument("--name", help="the worker's name (default hostname-device)")
     worker.add_argument("--data-dir", help="where the LoRA folder is (ATELIER_DATA_DIR)")

@@ -77,7 +77,7 @@ class WorkerPool:
         self,
         name: str,
         *,
-        kinds: tuple[str, ...] = ("image", "video", "training"),
+        kinds: tuple[str, ...] = ("image", "video", "training", "embedding"),
         device: str = "cpu",
     ) -> None:
         """Start worker `name` (again, after a kill) on `device`."""

@@ -43,7 +43,7 @@ async def _check_quality(ctx: ToolContext, args: CheckQualityArgs) -> tuple[str,
         [data],
         prompt,
         weights,
-        image_scoring.clip_for(ctx.services.clip_model),
+        image_scoring.clip_for(ctx.services.clip_model, ctx.services.clip_remote),
     )
     scored = ranked[0]
     await ctx.services.curation_store().record_scores(

@@ -25,6 +25,7 @@ from tools.styles import StyleLibrary
 
 if TYPE_CHECKING:
     from memory.schedules import ScheduleStore
+    from pipelines.scoring.clip_jobs import RemoteClip
     from pipelines.scoring.likeness import Likeness
     from tools.batch_runner import BatchRunner
     from tools.batch_setup import BatchSetup
@@ -76,6 +77,7 @@ class Services:
     rewrite: PromptRewriter | None = None  # None: no chat model to refine prompts
     curations: CurationStore | None = None
     clip_model: str | None = None  # None: text–image agreement is not scored
+    clip_remote: RemoteClip | None = None  # set: CLIP scores come from workers (a broker)
     prices: PriceTable | None = None  # None: costs are not recorded
     ledger: Ledger | None = None  # None: no budgets are kept (see tools/spending.py)
     operator_limits: OperatorLimits | None = None

@@ -170,7 +170,7 @@ async def _curate_images(ctx: ToolContext, args: CurateImagesArgs) -> tuple[str,
         made = await _generate(ctx, sent, args.n, args.size, chosen.negative if chosen else None)
         pairs, made_notes = made.images, made.notes
         text_prompt = args.prompt.strip()
-    clip = image_scoring.clip_for(ctx.services.clip_model)
+    clip = image_scoring.clip_for(ctx.services.clip_model, ctx.services.clip_remote)
     ranked, notes, weights = await asyncio.to_thread(
         image_scoring.score_images, [data for _, data in pairs], text_prompt, weights, clip
     )

@@ -30,6 +30,7 @@ KINDS = {
     "pipelines.images.local_diffusers.render": "image",
     "pipelines.video.local_video.render_clip": "video",
     "pipelines.training.lora_training.run_training": "training",
+    "pipelines.scoring.clip_jobs.run_clip_job": "embedding",
 }
 _ALLOWED_MODULES = ("pipelines.", "core.", "pathlib", "datetime", "collections", "decimal")
 _ALLOWED_BUILTINS = {"set", "frozenset", "tuple", "list", "dict", "complex", "bytearray", "slice"}
@@ -46,7 +47,7 @@ CACHE = _CacheMarker()
 
 
 def job_kind(fn: Callable[..., Any]) -> str:
-    """ "image", "video" or "training"; ValueError for a function workers do not run."""
+    """ "image", "video", "training" or "embedding"; ValueError for what workers do not run."""
     func = getattr(fn, "func", fn)
     name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
     if name not in KINDS:

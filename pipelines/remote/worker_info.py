@@ -16,7 +16,7 @@ class WorkerInfo:
     """
 
     name: str
-    kinds: tuple[str, ...]  # "image", "video", "training"
+    kinds: tuple[str, ...]  # "image", "video", "training", "embedding"
     device: str  # "cuda:0", "cpu"
     device_name: str = ""  # "NVIDIA H200"
     memory_total_mb: int | None = None

@@ -39,7 +39,7 @@ log = get_logger(__name__)
 HEARTBEAT_S = 1.0
 CANCEL_POLL_S = 0.2
 EVENT_INTERVAL_S = 0.2  # at most 5 progress events a second
-ALL_KINDS = ("image", "video", "training")
+ALL_KINDS = ("image", "video", "training", "embedding")
 
 
 def default_name(device: str) -> str:
@@ -144,6 +144,10 @@ class _Worker:
         for cache in self.caches.values():
             with cache._lock:  # PipelineCache has no public listing yet
                 models.extend(model for model, _device, _dtype in cache._entries)
+        # CLIP models (embedding jobs) stay loaded for the life of the process.
+        from pipelines.scoring.clip_scoring import LOADS
+
+        models.extend(model for model, _device in list(LOADS))
         return tuple(dict.fromkeys(models))
 
     def run_job(self, job_id: str, attempt: int) -> None:

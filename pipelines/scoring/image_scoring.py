@@ -15,9 +15,13 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.errors import AtelierError, InvalidInput
 from memory.curations import StoredScore
+
+if TYPE_CHECKING:
+    from pipelines.scoring.clip_jobs import RemoteClip
 
 # The names of quality_rules.CHECKS, which is imported on first use (numpy and scipy
 # cost start-up time); tests/test_startup_imports.py checks that the two agree.
@@ -59,10 +63,17 @@ def weights_for(criteria: Sequence[str] | None, style_weights: dict[str, float] 
     return dict(style_weights or DEFAULT_WEIGHTS)
 
 
-def clip_for(model_id: str | None) -> ClipFunction | str:
-    """A CLIP scoring function, or why there is none (for an honest note in the chat)."""
+def clip_for(model_id: str | None, remote: RemoteClip | None = None) -> ClipFunction | str:
+    """A CLIP scoring function, or why there is none (for an honest note in the chat).
+
+    With `remote` (a broker is configured) the scores are computed by an `atelier worker`
+    as an `embedding` job, so this process needs no torch; call this on the event loop
+    then (the function it returns blocks its own thread, never the loop).
+    """
     if model_id is None:
         return "turned off (ATELIER_CLIP_ENABLED)"
+    if remote is not None:
+        return remote.blocking_scorer(model_id)
     for module in ("torch", "transformers"):
         if importlib.util.find_spec(module) is None:
             return "text–image agreement needs the local extra (pip install 'atelier[local]')"

@@ -6,7 +6,9 @@ prompt said. What the gallery routes and the `find_images` tool call; they hide 
 feature when `available` is false and show `how_to_enable` instead.
 
 Embedding a query is blocking model work: it runs in a worker thread (the loaded model is
-shared and thread-safe). The search itself is `EmbeddingIndex.nearest`: exact, owner-only.
+shared and thread-safe), or, with a broker configured, as an `embedding` job on an
+`atelier worker` (`remote`, pipelines/scoring/clip_jobs.py), so an app without torch can
+search too. The search itself is `EmbeddingIndex.nearest`: exact, owner-only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pipelines.scoring import clip_embeddings
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipelines.scoring.clip_jobs import RemoteClip
+
 MAX_MODEL_KEY = 255  # image_embeddings.model
 
 
@@ -39,7 +43,12 @@ class Likeness:
     """Likeness search over one CLIP model's vectors; `unavailable` when it cannot run."""
 
     def __init__(
-        self, index: EmbeddingIndex, media: MediaStorage, model_id: str, device: str = "auto"
+        self,
+        index: EmbeddingIndex,
+        media: MediaStorage,
+        model_id: str,
+        device: str = "auto",
+        remote: RemoteClip | None = None,
     ) -> None:
         self.available = True
         self.how_to_enable = ""
@@ -48,6 +57,7 @@ class Likeness:
         self.model_id = model_id
         self.model = model_key(model_id)
         self.device = device
+        self.remote = remote  # set: vectors are computed by workers, not in this process
 
     @classmethod
     def unavailable(cls, how_to_enable: str) -> Likeness:
@@ -62,9 +72,7 @@ class Likeness:
     ) -> list[tuple[str, float]]:
         """The user's k images that look most like `text`: (image id, cosine), best first."""
         self._check_available()
-        query = await asyncio.to_thread(
-            clip_embeddings.embed_text, text, self.model_id, self.device
-        )
+        query = await self.text_vector(text)
         return await self.index.nearest(user_id, self.model, query, k, among)
 
     async def more_like(
@@ -89,11 +97,23 @@ class Likeness:
         if not sources or sources[0].user_id != user_id:
             raise NotFound(f"No image with id {image_id} in your conversations.")
         data = await asyncio.to_thread(self.media.get, sources[0].media_key)
-        rows = await asyncio.to_thread(
-            clip_embeddings.embed_images, [data], self.model_id, self.device
-        )
+        rows = await self.image_vectors([data])
         await self.index.add(image_id, user_id, self.model, rows[0])
         return rows[0]
+
+    async def text_vector(self, text: str) -> np.ndarray:
+        """A query's vector: on a worker when CLIP runs there, else in a thread here."""
+        if self.remote is not None:
+            return await self.remote.embed_text(self.model_id, text)
+        return await asyncio.to_thread(clip_embeddings.embed_text, text, self.model_id, self.device)
+
+    async def image_vectors(self, images: Sequence[bytes]) -> np.ndarray:
+        """Image vectors, a row each: on a worker when CLIP runs there, else here."""
+        if self.remote is not None:
+            return await self.remote.embed_images(self.model_id, images)
+        return await asyncio.to_thread(
+            clip_embeddings.embed_images, list(images), self.model_id, self.device
+        )
 
     def _check_available(self) -> None:
         if not self.available:
