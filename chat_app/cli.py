@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chat_app import listen
+from chat_app.tokens_cli import add_tokens_parser
 from chat_app.worker_cli import add_worker_parser
 from core.errors import AtelierError
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--data-dir")
     doctor.set_defaults(func=_doctor)
     add_worker_parser(sub)  # `atelier worker` (chat_app/worker_cli.py)
+    add_tokens_parser(sub)  # `atelier tokens` (chat_app/tokens_cli.py)
     return parser
 
 

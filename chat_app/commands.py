@@ -3,7 +3,7 @@
 A tool's commands, their options and their lines in /help all come from the tool's one
 declaration (tools/declaration.py), so `/edit` takes exactly what `edit_image` takes and
 both paths share validation, recording and rendering. The few commands that are not
-tools (/help, /cost, /styles, /backend, /loras) are listed here.
+tools (/help, /cost, /styles, /backend, /loras, /tokens) are listed here.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ CHAT_COMMANDS: list[ChatCommand] = [
     ChatCommand("cost", "receipt", "Spending by day, model and backend, with a chart and CSV"),
     ChatCommand("styles", "palette", "List the style presets for /refine and /curate"),
     ChatCommand("backend", "server", "Switch backend/model: /backend replicate:owner/name"),
+    ChatCommand("tokens", "key", "Your API tokens: /tokens new NAME [DAYS], /tokens revoke ID"),
     ChatCommand("help", "circle-help", "What Atelier can do and how to use it"),
 ]
 _CHAT_BY_NAME = {command.name: command for command in CHAT_COMMANDS}
@@ -109,6 +110,10 @@ async def _chat_command(runtime: Runtime, ctx: ToolContext, name: str, text: str
         await rendering.notice(await settings_panel.use_backend(runtime, text, ctx.turn.user_id))
     elif name == "loras":
         await rendering.notice("**Your LoRAs**\n\n" + await train_lora.training_status(ctx))
+    elif name == "tokens":
+        from chat_app import token_chat
+
+        await token_chat.run(runtime.api_tokens, ctx.turn.user_id, text)
     elif name == "cost":
         await cost_report.show(
             runtime.services.ledger,

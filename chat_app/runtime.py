@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import batch_display, training_display
+from chat_app.api_limits import ApiLimits
 from chat_app.embedding_worker import EmbeddingWorker, build_likeness
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
 from core.errors import InvalidInput
 from core.logging_setup import get_logger
+from memory.api_tokens import ApiTokenStore
 from memory.auth_sessions import AuthSessionStore
 from memory.batches import BatchStore
 from memory.curations import CurationStore
@@ -71,6 +73,8 @@ class Runtime:
     auth_sessions: AuthSessionStore  # server-side login sessions (revocable cookies)
     auth_secret: str
     services: Services  # what every tool call shares (stores, backends, prices, trainings)
+    api_tokens: ApiTokenStore  # the HTTP API's bearer tokens (hashes only)
+    api_limits: ApiLimits  # the HTTP API's per-token rate, job slots and body size
     # The worker that embeds each stored image for the gallery's search by likeness
     # (`services.likeness`); None without the local extra or with the setting off.
     embeddings: EmbeddingWorker | None = None
@@ -247,6 +251,8 @@ def build_runtime(settings: Settings, auth_secret: str) -> Runtime:
         users=UserStore(session_factory(engine)),
         auth_sessions=AuthSessionStore(session_factory(engine), _login_lifetime()),
         auth_secret=auth_secret,
+        api_tokens=ApiTokenStore(session_factory(engine)),
+        api_limits=ApiLimits.from_settings(settings),
         embeddings=embeddings,
         services=Services(
             backends=backends,

@@ -178,6 +178,19 @@ class Settings(BaseSettings):
     # GET /metrics (Prometheus) answers only with this bearer token; unset, it is a 404.
     metrics_token: SecretStr | None = Field(None, validation_alias=_env("ATELIER_METRICS_TOKEN"))
 
+    # The HTTP API (issue 19), per API token: requests per minute, jobs running at once
+    # (both answered 429 with Retry-After past the limit; shared through ATELIER_REDIS_URL
+    # when set), and the largest request body (413), uploads included.
+    api_rate_per_minute: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        60, validation_alias=_env("ATELIER_API_RATE_PER_MINUTE")
+    )
+    api_concurrent_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
+        4, validation_alias=_env("ATELIER_API_CONCURRENT_JOBS")
+    )
+    api_max_request_mb: Annotated[int, Field(ge=1, le=1024)] = Field(
+        25, validation_alias=_env("ATELIER_API_MAX_REQUEST_MB")
+    )
+
     # Uploads (issue 12, memory): how many uploads one user may send at the same time;
     # more answer 429. Each is streamed to disk with the size limit of Chainlit's
     # [features.spontaneous_file_upload] max_size_mb enforced while reading.

@@ -49,6 +49,7 @@ COMMAND_TITLES = {
     "styles": "Style presets",
     "loras": "Your LoRAs",
     "backend": "Backend settings",
+    "tokens": "API tokens",
 }
 _SESSION_KEY = "conversation_title_checked"
 _OPTION = re.compile(r"(?:^|\s)--[\w-]+(?:=\S*|\s+(?!--)\S+)?")

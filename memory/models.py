@@ -571,3 +571,29 @@ class Schedule(Base):
     last_batch_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A user's key for the HTTP API (`Authorization: Bearer atl_…`), stored as a hash.
+
+    Only the SHA-256 of the token is kept (the token is 256 random bits, so a fast hash
+    is enough and lets a request find its row by one index lookup), plus the first
+    characters for the user to recognise it in a list. A request is honoured only while
+    the row exists, is not revoked, has not expired and its user still exists
+    (memory/api_tokens.py); removing the user deletes the rows with it.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in lists: "atl_AbCd1234"
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
