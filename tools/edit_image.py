@@ -10,7 +10,7 @@ told which backends can.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -49,6 +49,13 @@ DESCRIPTION = (
 
 
 async def _edit_image(ctx: ToolContext, args: EditImageArgs) -> tuple[str, ToolArtifact]:
+    return await edit(ctx, args)
+
+
+async def edit(ctx: ToolContext, args: EditImageArgs, **asked: Any) -> tuple[str, ToolArtifact]:
+    """The edit, with `asked` options (n, size, quality, background, output_format) for
+    callers that take them (the HTTP API); the chat's tool asks for none of them, so an
+    edit there keeps the source's size."""
     instruction = args.instruction.strip()
     if not instruction:
         raise InvalidInput("Say what to change, e.g. 'make the sky bluer'.")
@@ -56,7 +63,7 @@ async def _edit_image(ctx: ToolContext, args: EditImageArgs) -> tuple[str, ToolA
     extras = [await ctx.image(extra) for extra in args.extra_image_ids or []]
     mask = await ctx.image(args.mask_id) if args.mask_id else None
     planned = image_jobs.plan(
-        ctx, instruction, args.backend, strength=args.strength, seed=args.seed
+        ctx, instruction, args.backend, strength=args.strength, seed=args.seed, **asked
     )
     caps = planned.backend.capabilities(planned.request.model)
     edit_model = getattr(planned.backend, "edit_model", None)
@@ -67,6 +74,7 @@ async def _edit_image(ctx: ToolContext, args: EditImageArgs) -> tuple[str, ToolA
             f"{planned.backend.id}:{edit_model}",
             strength=args.strength,
             seed=args.seed,
+            **asked,
         )
         caps = planned.backend.capabilities(edit_model)
     if caps.edit == "none":
@@ -89,8 +97,9 @@ async def _edit_image(ctx: ToolContext, args: EditImageArgs) -> tuple[str, ToolA
         images=tuple(images),
         mask=await image_jobs.input_image(ctx, mask) if mask else None,
     )
-    # An edit keeps the source's size when the model can make it.
-    request = replace(request, size=_source_size(caps, source) or request.size)
+    # An edit keeps the source's size when the model can make it, unless a size was asked.
+    if not asked.get("size"):
+        request = replace(request, size=_source_size(caps, source) or request.size)
     planned = replace(planned, request=request)
     artifact = await image_jobs.run(
         ctx,

@@ -1,0 +1,183 @@
+"""The conversation an API token's images land in: "API · <token name>", one per token.
+
+Images made over the API are the user's like any other, so they are kept where the user
+looks for images: a conversation in the history sidebar, and through it the gallery and
+the lineage. Each token gets its own conversation, so a user can tell which tool made
+what. Its id is derived from the token's id (a UUID5), which makes "find or create" one
+INSERT … ON CONFLICT DO NOTHING: two requests of the same token at the same moment land
+in the same conversation, with no lookup to race on.
+
+Each request is written as the chat writes a message and its answer (as
+memory/gallery_actions.py does for a reused image): a user step with what was asked
+(and the uploaded images as its elements), then an assistant step whose elements are
+the results, named "<image id>.<ext>" so the chat puts the image's buttons on them when
+the conversation is opened. A refused or failed request gets an error step instead, so
+the history says what happened to it.
+
+Only the owner's conversation is written: a derived id that somehow belongs to another
+user is NotFound, as everywhere else.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.errors import NotFound
+from memory import media_claims
+from memory.db import session_factory, write_session
+from memory.images import ImageRecord
+from memory.models import Element, Step, Thread, new_id, utcnow
+
+# Fixed namespace for the conversation ids of API tokens (never change it: ids derive from it).
+_NAMESPACE = uuid.UUID("0b6f3f8e-5d0a-4c7e-9a51-7a3e1c2f9d40")
+_NAME_CHARS = 255
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+@dataclass(frozen=True)
+class ApiConversation:
+    """Where one API request is recorded: the conversation and its two steps' ids."""
+
+    thread_id: str
+    request_step_id: str
+    reply_step_id: str
+
+
+def conversation_id(token_id: str) -> str:
+    """The id of the token's conversation (the same every time, for the same token)."""
+    return str(uuid.uuid5(_NAMESPACE, f"api-token:{token_id}"))
+
+
+def conversation_name(token_name: str) -> str:
+    return f"API · {token_name}"[:_NAME_CHARS]
+
+
+class ApiThreads:
+    """Writes API requests and their results into each token's conversation."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = session_factory(engine)
+        self._insert = media_claims.insert_for(engine)
+
+    async def open(self, user_id: str, token_id: str, token_name: str) -> ApiConversation:
+        """The token's conversation (made now if it is new, or was deleted) and fresh
+        step ids for one request."""
+        thread_id = conversation_id(token_id)
+        now = utcnow()
+        async with write_session(self._sessions) as session:
+            await session.execute(
+                self._insert(Thread)
+                .values(
+                    id=thread_id,
+                    user_id=user_id,
+                    name=conversation_name(token_name),
+                    meta={"api_token_id": token_id},
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+        if owner != user_id:
+            raise NotFound("No such conversation.")
+        return ApiConversation(thread_id, new_id(), new_id())
+
+    async def add_request(
+        self,
+        where: ApiConversation,
+        author: str,
+        text: str,
+        inputs: Sequence[ImageRecord] = (),
+    ) -> None:
+        """The user step: what the client asked for, with the images it sent."""
+        await self._add_step(where.thread_id, where.request_step_id, author, "user_message", text)
+        await self._add_images(where.thread_id, where.request_step_id, inputs)
+
+    async def add_reply(
+        self,
+        where: ApiConversation,
+        text: str,
+        images: Sequence[ImageRecord] = (),
+        *,
+        is_error: bool = False,
+    ) -> None:
+        """The assistant step: the results (or why there are none)."""
+        await self._add_step(
+            where.thread_id,
+            where.reply_step_id,
+            "Atelier",
+            "assistant_message",
+            text,
+            parent_id=None,
+            is_error=is_error,
+        )
+        await self._add_images(where.thread_id, where.reply_step_id, images)
+
+    async def _add_step(
+        self,
+        thread_id: str,
+        step_id: str,
+        name: str,
+        kind: str,
+        text: str,
+        *,
+        parent_id: str | None = None,
+        is_error: bool = False,
+    ) -> None:
+        now = utcnow()
+        version = time.time_ns()  # the data layer's write order: time based, increasing
+        stamp = now.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        async with write_session(self._sessions) as session:
+            session.add(
+                Step(
+                    id=step_id,
+                    thread_id=thread_id,
+                    parent_id=parent_id,
+                    name=name[:255],
+                    type=kind,
+                    input="",
+                    output=text,
+                    meta={},
+                    is_error=is_error,
+                    streaming=False,
+                    created_at=stamp,
+                    start_at=stamp,
+                    end_at=stamp,
+                    position=version,
+                    write_version=version,
+                )
+            )
+            # The conversation rises to the top of the sidebar with its newest activity.
+            await session.execute(
+                update(Thread).where(Thread.id == thread_id).values(updated_at=now)
+            )
+
+    async def _add_images(
+        self, thread_id: str, step_id: str, images: Sequence[ImageRecord]
+    ) -> None:
+        if not images:
+            return
+        now = utcnow()
+        async with write_session(self._sessions) as session:
+            for image in images:
+                session.add(
+                    Element(
+                        id=new_id(),
+                        thread_id=thread_id,
+                        for_id=step_id,
+                        type="image",
+                        # "<image id>.<ext>": the chat puts the image's buttons on it by name.
+                        name=f"{image.id}.{_EXTENSIONS.get(image.mime, 'png')}",
+                        display="inline",
+                        size="large",
+                        mime=image.mime,
+                        media_key=image.media_key,
+                        created_at=now,
+                    )
+                )
