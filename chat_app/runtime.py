@@ -100,6 +100,7 @@ class Runtime:
                 # A training whose process dies while others run is marked at once.
                 self.instances.sweeps.append(self.services.trainings.loras.mark_interrupted)
         await self._interrupt_dead_trainings()
+        await self._fail_dead_api_jobs()
         if ledger is not None and self.instances is not None:
             # What processes that died mid-action held is given back before any turn runs,
             # and marked interrupted so each user is told; live processes keep theirs.
@@ -196,6 +197,19 @@ class Runtime:
         interrupted = await self.services.trainings.loras.mark_interrupted(alive)
         if interrupted:
             log.warning("trainings_interrupted", count=interrupted)
+
+    async def _fail_dead_api_jobs(self) -> None:
+        """Jobs of the jobs API run in their process only: one that a dead process ran
+        is failed, saying so (now, and on each heartbeat for processes that die later)."""
+        from memory.api_jobs import ApiJobStore
+
+        store = ApiJobStore(self.engine)
+        alive = await self.instances.alive() if self.instances is not None else None
+        failed = await store.mark_interrupted(alive)
+        if failed:
+            log.warning("api_jobs_interrupted", count=len(failed))
+        if self.instances is not None:
+            self.instances.sweeps.append(store.mark_interrupted)
 
     async def _ensure_first_user(self) -> None:
         if await self.users.count() > 0:

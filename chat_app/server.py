@@ -49,7 +49,14 @@ def create_app(settings: Settings, public_origins: list[str] | None = None) -> F
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    from chat_app import metrics_route, openai_images_api, request_guards, token_routes
+    from chat_app import (
+        api_docs,
+        jobs_api,
+        metrics_route,
+        openai_images_api,
+        request_guards,
+        token_routes,
+    )
     from chat_app.batch_routes import router as batch_router
     from chat_app.gallery_routes import router as gallery_router
     from chat_app.media_route import router as media_router
@@ -59,9 +66,11 @@ def create_app(settings: Settings, public_origins: list[str] | None = None) -> F
     app.include_router(thumbnail_router)
     app.include_router(gallery_router)
     app.include_router(batch_router)
-    app.include_router(metrics_route.router_for(settings))
     app.include_router(token_routes.router)  # /api/tokens: the user's own API tokens
     app.include_router(openai_images_api.router)  # /v1: OpenAI's Images API
+    app.include_router(jobs_api.router)  # /api/v1/jobs: the jobs API
+    app.include_router(api_docs.router)  # /api/openapi.json and /api/docs
+    app.include_router(metrics_route.router_for(settings))
     request_guards.add_routes(app, settings)  # before the mount, so they take precedence
 
     from chainlit.config import config

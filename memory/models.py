@@ -597,3 +597,55 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+
+class ApiJob(Base):
+    """A job asked for over the jobs API (/api/v1/jobs): an image, batch, video or training.
+
+    Persisted so its state outlives the request and its SSE clients; `instance_id` names
+    the process running it, so one whose process died is marked failed, with a message
+    saying so, at the next start-up or heartbeat (memory/api_jobs.py).
+    """
+
+    __tablename__ = "api_jobs"
+    __table_args__ = (
+        Index("ix_api_jobs_user_created", "user_id", "created_at"),
+        Index("ix_api_jobs_status_instance", "status", "instance_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id", ondelete="CASCADE"))
+    token_id: Mapped[str | None] = mapped_column(String(36))  # the token that asked; no FK
+    kind: Mapped[str] = mapped_column(String(16))  # image | batch | video | training
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    thread_id: Mapped[str | None] = mapped_column(String(36))  # where its results landed
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    progress_note: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))  # pending|delivered|failed
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiWebhookKey(Base):
+    """Per user, the nonce their webhook signing secret is derived from (never the secret).
+
+    The secret is HMAC(app secret, user id + nonce): shown once when made, recomputed to
+    sign, and replaced by a new nonce when the user asks for a new one.
+    """
+
+    __tablename__ = "api_webhook_keys"
+
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    nonce: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

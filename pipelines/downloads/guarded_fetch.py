@@ -168,6 +168,61 @@ class GuardedFetcher:
         except _FAILURES as exc:
             raise refused(url, type(exc).__name__, error=redact_urls(str(exc))[:200]) from None
 
+    async def post(
+        self, url: str, body: bytes, headers: list[tuple[bytes, bytes]], *, timeout_s: float
+    ) -> int:
+        """POST `body` to `url` under the same address rules; the response's status.
+
+        For webhooks (chat_app/webhooks.py): a user names the URL, so it is as untrusted
+        as a provider's output link. No redirect is followed (a POST must not be
+        replayed elsewhere) and the response body is not read past 64 KiB. Any failure,
+        a blocked address included, raises `refused(...)`'s neutral BackendFailed.
+        """
+        current = httpx.URL(url)
+        try:
+            if current.scheme not in ("http", "https") or not current.host:
+                raise _Refusal("not an http(s) URL", scheme=current.scheme)
+            target = httpcore.URL(
+                scheme=current.raw_scheme,
+                host=current.raw_host,
+                port=current.port,
+                target=current.raw_path,
+            )
+            timeouts = dict.fromkeys(("read", "write", "pool"), timeout_s)
+            timeouts["connect"] = min(timeout_s, self.policy.connect_timeout_s)
+            async with asyncio.timeout(timeout_s):
+                async with self._pool.stream(
+                    "POST",
+                    target,
+                    headers=[*_HEADERS, *headers, (b"Content-Length", str(len(body)).encode())],
+                    content=body,
+                    extensions={"timeout": timeouts},
+                ) as response:
+                    await _read_capped(response, 64 * 1024)
+                    return response.status
+        except _Refusal as exc:
+            raise refused(url, exc.reason, **exc.detail) from None
+        except TimeoutError:
+            raise refused(url, "timed out", limit_s=timeout_s) from None
+        except _FAILURES as exc:
+            raise refused(url, type(exc).__name__, error=redact_urls(str(exc))[:200]) from None
+
+    async def permitted(self, url: str) -> bool:
+        """Would a request to `url` be let through (scheme, and every address its host
+        resolves to)? A check before accepting a URL to use later; the request itself
+        checks again at connect time (DNS may change meanwhile)."""
+        try:
+            current = httpx.URL(url)
+            if current.scheme not in ("http", "https") or not current.host:
+                return False
+            port = current.port or (443 if current.scheme == "https" else 80)
+            addresses = await _resolve(current.host, port, self.policy.connect_timeout_s)
+        except (TimeoutError, *_FAILURES):
+            return False
+        return bool(addresses) and all(
+            self.policy.permits(current.host, port, a) for a in addresses
+        )
+
     async def aclose(self) -> None:
         await self._pool.aclose()
 
