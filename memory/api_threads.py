@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import NotFound
@@ -66,24 +66,28 @@ class ApiThreads:
         self._insert = media_claims.insert_for(engine)
 
     async def open(self, user_id: str, token_id: str, token_name: str) -> ApiConversation:
-        """The token's conversation (made now if it is new, or was deleted) and fresh
-        step ids for one request."""
+        """The token's conversation (made now if it is new, or was deleted), raised to the
+        top of the sidebar, and fresh step ids for one request.
+
+        One statement: the insert, or on conflict the bump of `updated_at`, guarded so
+        that a row of another user is left alone and returns nothing (NotFound)."""
         thread_id = conversation_id(token_id)
         now = utcnow()
+        insert = self._insert(Thread).values(
+            id=thread_id,
+            user_id=user_id,
+            name=conversation_name(token_name),
+            meta={"api_token_id": token_id},
+            created_at=now,
+            updated_at=now,
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"updated_at": now},
+            where=Thread.user_id == user_id,
+        ).returning(Thread.user_id)
         async with write_session(self._sessions) as session:
-            await session.execute(
-                self._insert(Thread)
-                .values(
-                    id=thread_id,
-                    user_id=user_id,
-                    name=conversation_name(token_name),
-                    meta={"api_token_id": token_id},
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+            owner = (await session.execute(upsert)).scalar_one_or_none()
         if owner != user_id:
             raise NotFound("No such conversation.")
         return ApiConversation(thread_id, new_id(), new_id())
@@ -95,9 +99,12 @@ class ApiThreads:
         text: str,
         inputs: Sequence[ImageRecord] = (),
     ) -> None:
-        """The user step: what the client asked for, with the images it sent."""
-        await self._add_step(where.thread_id, where.request_step_id, author, "user_message", text)
-        await self._add_images(where.thread_id, where.request_step_id, inputs)
+        """The user step: what the client asked for, with the images it sent (the
+        conversation was raised to the top by `open` a moment before)."""
+        step = _step(where.request_step_id, where.thread_id, author, "user_message", text)
+        async with write_session(self._sessions) as session:
+            session.add(step)
+            session.add_all(_elements(where.thread_id, where.request_step_id, inputs))
 
     async def add_reply(
         self,
@@ -107,77 +114,58 @@ class ApiThreads:
         *,
         is_error: bool = False,
     ) -> None:
-        """The assistant step: the results (or why there are none)."""
-        await self._add_step(
-            where.thread_id,
-            where.reply_step_id,
-            "Atelier",
-            "assistant_message",
-            text,
-            parent_id=None,
-            is_error=is_error,
+        """The assistant step: the results (or why there are none), in one transaction."""
+        step = _step(
+            where.reply_step_id, where.thread_id, "Atelier", "assistant_message", text, is_error
         )
-        await self._add_images(where.thread_id, where.reply_step_id, images)
-
-    async def _add_step(
-        self,
-        thread_id: str,
-        step_id: str,
-        name: str,
-        kind: str,
-        text: str,
-        *,
-        parent_id: str | None = None,
-        is_error: bool = False,
-    ) -> None:
-        now = utcnow()
-        version = time.time_ns()  # the data layer's write order: time based, increasing
-        stamp = now.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
         async with write_session(self._sessions) as session:
-            session.add(
-                Step(
-                    id=step_id,
-                    thread_id=thread_id,
-                    parent_id=parent_id,
-                    name=name[:255],
-                    type=kind,
-                    input="",
-                    output=text,
-                    meta={},
-                    is_error=is_error,
-                    streaming=False,
-                    created_at=stamp,
-                    start_at=stamp,
-                    end_at=stamp,
-                    position=version,
-                    write_version=version,
-                )
-            )
+            session.add(step)
+            session.add_all(_elements(where.thread_id, where.reply_step_id, images))
             # The conversation rises to the top of the sidebar with its newest activity.
             await session.execute(
-                update(Thread).where(Thread.id == thread_id).values(updated_at=now)
+                update(Thread).where(Thread.id == where.thread_id).values(updated_at=utcnow())
             )
 
-    async def _add_images(
-        self, thread_id: str, step_id: str, images: Sequence[ImageRecord]
-    ) -> None:
-        if not images:
-            return
-        now = utcnow()
-        async with write_session(self._sessions) as session:
-            for image in images:
-                session.add(
-                    Element(
-                        id=new_id(),
-                        thread_id=thread_id,
-                        for_id=step_id,
-                        type="image",
-                        # "<image id>.<ext>": the chat puts the image's buttons on it by name.
-                        name=f"{image.id}.{_EXTENSIONS.get(image.mime, 'png')}",
-                        display="inline",
-                        size="large",
-                        mime=image.mime,
-                        media_key=image.media_key,
-                        created_at=now,
-                    )
-                )
+
+def _step(
+    step_id: str, thread_id: str, name: str, kind: str, text: str, is_error: bool = False
+) -> Step:
+    version = time.time_ns()  # the data layer's write order: time based, increasing
+    stamp = utcnow().replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return Step(
+        id=step_id,
+        thread_id=thread_id,
+        parent_id=None,
+        name=name[:255],
+        type=kind,
+        input="",
+        output=text,
+        meta={},
+        is_error=is_error,
+        streaming=False,
+        created_at=stamp,
+        start_at=stamp,
+        end_at=stamp,
+        position=version,
+        write_version=version,
+    )
+
+
+def _elements(thread_id: str, step_id: str, images: Sequence[ImageRecord]) -> list[Element]:
+    now = utcnow()
+    return [
+        Element(
+            id=new_id(),
+            thread_id=thread_id,
+            for_id=step_id,
+            type="image",
+            # "<image id>.<ext>": the chat puts the image's buttons on it by name.
+            name=f"{image.id}.{_EXTENSIONS.get(image.mime, 'png')}",
+            display="inline",
+            size="large",
+            mime=image.mime,
+            media_key=image.media_key,
+            created_at=now,
+        )
+        for image in images
+    ]
