@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from pipelines.remote.job_board import (
     DEAD_TWICE,
+    WAITER_GONE,
     JobBoard,
     pick_worker,
     queue_positions,
@@ -247,6 +248,86 @@ async def test_a_job_cancelled_before_its_worker_starts_it_never_runs(
     assert wb.start(job, "w1", 1) is None
     assert (await board.result(job))[0] == "cancelled"
     assert (await board.live_workers())[0].busy_job is None
+
+
+# ------------------------------------------------------------------ waiter leases
+
+
+@pytest.fixture
+def leasing(aio: aioredis.Redis, sent: Sent, prefix: str) -> JobBoard:
+    """The board of an app process whose waiter leases last 0.3 s."""
+    return JobBoard(aio, sent, prefix=prefix, lease_s=0.3)
+
+
+async def awaited(board: JobBoard, owner: str, n: int = 1) -> list[str]:
+    return [
+        await board.enqueue(owner=owner, kind="image", model="m", payload=b"x", awaited=True)
+        for _ in range(n)
+    ]
+
+
+async def test_a_lapsed_lease_stops_a_waiting_and_a_running_job(
+    leasing: JobBoard, wb: WorkerBoard, sent: Sent
+) -> None:
+    wb.heartbeat(info("w1"))
+    running, waiting = await awaited(leasing, "alice", 2)
+    await leasing.dispatch()
+    assert sent.calls == [("w1", running, 1)]
+    assert wb.start(running, "w1", 1) is not None
+    (unawaited,) = await enqueue(leasing, "bob")  # no lease: nobody's lapse stops it
+    events: list[dict] = []
+    follower = asyncio.create_task(collect(leasing.events(waiting), events))
+
+    async def stopped() -> bool:  # nobody renews: the leases lapse after 0.3 s
+        await leasing.dispatch()
+        return (await leasing.status(waiting)).state == "cancelled"  # type: ignore[union-attr]
+
+    await until(stopped)
+    await asyncio.wait_for(follower, 10)
+    assert events[-1] == {"type": "state", "state": "cancelled"}
+    assert (await leasing.result(waiting))[3] == WAITER_GONE
+    # The running one is told to stop at its next step, as a Stop would tell it.
+    assert wb.cancelled(running)
+    assert wb.fail(running, "w1", 1, message="stopped", cancelled=True)
+    assert (await leasing.result(running))[0::3] == ("cancelled", WAITER_GONE)
+    assert await leasing.renew(running) is False  # its waiter, back too late, learns it
+    # The worker is free for the job nobody leases, which was never stopped.
+    await leasing.dispatch()
+    assert sent.calls[-1] == ("w1", unawaited, 1)
+    assert (await leasing.snapshot()).counters["cancelled"] == 2
+
+
+async def test_a_renewed_lease_keeps_the_job(
+    leasing: JobBoard, wb: WorkerBoard, sent: Sent, aio: aioredis.Redis
+) -> None:
+    wb.heartbeat(info("w1"))
+    running, waiting = await awaited(leasing, "alice", 2)
+    await leasing.dispatch()
+    assert wb.start(running, "w1", 1) is not None
+    loop = asyncio.get_running_loop()
+    until_t = loop.time() + 5 * leasing.lease_s
+    while loop.time() < until_t:  # five leases long, renewed as a waiter does
+        assert await leasing.renew(running) and await leasing.renew(waiting)
+        await leasing.dispatch()
+        assert not wb.cancelled(running)
+        await asyncio.sleep(leasing.lease_s / 4)
+    assert (await leasing.status(waiting)).state == "queued"  # type: ignore[union-attr]
+
+    # A lease that lapsed while its waiter stalled, renewed before any pass noticed:
+    # the waiter takes it again and the job carries on.
+    await aio.delete(leasing.keys.lease(waiting))
+    assert await leasing.renew(waiting)
+    await leasing.dispatch()
+    assert (await leasing.status(waiting)).state == "queued"  # type: ignore[union-attr]
+    # A job its own user stopped is not taken again by a renewal.
+    assert await leasing.cancel(running) == "cancelling"
+    await aio.delete(leasing.keys.lease(running))
+    assert await leasing.renew(running) is False
+    assert wb.fail(running, "w1", 1, message="Stopped.", cancelled=True)
+    assert (await leasing.result(running))[0::3] == ("cancelled", "Stopped.")
+    # The job's lease goes with its hash.
+    await leasing.forget(running)
+    assert not await aio.exists(leasing.keys.lease(running), leasing.keys.job(running))
 
 
 async def test_stale_or_repeated_messages_change_nothing(board: JobBoard, wb: WorkerBoard) -> None:

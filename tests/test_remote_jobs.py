@@ -6,7 +6,8 @@ from tests/tiny_models.py; the app side is the real local backend with a
 checked is what a user would see: the same image bytes as in this process for the same
 seed, the job landing on the worker that has its model, a light user's job not stuck
 behind a heavy user's queue, stops that stop, a killed worker's job finished by the
-other one, and a training carried on from its checkpoint by another worker.
+other one, a killed app process's job stopped rather than run for nobody, and a training
+carried on from its checkpoint by another worker.
 
 Tests without workers (the job codec, the CLI refusals, start-up without torch) are fast;
 the rest share one pool of two workers per module and are marked slow.
@@ -19,8 +20,10 @@ import functools
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +43,7 @@ from pipelines.job_queue import JobQueue
 from pipelines.progress import Progress, ProgressUpdate
 from pipelines.remote import job_codec
 from pipelines.remote.celery_runner import WorkerRun, last_run
+from pipelines.remote.job_board import WAITER_GONE
 from tests import test_local_backend as local_tests
 from tests.worker_fixtures import REPO, WorkerPool
 
@@ -416,6 +420,99 @@ async def test_a_killed_workers_job_is_finished_by_the_other_once(
     assert any("retrying" in u.note for u in progress.history)
     mine = await in_process.generate(request(steps=60, seed=5))
     assert [i.data for i in result.images] == [i.data for i in mine.images]
+
+
+# An app process (a replica) that awaits one long job; its waiter lease lasts 1 s.
+DYING_REPLICA = """
+import asyncio, os, sys
+from types import SimpleNamespace
+import structlog
+from pipelines.images.base import ImageRequest
+from pipelines.images.local_diffusers import LocalDiffusers
+from pipelines.job_runners import build_remote
+
+url = os.environ["ATELIER_BROKER_URL"]
+runner = build_remote(SimpleNamespace(
+    broker_url=url, broker_prefix=os.environ["ATELIER_BROKER_PREFIX"], redis_url=url))
+runner.board.lease_s = 1.0
+structlog.contextvars.bind_contextvars(user_id="doomed")
+backend = LocalDiffusers(model=sys.argv[1], device="cpu", runner=runner, models_dir=sys.argv[2])
+asyncio.run(backend.generate(ImageRequest(prompt="a cat", size="64x64", steps=150, n=4)))
+"""
+
+
+async def job_of(board: object, owner: str, process: asyncio.subprocess.Process) -> tuple[str, str]:
+    """(worker, job id) once a job of `owner` runs on a worker (None: `process` ended)."""
+    while process.returncode is None:
+        for worker in await board.live_workers():  # type: ignore[attr-defined]
+            if worker.busy_job:
+                status = await board.status(worker.busy_job)  # type: ignore[attr-defined]
+                if status is not None and status.owner == owner and status.state == "running":
+                    return worker.name, worker.busy_job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the process awaiting {owner}'s job exited ({process.returncode})")
+
+
+async def seconds_running(board: object, job_id: str) -> float:
+    redis = board.redis  # type: ignore[attr-defined]
+    started = await redis.hget(board.keys.job(job_id), "started_at")  # type: ignore[attr-defined]
+    now_s, now_us = await redis.time()
+    return now_s + now_us / 1e6 - float(started)
+
+
+@pytest.mark.slow
+async def test_a_killed_app_process_s_job_is_stopped_and_its_worker_freed(
+    pool: WorkerPool, runner: object, tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    board = runner.board  # type: ignore[attr-defined]
+    log_path = tmp_path / "replica.log"
+    with open(log_path, "wb") as log:
+        replica = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-c", DYING_REPLICA, str(tiny_sd_dir), str(tmp_path)),
+            cwd=REPO,
+            env={**os.environ, **pool.env},
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        try:
+            worker, job_id = await asyncio.wait_for(job_of(board, "doomed", replica), 60)
+        except (TimeoutError, AssertionError) as exc:
+            raise AssertionError(f"{exc!r}; the replica's log:\n{log_path.read_text()}") from None
+        # While the replica lives it renews the lease: the job outlives three leases.
+        while await seconds_running(board, job_id) < 3.0:
+            assert (await board.status(job_id)).state == "running", log_path.read_text()
+            await asyncio.sleep(0.1)
+        assert await board.redis.hget(board.keys.job(job_id), "cancel") != b"1"
+        replica.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(replica.wait(), 10)
+        killed = time.monotonic()
+
+        async def stop_asked() -> float:
+            while True:
+                if await board.redis.hget(board.keys.job(job_id), "cancel") == b"1":
+                    return time.monotonic() - killed
+                await asyncio.sleep(0.05)
+
+        async def worker_free() -> float:
+            while True:
+                busy = {w.name: w.busy_job for w in await board.live_workers()}
+                if busy.get(worker) is None and (await board.status(job_id)).state != "running":
+                    return time.monotonic() - killed
+                await asyncio.sleep(0.05)
+
+        # The lease lapses after 1 s; this process's dispatcher then asks the job to stop
+        # (its pass runs every 0.2 s here), and the worker stops at its next step.
+        asked = await asyncio.wait_for(stop_asked(), 15)
+        freed = await asyncio.wait_for(worker_free(), 15)
+        assert asked < 2.5 and freed - asked < 3.0, (asked, freed)
+        state, _result, _error, message = await board.result(job_id)
+        assert (state, message) == ("cancelled", WAITER_GONE)
+        assert worker in pool.processes and pool.processes[worker].poll() is None
+    finally:
+        if replica.returncode is None:
+            replica.kill()
+            await asyncio.wait_for(replica.wait(), 10)
 
 
 @pytest.mark.slow

@@ -30,6 +30,10 @@ class BoardKeys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}events:{job_id}"
 
+    def lease(self, job_id: str) -> str:
+        """Present while an app process awaits the job (it renews the key's TTL)."""
+        return f"{self.prefix}lease:{job_id}"
+
     def worker(self, name: str) -> str:
         return f"{self.prefix}worker:{name}"
 

@@ -1,10 +1,11 @@
 """The Lua scripts that change a job's state: each one is a compare-and-set in Redis.
 
 Several app processes dispatch and several workers report, with no process in charge.
-Every step that moves a job (claim, start, finish, fail, cancel, retry) therefore runs
-as one script that first checks the state it expects (state, attempt, worker) and
-otherwise does nothing, so a job is never handed out twice or finished twice, and a
-stale Celery message (an old attempt) changes nothing.
+Every step that moves a job (claim, start, finish, fail, cancel, retry, stopping a job
+whose waiter is gone) therefore runs as one script that first checks the state it
+expects (state, attempt, worker, lease) and otherwise does nothing, so a job is never
+handed out twice or finished twice, and a stale Celery message (an old attempt) changes
+nothing.
 
 Every script takes the key prefix as ARGV[1] and names keys the way `BoardKeys` does
 (`P job:<id>`, `P queue:<owner>`, ...); keep the two in step. Timestamps come from the
@@ -34,10 +35,16 @@ local function unbusy(worker, id)
     redis.call('DEL', P .. 'busy:' .. worker)
   end
 end
--- the job leaves the board with a final state; its hash stays a day for late readers
+-- the job leaves the board with a final state; its hash stays a day for late readers.
+-- A job cancelled for a reason of the board's own (its waiter's lease lapsed) keeps
+-- that reason, whatever the worker that stopped it says.
 local function settle(id, state, message)
   local job = P .. 'job:' .. id
   local t = now()
+  if state == 'cancelled' then
+    local why = redis.call('HGET', job, 'cancel_reason')
+    if why and why ~= '' then message = why end
+  end
   redis.call('HSET', job, 'state', state, 'finished_at', stamp(t))
   redis.call('HDEL', job, 'ahead')
   if message then redis.call('HSET', job, 'message', message) end
@@ -53,6 +60,28 @@ local function settle(id, state, message)
   publish(id, {type = 'state', state = state})
   kick('settled')
 end
+-- stop a job as Stop does: a queued one leaves the board at once, a dispatched or
+-- running one is flagged (its worker reads the flag between steps)
+local function cancel(id, reason)
+  local job = P .. 'job:' .. id
+  local f = redis.call('HMGET', job, 'state', 'owner')
+  local state, owner = f[1], f[2]
+  if not state then return 'unknown' end
+  local live = state == 'queued' or state == 'dispatched' or state == 'running'
+  if live and reason then redis.call('HSET', job, 'cancel_reason', reason) end
+  if state == 'queued' then
+    local queue = P .. 'queue:' .. owner
+    redis.call('LREM', queue, 0, id)
+    if redis.call('LLEN', queue) == 0 then redis.call('LREM', P .. 'ring', 0, owner) end
+    settle(id, 'cancelled', nil)
+    return 'cancelled'
+  end
+  if state == 'dispatched' or state == 'running' then
+    redis.call('HSET', job, 'cancel', '1')
+    return 'cancelling'
+  end
+  return state
+end
 -- does the job still hold the place this caller believes it holds?
 local function holds(id, states, worker, attempt)
   local f = redis.call('HMGET', P .. 'job:' .. id, 'state', 'worker', 'attempt')
@@ -61,12 +90,15 @@ local function holds(id, states, worker, attempt)
 end
 """
 
-# ARGV: P, id, owner, kind, model, payload -> length of the owner's list
+# ARGV: P, id, owner, kind, model, payload, lease ms -> length of the owner's list
+# A lease of 0 ms: nobody awaits the job (it is never stopped for a lapsed lease).
 ENQUEUE = r"""
 local id, owner = ARGV[2], ARGV[3]
+local leased = tonumber(ARGV[7]) > 0
 redis.call('HSET', P .. 'job:' .. id, 'owner', owner, 'kind', ARGV[4], 'model', ARGV[5],
   'payload', ARGV[6], 'state', 'queued', 'attempt', '1', 'worker', '', 'cancel', '0',
-  'message', '', 'enqueued_at', stamp(now()))
+  'message', '', 'enqueued_at', stamp(now()), 'leased', leased and '1' or '0')
+if leased then redis.call('SET', P .. 'lease:' .. id, '1', 'PX', ARGV[7]) end
 redis.call('RPUSH', P .. 'queue:' .. owner, id)
 -- an owner with nothing queued goes to the front: their one job waits behind no one's
 if not redis.call('LPOS', P .. 'ring', owner) then redis.call('LPUSH', P .. 'ring', owner) end
@@ -113,23 +145,41 @@ return 1
 
 # ARGV: P, id -> 'cancelled' | 'cancelling' | the final state | 'unknown'
 CANCEL = r"""
+return cancel(ARGV[2], nil)
+"""
+
+# ARGV: P, id, lease ms -> 1 if the waiter still holds the job (lease extended, or taken
+# again after a stall that no dispatch pass noticed), 0 if the job was stopped or ended.
+RENEW = r"""
 local id = ARGV[2]
-local job = P .. 'job:' .. id
-local f = redis.call('HMGET', job, 'state', 'owner')
-local state, owner = f[1], f[2]
-if not state then return 'unknown' end
-if state == 'queued' then
-  local queue = P .. 'queue:' .. owner
-  redis.call('LREM', queue, 0, id)
-  if redis.call('LLEN', queue) == 0 then redis.call('LREM', P .. 'ring', 0, owner) end
-  settle(id, 'cancelled', nil)
-  return 'cancelled'
+local lease = P .. 'lease:' .. id
+if redis.call('PEXPIRE', lease, ARGV[3]) == 1 then return 1 end
+local f = redis.call('HMGET', P .. 'job:' .. id, 'state', 'cancel', 'leased')
+local live = f[1] == 'queued' or f[1] == 'dispatched' or f[1] == 'running'
+if live and f[2] ~= '1' and f[3] == '1' then
+  redis.call('SET', lease, '1', 'PX', ARGV[3])
+  return 1
 end
-if state == 'dispatched' or state == 'running' then
-  redis.call('HSET', job, 'cancel', '1')
-  return 'cancelling'
+return 0
+"""
+
+# ARGV: P, reason, id1, id2, ... -> the ids stopped because nobody awaits them any more
+# A job enqueued with a lease whose lease key has lapsed lost its waiting app process:
+# it is cancelled as Stop would (queued: at once; running: at its next step). Checked
+# and done here, in one script, so a waiter renewing at the same moment either renews
+# first (the job stays) or finds it stopped (RENEW answers 0): never half of each.
+ABANDONED = r"""
+local stopped = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', P .. 'job:' .. id, 'state', 'leased', 'cancel')
+  local live = f[1] == 'queued' or ((f[1] == 'dispatched' or f[1] == 'running') and f[3] ~= '1')
+  if live and f[2] == '1' and redis.call('EXISTS', P .. 'lease:' .. id) == 0 then
+    cancel(id, ARGV[2])
+    stopped[#stopped + 1] = id
+  end
 end
-return state
+return stopped
 """
 
 # ARGV: P, id, worker, attempt, max_attempts, force, message
@@ -236,10 +286,11 @@ end
 return 0
 """
 
-# ARGV: P, id -> 1 if a finished job's hash was dropped
+# ARGV: P, id -> 1 if a finished job's hash (and its waiter's lease) was dropped
 FORGET = r"""
 local state = redis.call('HGET', P .. 'job:' .. ARGV[2], 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  redis.call('DEL', P .. 'lease:' .. ARGV[2])
   return redis.call('DEL', P .. 'job:' .. ARGV[2])
 end
 return 0
@@ -256,6 +307,8 @@ _SOURCES = {
     "claim": CLAIM,
     "unclaim": UNCLAIM,
     "cancel": CANCEL,
+    "renew": RENEW,
+    "abandoned": ABANDONED,
     "recover": RECOVER,
     "start": START,
     "finish": FINISH,
@@ -275,6 +328,8 @@ class BoardScripts:
     claim: Any
     unclaim: Any
     cancel: Any
+    renew: Any
+    abandoned: Any
     recover: Any
     start: Any
     finish: Any

@@ -8,6 +8,10 @@ is where the job runs and who plans the device: `plans_on_worker` tells the back
 to import torch to plan one here; the plan the worker used comes back with the result
 (`last_run()`), so the backend records the worker's real device and number format.
 
+While it awaits a job the runner renews the job's waiter lease (`JobBoard.renew`, every
+quarter of `lease_s`): if this process dies, the lease lapses and any live app process's
+dispatch pass stops the job, so no worker computes a result nobody will store.
+
 Whose job it is comes from the structlog context (`user_id`, bound per chat turn), so
 the board can take turns between users. A worker's error comes back as the original
 exception when it is one of ours (InvalidInput, ContentRefused, ...), otherwise as an
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from redis.exceptions import RedisError
 
 from core.errors import AtelierError
 from core.logging_setup import get_logger
@@ -81,18 +86,24 @@ class CeleryJobRunner:
             kind=job_codec.job_kind(fn),
             model=job_codec.job_model(fn),
             payload=job_codec.dumps_job(fn, watched=progress.watched),
+            awaited=True,
         )
         log.info("remote_job_enqueued", job_id=job_id, kind=job_codec.job_kind(fn))
-        watcher = asyncio.create_task(self._cancel_when_stopped(job_id, progress))
+        helpers = [
+            asyncio.create_task(self._cancel_when_stopped(job_id, progress)),
+            asyncio.create_task(self._keep_lease(job_id)),
+        ]
         try:
             await self._follow(job_id, progress)
         except asyncio.CancelledError:
             await self._cancel_and_wait(job_id)
             raise
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         return await self._outcome(job_id)
 
     async def _follow(self, job_id: str, progress: Progress) -> None:
@@ -107,6 +118,19 @@ class CeleryJobRunner:
         while not progress.cancelled:  # noqa: ASYNC110
             await asyncio.sleep(CANCEL_POLL_S)
         await self.board.cancel(job_id)
+
+    async def _keep_lease(self, job_id: str) -> None:
+        """Renew the job's waiter lease until cancelled; Redis errors only delay a renewal
+        (the lease outlives three missed ones)."""
+        every = self.board.lease_s / 4
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self.board.renew(job_id):
+                    log.info("remote_job_lease_ended", job_id=job_id)
+                    return
+            except (RedisError, OSError) as exc:
+                log.warning("remote_job_lease_renew_failed", job_id=job_id, error=repr(exc))
 
     async def _cancel_and_wait(self, job_id: str) -> None:
         """Cancel, then wait until the worker has let go of the device (≤ 30 s)."""

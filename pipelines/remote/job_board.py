@@ -19,6 +19,13 @@ a time, and each step that moves a job is a compare-and-set script
 
 A worker whose heartbeat lapsed is dead: its job goes back to the front of its owner's
 list for one more attempt, then fails with a sentence the user can act on.
+
+The app process that awaits a job is the one that stores its result and settles its
+cost, so a job whose waiter died (a replica killed) would run to the end for nobody.
+An awaited job is therefore enqueued with a waiter lease (`lease:<id>`, `lease_s`, 10 s)
+that its waiter renews every `lease_s / 4`; each pass stops, as Stop does, every queued
+or running job whose lease lapsed (one script for all of them, compare-and-set against a
+renewal). Jobs enqueued without `awaited` have no lease and are never stopped for it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ COUNTERS = (
     "wait_seconds_sum", "wait_count", "run_seconds_sum", "run_count",
 )  # fmt: skip
 DEAD_TWICE = "The worker running this job stopped twice; it was not finished. Try again."
+WAITER_GONE = "the app process waiting for it stopped"
+LEASE_S = 10.0  # a waiter renews 4 times a lease: a stall of seconds does not lose the job
 _LOCK_MS = 10_000  # a pass takes milliseconds; the lock only outlives a crashed holder
 _LOCK_WAIT_S = 3.0
 _RECHECK_S = 1.0  # events(): pub/sub can drop messages, so the hash is re-read this often
@@ -151,9 +160,13 @@ class JobBoard:
         *,
         prefix: str = DEFAULT_PREFIX,
         max_attempts: int = 2,
+        lease_s: float = LEASE_S,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s!r}")
+        self.lease_s = lease_s
         self.redis = redis
         self.send = send
         self.prefix = prefix
@@ -164,15 +177,32 @@ class JobBoard:
 
     # ------------------------------------------------------------------ jobs
 
-    async def enqueue(self, *, owner: str, kind: str, model: str, payload: bytes) -> str:
-        """Queue a job at the end of its owner's list; returns its id."""
+    async def enqueue(
+        self, *, owner: str, kind: str, model: str, payload: bytes, awaited: bool = False
+    ) -> str:
+        """Queue a job at the end of its owner's list; returns its id.
+
+        `awaited`: the caller waits for the result and keeps the job's lease (`renew`);
+        once it stops renewing for `lease_s`, a dispatch pass stops the job.
+        """
         if not owner or not kind:
             raise ValueError("A job needs an owner and a kind.")
         job_id = uuid4().hex
-        await self.scripts.enqueue(args=[self.prefix, job_id, owner, kind, model, payload])
+        lease_ms = self._lease_ms if awaited else 0
+        await self.scripts.enqueue(
+            args=[self.prefix, job_id, owner, kind, model, payload, lease_ms]
+        )
         self._wake.set()
         log.info("job_enqueued", job_id=job_id, kind=kind, model=model)
         return job_id
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease_s * 1000))
+
+    async def renew(self, job_id: str) -> bool:
+        """Extend the waiter's lease; False once the job was stopped or ended."""
+        return bool(await self.scripts.renew(args=[self.prefix, job_id, self._lease_ms]))
 
     async def cancel(self, job_id: str) -> str:
         """'cancelled' (was queued), 'cancelling' (a worker holds it), a final state, or
@@ -315,7 +345,8 @@ class JobBoard:
 
     async def _pass(self) -> int:
         view = await self._read()
-        if await self._recover(view):
+        stopped = await self._stop_abandoned(view)
+        if await self._recover(view) or stopped:
             view = await self._read()
         handed = 0
         free = [w for w in view.live.values() if w.busy_job is None]
@@ -459,6 +490,17 @@ class JobBoard:
             owner: [_text(j) or "" for j in ids] for owner, ids in zip(ring, rows, strict=True)
         }
         return _View(ring=ring, queues=queues, live=live, active=active, gone_workers=gone)
+
+    async def _stop_abandoned(self, view: _View) -> bool:
+        """Stop the jobs whose waiter's lease lapsed (one round trip); True if any."""
+        ids = [job_id for queue in view.queues.values() for job_id in queue]
+        ids += [job.id for job in view.active if job.state in ACTIVE_STATES]
+        if not ids:
+            return False
+        stopped = await self.scripts.abandoned(args=[self.prefix, WAITER_GONE, *ids])
+        for job_id in stopped:
+            log.warning("job_waiter_gone", job_id=_text(job_id))
+        return bool(stopped)
 
     async def _recover(self, view: _View) -> bool:
         """Retry or fail the jobs of dead (or restarted) workers; True if any moved."""
