@@ -182,8 +182,12 @@ def _linked(runtime: Runtime, item: Any) -> Any:
     if not isinstance(item, dict) or not item.get("media_key"):
         return item
     key = str(item["media_key"])
-    shown = {k: v for k, v in item.items() if k != "media_key"}
-    return {**shown, "url": f"/media/{key}?{sign(runtime.auth_secret, key)}"}
+    shown = {k: v for k, v in item.items() if k not in ("media_key", "poster_key")}
+    linked = {**shown, "url": f"/media/{key}?{sign(runtime.auth_secret, key)}"}
+    poster = item.get("poster_key")
+    if poster:  # a clip's first frame, signed like the clip
+        linked["poster_url"] = f"/media/{poster}?{sign(runtime.auth_secret, str(poster))}"
+    return linked
 
 
 class JobProgress(BaseModel):

@@ -98,7 +98,9 @@ class TrainingJob(_Common):
     steps: int | None = Field(None, ge=1, le=100_000)
     rank: int | None = Field(None, ge=1, le=256)
     learning_rate: float | None = Field(None, gt=0, le=1)
-    resolution: int | None = Field(None, ge=64, le=4096)
+    resolution: int | None = Field(
+        None, ge=32, le=2048, description="Training size in px, a multiple of 8."
+    )  # pipelines/training/lora_dataset.py takes 32 to 2048
     base_model: str | None = Field(None, max_length=_NAME)
     backend: Literal["local", "replicate"] = "local"
     licence: str | None = Field(None, max_length=200)

@@ -10,7 +10,9 @@ followed until they end, their own runners doing the work.
 Cancelling: the row is marked (`cancel_requested`) by whichever process the request
 reached; the job's own process sees it (at once if local, within a second otherwise) and
 stops the work: the tool's task is cancelled (a paid action then releases or settles
-what it reserved), a batch is stopped, a training is asked to stop.
+what it reserved), a batch is stopped, a training is asked to stop. A batch's or a
+training's start is let finish first (it is short), so nothing is left running unfollowed.
+A batch is followed by the id its start hands back, never guessed from the conversation.
 
 The slot the job holds (chat_app/api_limits, per-token concurrent jobs) is given back
 by `release` when the task ends, however it ends.
@@ -30,6 +32,7 @@ from typing import Any
 from core.errors import AtelierError, InvalidInput
 from core.logging_setup import get_logger
 from memory.api_jobs import ApiJobRecord, ApiJobStore
+from memory.loras import FINAL as LORA_FINAL
 from pipelines.progress import Progress, ProgressUpdate
 from tools import spending
 from tools.context import GenerationDefaults, QuietPort, Services, ToolArtifact, ToolContext, Turn
@@ -98,8 +101,11 @@ Finished = Callable[[ApiJobRecord], Awaitable[None]]
 class _Live:
     task: asyncio.Task[None] | None = None
     work: asyncio.Task[Any] | None = None  # the tool call, cancelled on cancel
+    # A batch's or training's start is not cancelled half-way (it could leave a batch or
+    # a training running that nobody follows): it ends, then `stop` stops what it began.
+    work_cancellable: bool = True
     stop: Callable[[], Awaitable[None]] | None = None  # a batch's or training's stop
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a follower looks again now
     last_write: float = 0.0
     cancelled: bool = False
 
@@ -137,10 +143,11 @@ class ApiJobRunner:
         if live is None or live.cancelled:
             return
         live.cancelled = True
+        live.wake.set()
         if live.stop is not None:
             with contextlib.suppress(AtelierError):
                 await live.stop()
-        if live.work is not None:
+        if live.work is not None and live.work_cancellable:
             live.work.cancel()
 
     def watch(self, job_id: str) -> asyncio.Event:
@@ -187,6 +194,11 @@ class ApiJobRunner:
             if not await self.store.started(job.id, thread_id=thread_id):
                 return  # cancelled while queued: the row already says so
             self._notify(job.id)
+            # A cancel that came while it was queued only marked the row (and `live`):
+            # the job ends here, before any work, instead of running regardless.
+            if live.cancelled or (await self.store.get_any(job.id)).cancel_requested:
+                live.cancelled = True
+                raise asyncio.CancelledError
             port = JobPort(self._listener(job.id, live), bool(job.request.get("confirm_spend")))
             ctx = ToolContext(
                 self.services,
@@ -248,8 +260,13 @@ class ApiJobRunner:
             return await self._training(job, ctx, live, args)
         raise InvalidInput(f"Unknown job kind {kind!r}.")
 
-    async def _tool(self, live: _Live, call: Awaitable[Any]) -> Any:
+    async def _tool(self, live: _Live, call: Awaitable[Any], *, cancellable: bool = True) -> Any:
+        if live.cancelled and cancellable:
+            if asyncio.iscoroutine(call):
+                call.close()  # never started: nothing to undo
+            raise asyncio.CancelledError
         live.work = asyncio.ensure_future(call)
+        live.work_cancellable = cancellable
         try:
             return await live.work
         finally:
@@ -258,33 +275,51 @@ class ApiJobRunner:
     async def _batch(
         self, job: ApiJobRecord, ctx: ToolContext, live: _Live, args: dict[str, Any]
     ) -> tuple[str, ToolArtifact | None, dict[str, Any]]:
-        from tools.start_batch import runner_of, start_batch
+        from tools.start_batch import launch, runner_of, start_batch
 
         runner = runner_of(ctx)
-        # The batch's id: the one new batch of this job's own message (the job's step).
-        before = {b.id for b in await runner.store.for_thread(ctx.turn.thread_id, job.user_id)}
-        text, _ = await self._tool(live, start_batch(ctx, **args))
-        after = await runner.store.for_thread(ctx.turn.thread_id, job.user_id)
-        made = [b for b in after if b.id not in before]
-        if len(made) != 1:
-            raise RuntimeError(f"expected one new batch, found {len(made)}")
-        batch = made[0]
+        # `launch` hands back the row it made: the batch this job follows, whatever else
+        # starts in the same conversation at the same moment.
+        text, batch = await self._tool(
+            live, launch(ctx, start_batch.validate(args)), cancellable=False
+        )
+        user_id = job.user_id
 
         async def stop() -> None:
-            await runner.stop(batch.id, job.user_id, "Cancelled over the API.")
+            await runner.stop(batch.id, user_id, "Cancelled over the API.")
 
         live.stop = stop
         if live.cancelled:  # a cancel that came while the batch was being made
             await stop()
+        seen: tuple[int, int, str] | None = None
         while True:
-            batch = await runner.store.get(batch.id, job.user_id)
-            items = await runner.store.items(batch.id, job.user_id)
+            batch = await runner.store.get(batch.id, user_id)
+            items = await runner.store.items(batch.id, user_id)
             done = sum(item.status in ("done", "failed") for item in items)
-            await self._progress(job.id, live, done, len(items), batch.status, force=True)
+            if (done, len(items), batch.status) != seen:
+                seen = (done, len(items), batch.status)
+                await self._progress(job.id, live, done, len(items), batch.status, force=True)
             if batch.status in ("done", "stopped"):
                 break
-            await asyncio.sleep(POLL_S)
-        result = {
+            await self._wait_change(live, POLL_S)
+        result = await self._batch_result(ctx, batch, items)
+        if live.cancelled:
+            raise _Stopped("Cancelled: what was made before the stop is kept.", result)
+        if batch.status != "done":
+            raise _Stopped(batch.stop_reason or "The batch was stopped.", result)
+        return text, None, result
+
+    async def _batch_result(self, ctx: ToolContext, batch: Any, items: list[Any]) -> dict[str, Any]:
+        """Every item (status, cost, error) and every image made, with its own cost."""
+        images: list[dict[str, Any]] = []
+        for item in items:
+            for image_id in item.image_ids:
+                try:
+                    record = await ctx.services.images.get(image_id, batch.user_id)
+                except AtelierError:
+                    continue  # deleted since
+                images.append({**_image(record), "item": item.label})
+        return {
             "batch": {
                 "id": batch.id,
                 "status": batch.status,
@@ -293,14 +328,19 @@ class ApiJobRunner:
                 "done": sum(item.status == "done" for item in items),
                 "failed": sum(item.status == "failed" for item in items),
             },
-            "images": [{"id": i} for item in items for i in item.image_ids],
+            "items": [
+                {
+                    "label": item.label,
+                    "status": item.status,
+                    "image_ids": list(item.image_ids),
+                    "cost_usd": str(item.cost_usd),
+                    "error": item.error,
+                }
+                for item in items
+            ],
+            "images": images,
             "cost_usd": str(sum((item.cost_usd for item in items), Decimal(0))),
         }
-        if live.cancelled:
-            raise asyncio.CancelledError
-        if batch.status != "done":
-            raise _Stopped(batch.stop_reason or "The batch was stopped.", result)
-        return text, None, result
 
     async def _training(
         self, job: ApiJobRecord, ctx: ToolContext, live: _Live, args: dict[str, Any]
@@ -310,24 +350,32 @@ class ApiJobRunner:
         jobs = ctx.services.trainings
         if jobs is None:
             raise InvalidInput("LoRA training is not available in this app.")
-        text, _ = await self._tool(live, train_lora(ctx, **args))
+        text, _ = await self._tool(live, train_lora(ctx, **args), cancellable=False)
+        # The name is the user's own and unique among their LoRAs (train_lora refuses a
+        # taken one), so this is the row the call just made.
         record = await jobs.loras.find(job.user_id, str(args["name"]))
         if record is None:
             raise RuntimeError("the training started but its row is missing")
-        name = record.name
+        name, user_id = record.name, job.user_id
 
         async def stop() -> None:
-            jobs.stop(job.user_id, name)
+            if jobs.is_running(record.id):
+                jobs.stop(user_id, name)
 
         live.stop = stop
         if live.cancelled:
             await stop()
-        while record.status not in ("succeeded", "failed", "cancelled", "interrupted"):
-            await self._progress(
-                job.id, live, record.step, record.total_steps, record.status, force=True
-            )
-            await asyncio.sleep(POLL_S)
-            record = await jobs.loras.by_id(record.id, job.user_id)
+        seen: tuple[int, int, str] | None = None
+        while True:
+            record = await jobs.loras.by_id(record.id, user_id)
+            if record.status in LORA_FINAL and not jobs.is_running(record.id):
+                break
+            if (record.step, record.total_steps, record.status) != seen:
+                seen = (record.step, record.total_steps, record.status)
+                await self._progress(
+                    job.id, live, record.step, record.total_steps, record.status, force=True
+                )
+            await self._wait_change(live, POLL_S)
         result = {
             "lora": {
                 "id": record.id,
@@ -340,11 +388,20 @@ class ApiJobRunner:
                 "total_steps": record.total_steps,
             }
         }
+        await self._progress(
+            job.id, live, record.step, record.total_steps, record.status, force=True
+        )
         if live.cancelled:
-            raise asyncio.CancelledError
+            raise _Stopped("Cancelled: what was made before the stop is kept.", result)
         if record.status != "succeeded":
             raise _Stopped(record.error or f"The training ended {record.status}.", result)
         return text, None, result
+
+    async def _wait_change(self, live: _Live, seconds: float) -> None:
+        """Sleep up to `seconds`, less when a cancel comes (the follower then looks)."""
+        live.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.wake.wait(), seconds)
 
     async def _watch_cancel(self, job_id: str, live: _Live) -> None:
         """A cancel asked of another process reaches this one through the row."""
@@ -429,7 +486,10 @@ def _videos_result(artifact: ToolArtifact) -> dict[str, Any]:
     videos = [
         {
             **_image(record),
-            "seconds": record.parameters.get("seconds"),
+            "seconds": record.seconds,
+            "frames": record.frames,
+            "fps": record.fps,
+            "poster_key": record.poster_key,
         }
         for record, _ in artifact.videos
     ]

@@ -313,6 +313,17 @@ def title_of(items: Sequence[NewBatchItem], style: str | None) -> str:
 
 
 async def _start_batch(ctx: ToolContext, args: StartBatchArgs) -> tuple[str, ToolArtifact]:
+    text, _ = await launch(ctx, args)
+    return text, ToolArtifact()
+
+
+async def launch(ctx: ToolContext, args: StartBatchArgs) -> tuple[str, BatchRecord]:
+    """Check, price, confirm, store and start the batch; (the chat's text, its row).
+
+    The row is returned so a caller that follows the batch (the jobs API,
+    tools/api_jobs_runner.py) knows which one it started: two batches started at the
+    same moment in one conversation cannot be told apart any other way.
+    """
     from tools.batch_quality import checks_for
     from tools.batch_runner import BatchSpec
 
@@ -356,7 +367,7 @@ async def _start_batch(ctx: ToolContext, args: StartBatchArgs) -> tuple[str, Too
         f"`/batch pause {short}`, `/batch resume {short}`, `/batch stop {short}`, "
         f"`/batch status {short}`."
     )
-    return text, ToolArtifact()
+    return text, batch
 
 
 # --------------------------------------------------------------------------- managing
