@@ -20,7 +20,6 @@ user is NotFound, as everywhere else.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ from core.errors import NotFound
 from memory import media_claims
 from memory.db import session_factory, write_session
 from memory.images import ImageRecord
-from memory.models import Element, Step, Thread, new_id, utcnow
+from memory.models import Thread, new_id, utcnow
+from memory.written_messages import image_elements, message_step
 
 # Fixed namespace for the conversation ids of API tokens (never change it: ids derive from it).
 _NAMESPACE = uuid.UUID("0b6f3f8e-5d0a-4c7e-9a51-7a3e1c2f9d40")
 _NAME_CHARS = 255
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,10 @@ class ApiThreads:
     ) -> None:
         """The user step: what the client asked for, with the images it sent (the
         conversation was raised to the top by `open` a moment before)."""
-        step = _step(where.request_step_id, where.thread_id, author, "user_message", text)
+        step = message_step(where.request_step_id, where.thread_id, author, "user_message", text)
         async with write_session(self._sessions) as session:
             session.add(step)
-            session.add_all(_elements(where.thread_id, where.request_step_id, inputs))
+            session.add_all(image_elements(where.thread_id, where.request_step_id, inputs))
 
     async def add_reply(
         self,
@@ -115,57 +114,18 @@ class ApiThreads:
         is_error: bool = False,
     ) -> None:
         """The assistant step: the results (or why there are none), in one transaction."""
-        step = _step(
-            where.reply_step_id, where.thread_id, "Atelier", "assistant_message", text, is_error
+        step = message_step(
+            where.reply_step_id,
+            where.thread_id,
+            "Atelier",
+            "assistant_message",
+            text,
+            is_error=is_error,
         )
         async with write_session(self._sessions) as session:
             session.add(step)
-            session.add_all(_elements(where.thread_id, where.reply_step_id, images))
+            session.add_all(image_elements(where.thread_id, where.reply_step_id, images))
             # The conversation rises to the top of the sidebar with its newest activity.
             await session.execute(
                 update(Thread).where(Thread.id == where.thread_id).values(updated_at=utcnow())
             )
-
-
-def _step(
-    step_id: str, thread_id: str, name: str, kind: str, text: str, is_error: bool = False
-) -> Step:
-    version = time.time_ns()  # the data layer's write order: time based, increasing
-    stamp = utcnow().replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-    return Step(
-        id=step_id,
-        thread_id=thread_id,
-        parent_id=None,
-        name=name[:255],
-        type=kind,
-        input="",
-        output=text,
-        meta={},
-        is_error=is_error,
-        streaming=False,
-        created_at=stamp,
-        start_at=stamp,
-        end_at=stamp,
-        position=version,
-        write_version=version,
-    )
-
-
-def _elements(thread_id: str, step_id: str, images: Sequence[ImageRecord]) -> list[Element]:
-    now = utcnow()
-    return [
-        Element(
-            id=new_id(),
-            thread_id=thread_id,
-            for_id=step_id,
-            type="image",
-            # "<image id>.<ext>": the chat puts the image's buttons on it by name.
-            name=f"{image.id}.{_EXTENSIONS.get(image.mime, 'png')}",
-            display="inline",
-            size="large",
-            mime=image.mime,
-            media_key=image.media_key,
-            created_at=now,
-        )
-        for image in images
-    ]

@@ -20,7 +20,6 @@ the conversation's latest image ("edit it", "animate it") like any other.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,12 +38,12 @@ from memory.models import (
     Image,
     ImageEmbedding,
     MediaRef,
-    Step,
     Thread,
     Video,
     new_id,
     utcnow,
 )
+from memory.written_messages import image_elements, message_step
 
 if TYPE_CHECKING:
     from memory.thumbnails import Thumbnails
@@ -53,7 +52,6 @@ log = get_logger(__name__)
 
 _NOT_FOUND = "No such image or clip in your gallery."
 _NAME_CHARS = 80  # of the prompt, as the new conversation's name
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
 @dataclass(frozen=True)
@@ -322,47 +320,15 @@ async def _open_with(
 ) -> None:
     """Name the new conversation and add the message that shows the copy."""
     now = utcnow()
-    version = time.time_ns()  # the data layer's write order: time based, increasing
-    stamp = now.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     await session.execute(
         update(Thread)
         .where(Thread.id == thread_id)
         .values(name=_thread_name(source), updated_at=now, meta={})
     )
     session.add(
-        Step(
-            id=step_id,
-            thread_id=thread_id,
-            parent_id=None,
-            name="Atelier",
-            type="assistant_message",
-            input="",
-            output=_message(source, copy),
-            meta={},
-            is_error=False,
-            streaming=False,
-            created_at=stamp,
-            start_at=stamp,
-            end_at=stamp,
-            position=version,
-            write_version=version,
-        )
+        message_step(step_id, thread_id, "Atelier", "assistant_message", _message(source, copy))
     )
-    session.add(
-        Element(
-            id=new_id(),
-            thread_id=thread_id,
-            for_id=step_id,
-            type="image",
-            # "<image id>.<ext>": the chat puts the image's buttons on it by that name.
-            name=f"{copy.id}.{_EXTENSIONS.get(copy.mime, 'png')}",
-            display="inline",
-            size="large",
-            mime=copy.mime,
-            media_key=copy.media_key,
-            created_at=now,
-        )
-    )
+    session.add_all(image_elements(thread_id, step_id, [copy]))
 
 
 def _thread_name(source: ImageRecord) -> str:
