@@ -219,6 +219,18 @@ def test_a_running_batch_is_cancelled_and_stops(setup: Setup) -> None:
     assert _reserved(setup) == []  # what the running items held was given back
 
 
+def test_a_batch_whose_every_item_failed_is_a_failed_job(setup: Setup) -> None:
+    """The provider refuses every item (its safety system): nothing was made, so the
+    job fails, naming why, and still lists each item."""
+    job = _create(setup, {"kind": "batch", "items": ["FAIL_MODERATION owl", "FAIL_MODERATION elk"]})
+    final = _final(setup, job["id"])
+    assert final["status"] == "failed", final
+    assert "Every item of the batch failed" in final["error"]["message"], final
+    items = final["result"]["items"]
+    assert [item["status"] for item in items] == ["failed", "failed"], items
+    assert _reserved(setup) == []
+
+
 # --------------------------------------------------------------------------- video
 
 

@@ -307,6 +307,11 @@ class ApiJobRunner:
             raise _Stopped("Cancelled: what was made before the stop is kept.", result)
         if batch.status != "done":
             raise _Stopped(batch.stop_reason or "The batch was stopped.", result)
+        if items and not any(item.status == "done" for item in items):
+            # Nothing made is not a success, whatever the batch's own bookkeeping says.
+            reasons = sorted({item.error for item in items if item.error})
+            why = f" ({'; '.join(reasons)[:300]})" if reasons else ""
+            raise _Stopped(f"Every item of the batch failed{why}.", result)
         return text, None, result
 
     async def _batch_result(self, ctx: ToolContext, batch: Any, items: list[Any]) -> dict[str, Any]:
