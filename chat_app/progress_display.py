@@ -22,8 +22,8 @@ import time
 
 import chainlit as cl
 from chainlit.context import context
-from chainlit.utils import utc_now
 
+from chat_app.step_clock import utc_now
 from pipelines import previews
 from pipelines.progress import Preview, Progress, ProgressUpdate
 

@@ -80,9 +80,10 @@ def create_app(settings: Settings, public_origins: list[str] | None = None) -> F
     from chainlit.utils import mount_chainlit
 
     mount_chainlit(app, target=str(HANDLERS), path="/")
-    from chat_app import session_cleanup
+    from chat_app import session_cleanup, step_clock
 
     session_cleanup.install()  # else Chainlit keeps every message of every session
+    step_clock.install()  # else every message and step made holds the event loop 1 ms
     if public_origins:
         from chainlit.server import sio
 
