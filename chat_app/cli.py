@@ -8,6 +8,8 @@ import gc
 import getpass
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,9 @@ from core.errors import AtelierError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from chat_app.embedding_worker import EmbeddingWorker
     from chat_app.settings import Settings
 
 
@@ -93,17 +97,31 @@ def _build_app(args: argparse.Namespace, settings: Settings) -> FastAPI:
     return app
 
 
-async def _users(args: argparse.Namespace) -> int:
-    from memory.db import create_engine, migrate, session_factory
-    from memory.users import UserStore
+@asynccontextmanager
+async def migrated_engine(args: argparse.Namespace) -> AsyncIterator[tuple[Settings, AsyncEngine]]:
+    """The settings and a migrated database for a one-shot command, disposed of after.
+
+    `users`, `tokens` and `gallery backfill` may be the first thing run on a new data
+    directory, so each makes the directory and brings the schema up to date first.
+    """
+    from chat_app.bootstrap import ensure_data_dir
+    from memory.db import create_engine, migrate
 
     settings = _settings(args)
-    from chat_app.bootstrap import ensure_data_dir
-
     ensure_data_dir(settings)
     engine = create_engine(settings.resolved_database_url)
     try:
         await migrate(engine)
+        yield settings, engine
+    finally:
+        await engine.dispose()
+
+
+async def _users(args: argparse.Namespace) -> int:
+    from memory.db import session_factory
+    from memory.users import UserStore
+
+    async with migrated_engine(args) as (_, engine):
         store = UserStore(session_factory(engine))
         if args.action == "list":
             for account in await store.list():
@@ -122,8 +140,6 @@ async def _users(args: argparse.Namespace) -> int:
                     f"Changed the password of {args.name}; "
                     f"ended {ended} login session{'s' if ended != 1 else ''}."
                 )
-    finally:
-        await engine.dispose()
     return 0
 
 
@@ -138,38 +154,20 @@ def _read_password(from_stdin: bool) -> str:
 
 async def _gallery_backfill(args: argparse.Namespace) -> int:
     """Embed every image without a likeness vector; safe to rerun (done ones are skipped)."""
-    import time
-
-    from chat_app.bootstrap import ensure_data_dir
-    from chat_app.embedding_worker import backfill, build_likeness
-    from memory.db import create_engine, migrate
+    from chat_app.embedding_worker import build_likeness
     from memory.media_stores import media_store_for
     from pipelines import job_runners
 
-    settings = _settings(args)
-    ensure_data_dir(settings)
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        await migrate(engine)
-        media = media_store_for(settings)
-        likeness, worker = build_likeness(settings, engine, media)
+    async with migrated_engine(args) as (settings, engine):
+        likeness, worker = build_likeness(settings, engine, media_store_for(settings))
         if worker is None:
             raise AtelierError(likeness.how_to_enable)
         # With a broker, workers embed; this process hands them the jobs meanwhile.
         await job_runners.start(settings)
-        shown = [0.0]
-
-        def progress(done: int, stored: int, total: int) -> None:
-            # A line every two seconds at most, and the last one.
-            if done == total or time.monotonic() - shown[0] >= 2:
-                shown[0] = time.monotonic()
-                print(f"{done}/{total} images: {stored} embedded", flush=True)
-
-        print(f"Embedding images with {settings.clip_model} ...", flush=True)
-        stored, total = await backfill(worker, args.batch, progress)
-    finally:
-        await job_runners.reset()
-        await engine.dispose()
+        try:
+            stored, total = await _backfill_with_progress(settings, worker, args.batch)
+        finally:
+            await job_runners.reset()
     failed = total - stored
     if not total:
         print("Every image already has its likeness embedding.")
@@ -178,6 +176,25 @@ async def _gallery_backfill(args: argparse.Namespace) -> int:
     else:
         print(f"Done: {stored} embedded.")
     return 1 if failed else 0
+
+
+async def _backfill_with_progress(
+    settings: Settings, worker: EmbeddingWorker, batch: int
+) -> tuple[int, int]:
+    """Run the backfill, printing a line every two seconds at most, and the last one."""
+    import time
+
+    from chat_app.embedding_worker import backfill
+
+    shown = [0.0]
+
+    def progress(done: int, stored: int, total: int) -> None:
+        if done == total or time.monotonic() - shown[0] >= 2:
+            shown[0] = time.monotonic()
+            print(f"{done}/{total} images: {stored} embedded", flush=True)
+
+    print(f"Embedding images with {settings.clip_model} ...", flush=True)
+    return await backfill(worker, batch, progress)
 
 
 def _positive(text: str) -> int:

@@ -53,16 +53,11 @@ def _day(value: Any) -> str:
 
 
 async def _tokens(args: argparse.Namespace) -> int:
-    from chat_app.bootstrap import ensure_data_dir
-    from chat_app.cli import _settings
+    from chat_app.cli import migrated_engine
     from memory.api_tokens import ApiTokenStore
-    from memory.db import create_engine, migrate, session_factory
+    from memory.db import session_factory
 
-    settings = _settings(args)
-    ensure_data_dir(settings)
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        await migrate(engine)
+    async with migrated_engine(args) as (_, engine):
         store = ApiTokenStore(session_factory(engine))
         if args.action == "add":
             user_id = await store.user_id(args.user)
@@ -82,6 +77,4 @@ async def _tokens(args: argparse.Namespace) -> int:
         else:
             record = await store.revoke(args.token_id)
             print(f"Revoked API token {record.id} ({record.name!r}); it no longer works.")
-    finally:
-        await engine.dispose()
     return 0
