@@ -1,9 +1,13 @@
 """Shared by the tests/test_attack_*.py modules: the app's memory, a recording server on
-another loopback address. (A second account: tests.app_process.add_user.)
+another loopback address, a raw POST that stops when answered. (A second account:
+tests.app_process.add_user.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -83,3 +87,72 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RawPost:
+    """A POST over a plain socket that reads the answer as soon as it comes.
+
+    Browsers stop sending when the server answers early (413 before the body is read);
+    this client does the same, so a test sees the status rather than a broken pipe. With
+    no `length` the body is sent chunked.
+    """
+
+    def __init__(
+        self, app: AppProcess, path: str, headers: dict[str, str], length: int | None
+    ) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", app.port), timeout=30)
+        self.chunked = length is None
+        framing = "Transfer-Encoding: chunked" if self.chunked else f"Content-Length: {length}"
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n{lines}{framing}\r\n\r\n"
+        self.sock.sendall(head.encode())
+        self.sent = 0
+
+    def answered(self) -> bool:
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def send(self, data: bytes) -> bool:
+        """False once the server has answered or closed (stop sending then)."""
+        if self.answered():
+            return False
+        framed = f"{len(data):x}\r\n".encode() + data + b"\r\n" if self.chunked else data
+        try:
+            self.sock.sendall(framed)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            return False
+        self.sent += len(data)
+        return True
+
+    def finish(self) -> None:
+        """End a chunked body."""
+        if self.chunked:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.sock.sendall(b"0\r\n\r\n")
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """(status, lower-cased headers, body); status 0 if the server closed silently."""
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in data:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            name.lower(): value
+            for name, value in (line.split(": ", 1) for line in lines[1:] if ": " in line)
+        }
+        length = int(headers.get("content-length", "0"))
+        with contextlib.suppress(ConnectionResetError):
+            while len(body) < length:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        self.sock.close()
+        return (int(lines[0].split()[1]) if head else 0), headers, body
+
+    def close(self) -> None:
+        self.sock.close()

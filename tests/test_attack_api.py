@@ -20,11 +20,8 @@ for bodies that never end, the chat protocol for the chat model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import select
-import socket
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -37,7 +34,7 @@ import openai
 import pytest
 
 from tests.app_process import AppProcess, atelier
-from tests.attack_helpers import PeakMemory, Recorder
+from tests.attack_helpers import PeakMemory, RawPost, Recorder
 from tests.chat_client import ChatSession, login_cookie, outputs
 from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall, default_brain
 from tests.waiting import wait_until_sync
@@ -340,54 +337,6 @@ def test_a_refused_webhook_host_never_hears_from_the_server(world: World) -> Non
 # ------------------------------------------------------------------ oversized bodies
 
 
-class RawPost:
-    """POST over a plain socket, stopping as soon as the server answers (as a browser
-    does), so a test sees the status rather than a broken pipe."""
-
-    def __init__(self, app: AppProcess, path: str, token: str, length: int | None, kind: str):
-        self.sock = socket.create_connection(("127.0.0.1", app.port), timeout=30)
-        self.chunked = length is None
-        framing = "Transfer-Encoding: chunked" if self.chunked else f"Content-Length: {length}"
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: {kind}\r\n{framing}\r\n\r\n"
-        )
-        self.sock.sendall(head.encode())
-        self.sent = 0
-
-    def send(self, data: bytes) -> bool:
-        """False once the server has answered or closed (stop sending then)."""
-        if select.select([self.sock], [], [], 0)[0]:
-            return False
-        framed = f"{len(data):x}\r\n".encode() + data + b"\r\n" if self.chunked else data
-        try:
-            self.sock.sendall(framed)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            return False
-        self.sent += len(data)
-        return True
-
-    def response(self) -> tuple[int, bytes]:
-        data = b""
-        with contextlib.suppress(ConnectionResetError):
-            while b"\r\n\r\n" not in data:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = int(head.split(b"\r\n", 1)[0].split()[1]) if head else 0
-        lengths = re.findall(rb"(?im)^content-length:\s*(\d+)", head)
-        with contextlib.suppress(ConnectionResetError):
-            while lengths and len(body) < int(lengths[0]):
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-        self.sock.close()
-        return status, body
-
-
 BOUNDARY = "atelier-attack-boundary"
 MULTIPART_HEAD = (
     f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nbigger\r\n'
@@ -410,14 +359,16 @@ def test_oversized_bodies_are_refused_while_they_arrive(
 ) -> None:
     app, total = world.app, 200 * MB  # far more than the limit, and than is ever sent
     with PeakMemory(app) as memory:
-        raw = RawPost(
-            app, path, world.tokens["mallory"].plaintext, total if declared else None, kind
-        )
+        headers = {
+            "Authorization": f"Bearer {world.tokens['mallory'].plaintext}",
+            "Content-Type": kind,
+        }
+        raw = RawPost(app, path, headers, total if declared else None)
         raw.send(opening)
         block = b"a" * (256 * 1024)
         while raw.sent < total and raw.send(block):
             pass
-        status, body = raw.response()
+        status, _, body = raw.response()
     assert status == 413, body[:300]
     assert raw.sent < 32 * MB, f"sent {raw.sent / MB:.1f} MB before the server answered"
     assert memory.growth < MEMORY_BOUND, f"{memory.growth / MB:.0f} MB"

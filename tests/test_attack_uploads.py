@@ -9,10 +9,7 @@ and its peak memory is read from /proc around each attack (tests/attack_helpers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import select
-import socket
 import tracemalloc
 import uuid
 import zipfile
@@ -25,7 +22,7 @@ import pytest
 from core.errors import InvalidInput
 from pipelines.training.lora_dataset import DatasetLimits, images_from_zip
 from tests.app_process import ADMIN_PASSWORD, AppProcess, add_user
-from tests.attack_helpers import PeakMemory
+from tests.attack_helpers import PeakMemory, RawPost
 from tests.chat_client import ChatSession, login_cookie, outputs
 
 MB = 1024 * 1024
@@ -53,70 +50,13 @@ def _zeros(total: int, chunk: int = MB) -> Iterator[bytes]:
         yield block[: min(chunk, total - start)]
 
 
-class RawUpload:
-    """POST /project/file over a plain socket, reading the answer as soon as it comes.
-
-    Browsers stop sending when the server answers early (413 before the body is read);
-    this client does the same, so the test sees the status rather than a broken pipe.
-    """
-
-    def __init__(self, app: AppProcess, cookie: str, session_id: str, length: int | None):
-        self.sock = socket.create_connection(("127.0.0.1", app.port), timeout=30)
-        self.chunked = length is None
-        framing = "Transfer-Encoding: chunked" if self.chunked else f"Content-Length: {length}"
-        head = (
-            f"POST /project/file?session_id={session_id} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{app.port}\r\nCookie: {cookie}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing}\r\n\r\n"
-        )
-        self.sock.sendall(head.encode())
-        self.sent = 0
-
-    def answered(self) -> bool:
-        return bool(select.select([self.sock], [], [], 0)[0])
-
-    def send(self, data: bytes) -> bool:
-        """False once the server has answered or closed (stop sending then)."""
-        if self.answered():
-            return False
-        framed = f"{len(data):x}\r\n".encode() + data + b"\r\n" if self.chunked else data
-        try:
-            self.sock.sendall(framed)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            return False
-        self.sent += len(data)
-        return True
-
-    def finish(self) -> None:
-        if self.chunked:
-            self.send_raw(b"0\r\n\r\n")
-
-    def send_raw(self, data: bytes) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.sock.sendall(data)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        headers = {k.lower(): v for k, v in headers.items()}
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        self.sock.close()
-        return int(lines[0].split()[1]), headers, body
-
-    def close(self) -> None:
-        self.sock.close()
+def raw_upload(app: AppProcess, cookie: str, session_id: str, length: int | None) -> RawPost:
+    """POST /project/file over a plain socket (see RawPost), the body still to send."""
+    headers = {
+        "Cookie": cookie,
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+    }
+    return RawPost(app, f"/project/file?session_id={session_id}", headers, length)
 
 
 def send_zeros(
@@ -126,7 +66,7 @@ def send_zeros(
     answers: (status, body, bytes sent, how far the server's peak memory rose)."""
     length = len(_preamble()) + size + len(EPILOGUE) if declared else None
     with PeakMemory(app) as memory:
-        raw = RawUpload(app, chat.cookie, chat.session_id, length)
+        raw = raw_upload(app, chat.cookie, chat.session_id, length)
         raw.send(_preamble())
         for block in _zeros(size):
             if not raw.send(block):
@@ -300,7 +240,7 @@ async def test_uploads_at_once_are_bounded_per_user(app: AppProcess) -> None:
     # Three of alice's uploads that are still arriving hold her three slots.
     stalled = []
     for _ in range(3):
-        raw = RawUpload(app, alice.cookie, alice.session_id, None)
+        raw = raw_upload(app, alice.cookie, alice.session_id, None)
         raw.send(_preamble("slow.png") + PNG_HEAD)
         stalled.append(raw)
     await asyncio.sleep(0.5)  # let the server take them in (not a timing assertion)
