@@ -35,6 +35,8 @@ from tools import registry
 log = get_logger(__name__)
 
 MAX_TITLE = 60
+FIRST_NAME_WAIT_S = 15.0  # how long Chainlit's own naming of a new conversation may take
+FIRST_NAME_POLL_S = 0.25
 LLM_TIMEOUT_S = 30
 LLM_INPUT_CHARS = 2000
 TITLE_INSTRUCTIONS = (
@@ -155,7 +157,7 @@ async def name_conversation(
 ) -> None:
     engine = runtime.engine
     expected = typed[: thread_titles.MAX_NAME]
-    if await thread_titles.name_of(engine, thread_id, user_id) != expected:
+    if await _first_name(engine, thread_id, user_id) != expected:
         return  # renamed by the user, or not the message that opened this conversation
     title = from_message(typed, command)
     if title and title != expected:
@@ -186,6 +188,24 @@ async def name_conversation(
         await _tell_sidebar(emitter, thread_id, written)
     else:
         log.info("conversation_title_kept", reason="renamed meanwhile")
+
+
+async def _first_name(engine: Any, thread_id: str, user_id: str) -> str | None:
+    """The conversation's name once Chainlit has written its first one.
+
+    Chainlit names a new conversation in a task of its own (`init_thread`), which races
+    this one: on a busy server a quick command's turn could end before that write, and
+    the title was then skipped, leaving a conversation opened from the `/` menu out of
+    the sidebar (Chainlit only reloads the list for a message with text). So a missing
+    name is waited for, briefly; a name that differs is the user's, at once.
+    """
+    name = await thread_titles.name_of(engine, thread_id, user_id)
+    waited = 0.0
+    while name is None and waited < FIRST_NAME_WAIT_S:
+        await asyncio.sleep(FIRST_NAME_POLL_S)
+        waited += FIRST_NAME_POLL_S
+        name = await thread_titles.name_of(engine, thread_id, user_id)
+    return name
 
 
 async def _tell_sidebar(emitter: Any, thread_id: str, title: str) -> None:

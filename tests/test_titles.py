@@ -10,13 +10,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
 from chat_app.commands import CHAT_COMMANDS
-from chat_app.titles import COMMAND_TITLES, MAX_TITLE, from_message, needs_model, tidy
+from chat_app.titles import (
+    COMMAND_TITLES,
+    MAX_TITLE,
+    from_message,
+    name_conversation,
+    needs_model,
+    tidy,
+)
 from memory.thread_titles import name_of, rename_if_unchanged
 from tests.app_process import AppProcess
 from tests.chat_client import ChatSession, connected_session, outputs
@@ -88,6 +96,34 @@ async def test_a_title_replaces_only_the_expected_name_of_ones_own_thread(
         engine, thread_id, alice.id, expected="a fox", name="Fox in the snow"
     )
     assert await name_of(engine, thread_id, alice.id) == "My fox"
+
+
+async def test_a_command_chip_is_titled_even_when_chainlit_names_the_thread_late(
+    engine, data_layer, users, requester
+):
+    """On a busy server the title's task can start before Chainlit's own first naming
+    of the conversation is written; it waits for it instead of giving up (which left a
+    conversation opened from the `/` menu out of the sidebar)."""
+    alice = await users.add("alice", "password-for-alice")
+    requester.act_as(alice)
+    thread_id = str(uuid.uuid4())
+    told: list[tuple[str, dict[str, Any]]] = []
+
+    class Emitter:
+        async def emit(self, event: str, data: dict[str, Any]) -> None:
+            told.append((event, data))
+
+    runtime = SimpleNamespace(engine=engine, services=SimpleNamespace(rewrite=None))
+    titling = asyncio.create_task(
+        name_conversation(runtime, Emitter(), alice.id, thread_id, "", "cost")  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.6)  # Chainlit's write comes later (not a timing assertion)
+    assert not titling.done()
+    await data_layer.update_thread(thread_id, name="", user_id=alice.id)
+    await asyncio.wait_for(titling, 30)
+    assert await name_of(engine, thread_id, alice.id) == "Spending report"
+    shown = {"interaction": "Spending report", "thread_id": thread_id}
+    assert told == [("first_interaction", shown)]
 
 
 # ------------------------------------------------------------------------ the whole app
