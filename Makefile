@@ -38,8 +38,12 @@ chromium:
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 
+# Test files run in TEST_WORKERS processes (pytest-xdist, a file stays on one worker so its
+# module fixtures are built once); most tests wait on app subprocesses, not on the CPU.
+TEST_WORKERS ?= 3
+
 test: $(VENV)/.dev-installed chromium lint
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/sidebar_listing.py
