@@ -13,7 +13,9 @@ after that ends the turn.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 MAX_ROUNDS = 5
+TOKEN_FLUSH_S = 0.05  # streamed text is sent at most this often (the first at once)
 # What the openai client and langchain raise reading an answer that is not a chat
 # completion: a body that is not JSON (JSONDecodeError), a text body ("Unexpected response
 # type", a ValueError), no `choices` (TypeError), an odd chunk (AttributeError, KeyError).
@@ -137,10 +140,7 @@ async def _complete(
         full: AIMessageChunk | None = None
         try:
             stream = chat_model(settings, True).bind_tools(tools).astream(messages)
-            async for chunk in _read(stream, settings):
-                full = chunk if full is None else full + chunk
-                if isinstance(chunk.content, str) and chunk.content:
-                    await reply.stream_token(chunk.content)
+            full = await _stream_into(reply, _read(stream, settings))
         except (openai.AuthenticationError, openai.RateLimitError, openai.APIConnectionError):
             raise
         except (openai.APIError, BackendFailed) as exc:  # BackendFailed: from `_read`
@@ -165,6 +165,35 @@ async def _complete(
         reply.content = result.content
         await reply.send()
     return result  # type: ignore[return-value]
+
+
+async def _stream_into(
+    reply: cl.Message, chunks: AsyncIterator[AIMessageChunk]
+) -> AIMessageChunk | None:
+    """Show the streamed text as it comes; return the chunks merged into one.
+
+    Text is sent at once when it starts, then at most every `TOKEN_FLUSH_S`: a model
+    faster than the eye (or a local server answering at once) had each of its tokens
+    sent as a Socket.IO event of its own, which cost the server more than the text was
+    worth. The chunks are merged once at the end, not one by one as they come.
+    """
+    loop = asyncio.get_running_loop()
+    received: list[AIMessageChunk] = []
+    pending: list[str] = []
+    sent_at = -math.inf
+    async for chunk in chunks:
+        received.append(chunk)
+        if isinstance(chunk.content, str) and chunk.content:
+            pending.append(chunk.content)
+            if loop.time() - sent_at >= TOKEN_FLUSH_S:
+                await reply.stream_token("".join(pending))
+                pending.clear()
+                sent_at = loop.time()
+    if pending:
+        await reply.stream_token("".join(pending))
+    if not received:
+        return None
+    return received[0] + received[1:] if len(received) > 1 else received[0]
 
 
 async def run_turn(settings: Settings, ctx: ToolContext, messages: list[BaseMessage]) -> None:

@@ -48,6 +48,9 @@ class Shown(BaseChainlitEmitter):
     async def update_step(self, step_dict: Any) -> None:
         self.steps[step_dict["id"]] = {**self.steps.get(step_dict["id"], {}), **step_dict}
 
+    async def stream_start(self, step_dict: Any) -> None:  # a stream's first text comes here
+        self.tokens.append(step_dict.get("output") or "")
+
     async def send_token(self, id: str, token: str, is_sequence=False, is_input=False) -> None:  # noqa: A002, ANN001
         self.tokens.append(token)
 
@@ -117,6 +120,34 @@ async def test_a_tool_call_runs_and_the_model_answers_with_its_result(turn, stre
     async with db.connect() as conn:
         saved = (await conn.execute(select(Image.thread_id, Image.prompt_sent))).all()
     assert saved == [(THREAD, "draw a red fox in the snow")]
+
+
+LONG_REPLY = " ".join(f"word{i}" for i in range(40))
+
+
+async def test_a_fast_stream_is_shown_in_few_events_and_whole(turn, fake_openai):
+    """A model faster than the eye: its 40 tokens reach the browser as a handful of
+    events, the first at once, and nothing of the text is lost."""
+    ctx, _, settings, _ = turn
+    shown = in_a_chat()
+    fake_openai.brain = lambda messages, tools: Reply(content=LONG_REPLY)
+    messages = _ask("say a lot")
+    await run_turn(settings(llm_stream=True), ctx, messages)
+    assert messages[-1].content == LONG_REPLY
+    assert "".join(shown.tokens) == LONG_REPLY
+    assert 1 <= len(shown.tokens) <= 5, shown.tokens
+
+
+async def test_a_slow_stream_is_still_shown_token_by_token(turn, fake_openai):
+    """Tokens further apart than the flush interval are each shown as they come."""
+    ctx, _, settings, _ = turn
+    shown = in_a_chat()
+    fake_openai.chat_interval_s = 0.15
+    fake_openai.brain = lambda messages, tools: Reply(content="one two three four")
+    messages = _ask("say four words")
+    await run_turn(settings(llm_stream=True), ctx, messages)
+    assert "".join(shown.tokens) == "one two three four"
+    assert len(shown.tokens) >= 3, shown.tokens  # not held back until the end
 
 
 async def test_malformed_arguments_are_told_to_the_user_and_the_model(turn, fake_openai):

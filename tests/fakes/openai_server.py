@@ -533,7 +533,8 @@ class FakeOpenAI(ThreadedServer):
 
     Attributes tests may change at any time: ``brain`` (reply policy for chat completions),
     ``latency_s`` (delay before every response), ``api_key`` (None accepts any bearer token),
-    ``stream_interval_s`` (delay between the events of a streamed image answer).
+    ``stream_interval_s`` (delay between the events of a streamed image answer),
+    ``chat_interval_s`` (delay between the chunks of a streamed chat answer).
     """
 
     def __init__(
@@ -549,6 +550,7 @@ class FakeOpenAI(ThreadedServer):
         self.brain: Brain = brain or default_brain
         self.latency_s = latency_s
         self.stream_interval_s = stream_interval_s
+        self.chat_interval_s = 0.0
         self.api_key = api_key
         # The real API rejects image parts sent as application/octet-stream (raw bytes
         # without a filename); keep that behaviour unless a test opts out.
@@ -855,7 +857,7 @@ class FakeOpenAI(ThreadedServer):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = _stream_chunks(reply, finish, usage if include_usage else None)
             return StreamingResponse(
-                _sse(chunks, completion_id, created, model, include_usage),
+                _sse(chunks, completion_id, created, model, include_usage, self.chat_interval_s),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
@@ -1319,6 +1321,7 @@ async def _sse(
     created: int,
     model: str,
     include_usage: bool,
+    interval_s: float = 0.0,
 ) -> AsyncIterator[bytes]:
     for choices, usage in chunks:
         chunk: dict[str, Any] = {
@@ -1332,7 +1335,7 @@ async def _sse(
         if include_usage:
             chunk["usage"] = usage
         yield f"data: {json.dumps(chunk)}\n\n".encode()
-        await asyncio.sleep(0)
+        await asyncio.sleep(interval_s)
     yield b"data: [DONE]\n\n"
 
 
