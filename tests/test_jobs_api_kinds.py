@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,12 @@ def test_a_training_job_trains_a_lora_with_its_progress_streamed(setup: Setup) -
     )
     [row] = app_rows(setup.app, "SELECT status, step FROM loras WHERE name = 'apistyle'")
     assert (row["status"], row["step"]) == ("succeeded", 12)
+    # The result says what the ledger settled for the training.
+    [entry] = app_rows(
+        setup.app, "SELECT status, actual_usd FROM ledger_entries WHERE what = 'training'"
+    )
+    charged = entry["actual_usd"] if entry["status"] == "settled" else 0
+    assert Decimal(final["result"]["cost_usd"]) == Decimal(str(charged)), (entry, final)
 
 
 def test_a_running_training_job_is_cancelled(setup: Setup) -> None:

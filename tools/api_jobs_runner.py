@@ -391,7 +391,9 @@ class ApiJobRunner:
                 "base_model": record.base_model,
                 "step": record.step,
                 "total_steps": record.total_steps,
-            }
+            },
+            # Settled in the ledger when the training succeeded; None before that.
+            "cost_usd": record.metrics.get("cost_usd"),
         }
         await self._progress(
             job.id, live, record.step, record.total_steps, record.status, force=True
