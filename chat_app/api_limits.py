@@ -3,11 +3,9 @@
 - Requests per minute (`ATELIER_API_RATE_PER_MINUTE`): the `limits` library's moving
   window, as for logins (chat_app/login_limits.py): exact, and atomic per key in memory
   (a lock) and in Redis (a script), so N requests at once cannot slip past the limit.
-- Concurrent jobs (`ATELIER_API_CONCURRENT_JOBS`): slots per token. A slot is a lease
-  (its id in a Redis sorted set, scored by when it lapses) renewed while it is held, so a
-  process that dies gives its slots back within a lease; taking one is one Lua script
-  (drop lapsed leases, count, add), so two processes cannot take the last slot twice.
-  Without Redis the slots are an in-process set.
+- Concurrent jobs (`ATELIER_API_CONCURRENT_JOBS`): slots per token
+  (chat_app/shared_slots.py: leases in Redis, renewed while held, taken atomically;
+  without Redis an in-process set).
 - Request bodies (`ATELIER_API_MAX_REQUEST_MB`): `limit_body` stops a body at the limit
   while it arrives (ApiRoute applies it to every API route), so an oversized upload
   costs nothing.
@@ -20,15 +18,10 @@ With ATELIER_REDIS_URL set, every app process shares the counts and slots.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
 
 from fastapi import Request
 from limits import RateLimitItemPerMinute
@@ -39,97 +32,18 @@ from starlette.types import Message
 from chat_app.api_errors import ApiError, retry_after
 from chat_app.login_limits import storage_for
 from chat_app.settings import Settings
-from core.errors import ConfigError
+from chat_app.shared_slots import SLOT_LEASE_S, HeldSlots, Slots, slots_for
 from core.logging_setup import get_logger
 from memory.api_tokens import ApiCaller
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = get_logger(__name__)
 
 _NAMESPACE = "atelier-api"
 MB = 1024 * 1024
-# A slot's lease: renewed every third of it while held, so only a dead process's slots
-# lapse, within this long.
-SLOT_LEASE_S = 60.0
 # When all slots are taken nothing says when one frees (a job takes as long as it takes):
 # clients are asked to come back after this long.
 SLOT_RETRY_S = 5
 DEFAULT_MAX_REQUEST_MB = 25
-
-
-class Slots(Protocol):
-    """Where a token's job slots are counted (in memory, or in Redis for all processes)."""
-
-    async def take(self, token_id: str, limit: int) -> str | None: ...
-    async def renew(self, token_id: str, slot_id: str) -> None: ...
-    async def give_back(self, token_id: str, slot_id: str) -> None: ...
-
-
-class MemorySlots:
-    """Slots of this process only: a set per token (no await between count and add)."""
-
-    def __init__(self) -> None:
-        self._held: defaultdict[str, set[str]] = defaultdict(set)
-
-    async def take(self, token_id: str, limit: int) -> str | None:
-        held = self._held[token_id]
-        if len(held) >= limit:
-            return None
-        slot_id = uuid.uuid4().hex
-        held.add(slot_id)
-        return slot_id
-
-    async def renew(self, token_id: str, slot_id: str) -> None:
-        return None  # nothing lapses in memory
-
-    async def give_back(self, token_id: str, slot_id: str) -> None:
-        held = self._held.get(token_id)
-        if held is not None:
-            held.discard(slot_id)
-            if not held:
-                del self._held[token_id]
-
-
-# KEYS[1] the token's sorted set; ARGV: now, lease end, limit, slot id.
-_TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) - tonumber(ARGV[1])) * 1000))
-return 1
-"""
-
-
-class RedisSlots:
-    """Slots shared by every app process: leases in a sorted set per token."""
-
-    def __init__(self, redis: Redis, lease_s: float = SLOT_LEASE_S) -> None:
-        self._redis = redis
-        self._lease_s = lease_s
-        self._take = redis.register_script(_TAKE)
-
-    @staticmethod
-    def _key(token_id: str) -> str:
-        return f"{_NAMESPACE}:slots:{token_id}"
-
-    async def take(self, token_id: str, limit: int) -> str | None:
-        slot_id = uuid.uuid4().hex
-        now = time.time()
-        args = [now, now + self._lease_s, limit, slot_id]
-        taken = await self._take(keys=[self._key(token_id)], args=args)
-        return slot_id if int(taken) == 1 else None
-
-    async def renew(self, token_id: str, slot_id: str) -> None:
-        key = self._key(token_id)
-        lapses = time.time() + self._lease_s
-        # XX: only a slot still held is renewed (one given back stays given back).
-        await self._redis.zadd(key, {slot_id: lapses}, xx=True)
-        await self._redis.pexpire(key, math.ceil(self._lease_s * 1000))
-
-    async def give_back(self, token_id: str, slot_id: str) -> None:
-        await self._redis.zrem(self._key(token_id), slot_id)
 
 
 class ApiLimits:
@@ -147,27 +61,15 @@ class ApiLimits:
     ) -> None:
         self._limiter = MovingWindowRateLimiter(storage)
         self._rate = RateLimitItemPerMinute(per_minute)
-        self._slots = slots
+        self._slots = HeldSlots(slots, lease_s)
         self.concurrent_jobs = concurrent_jobs
         self.max_request_bytes = max_request_bytes
-        self._lease_s = lease_s
-        self._renewals: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiLimits:
-        slots: Slots = MemorySlots()
-        if settings.redis_url:
-            try:
-                from redis.asyncio import Redis
-            except ImportError:
-                raise ConfigError(
-                    "ATELIER_REDIS_URL: sharing API limits through Redis needs "
-                    "`pip install 'atelier[redis]'`."
-                ) from None
-            slots = RedisSlots(Redis.from_url(settings.redis_url))
         return cls(
             storage_for(settings.redis_url),
-            slots,
+            slots_for(settings, _NAMESPACE),
             per_minute=settings.api_rate_per_minute,
             concurrent_jobs=settings.api_concurrent_jobs,
             max_request_bytes=settings.api_max_request_mb * MB,
@@ -204,28 +106,11 @@ class ApiLimits:
                 code="rate_limit_exceeded",
                 headers=retry_after(SLOT_RETRY_S),
             )
-        self._renewals[slot_id] = asyncio.create_task(
-            self._keep(caller.token_id, slot_id), name=f"api-slot-{slot_id[:8]}"
-        )
         return slot_id
 
     async def release_slot(self, caller: ApiCaller, slot_id: str) -> None:
         """Give a slot back (once; a second release changes nothing)."""
-        renewal = self._renewals.pop(slot_id, None)
-        if renewal is not None:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
         await self._slots.give_back(caller.token_id, slot_id)
-
-    async def _keep(self, token_id: str, slot_id: str) -> None:
-        """Renew a held slot's lease until it is released (Redis: else it lapses)."""
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                await self._slots.renew(token_id, slot_id)
-            except Exception:  # Redis away for a moment: the next renewal tries again
-                log.warning("api_slot_renew_failed", token=token_id)
 
     @asynccontextmanager
     async def job_slot(self, caller: ApiCaller) -> AsyncIterator[None]:

@@ -34,7 +34,8 @@ from chat_app.settings import Settings
 
 
 def add_routes(app: FastAPI, settings: Settings) -> None:
-    app.include_router(upload_route.create_router(settings.uploads_per_user))
+    uploads = upload_route.UploadSlots.from_settings(settings)
+    app.include_router(upload_route.create_router(settings.uploads_per_user, uploads))
     app.include_router(feedback_routes.router)
     app.include_router(session_routes.router)
 

@@ -8,7 +8,8 @@ many ran at once. Here:
 - a declared `Content-Length` over the limit is answered 413 before a byte is read;
 - the body is read as it arrives and counted; past the limit the upload stops with 413
   (the parser spools file data to a temporary file past 1 MB, so memory stays small);
-- each user may have `uploads_per_user` uploads running at once; more answer 429;
+- each user may have `uploads_per_user` uploads running at once; more answer 429
+  (counted across app processes when ATELIER_REDIS_URL is set);
 - the checks Chainlit makes are kept: the session must be the caller's own, the parent
   message of an AskFileMessage must exist, and the file's type and size are checked with
   Chainlit's own `validate_file_upload` against the same configuration;
@@ -23,10 +24,9 @@ import asyncio
 import mimetypes
 import shutil
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 from chainlit.auth import get_current_user
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -35,7 +35,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from chat_app.session_access import own_session
+from chat_app.shared_slots import HeldSlots, MemorySlots, Slots, slots_for
 from core.logging_setup import get_logger
+
+if TYPE_CHECKING:
+    from chat_app.settings import Settings
 
 log = get_logger(__name__)
 
@@ -50,27 +54,30 @@ class TooLarge(Exception):
 
 
 class UploadSlots:
-    """How many uploads each user has running, in this process."""
+    """How many uploads each user has running: in this process, or with ATELIER_REDIS_URL
+    in every app process (chat_app/shared_slots.py), so replicas do not multiply it."""
 
-    def __init__(self) -> None:
-        self._running: Counter[str] = Counter()
+    def __init__(self, slots: Slots | None = None) -> None:
+        self._held = HeldSlots(slots or MemorySlots())
 
-    @contextmanager
-    def hold(self, user: str, limit: int) -> Iterator[None]:
-        if self._running[user] >= limit:
-            log.warning("upload_concurrency_refused", running=self._running[user], limit=limit)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadSlots:
+        return cls(slots_for(settings, "atelier-uploads"))
+
+    @asynccontextmanager
+    async def hold(self, user: str, limit: int) -> AsyncIterator[None]:
+        slot_id = await self._held.take(user, limit)
+        if slot_id is None:
+            log.warning("upload_concurrency_refused", limit=limit)
             raise HTTPException(
                 status_code=429,
                 detail=f"You already have {limit} uploads running; wait for them to finish.",
                 headers={"Retry-After": "5"},
             )
-        self._running[user] += 1
         try:
             yield
         finally:
-            self._running[user] -= 1
-            if self._running[user] <= 0:
-                del self._running[user]
+            await asyncio.shield(self._held.give_back(user, slot_id))
 
 
 def max_file_mb(spec: Any) -> float:
@@ -162,7 +169,7 @@ def create_router(per_user: int, slots: UploadSlots | None = None) -> APIRouter:
         spec = session.files_spec.get(ask_parent_id) if ask_parent_id else None
         if ask_parent_id and spec is None:
             raise HTTPException(status_code=404, detail="Parent message not found")
-        with slots.hold(current_user.identifier, per_user):
+        async with slots.hold(current_user.identifier, per_user):
             reference = await _receive(request, session, spec)
         return JSONResponse(content=reference)
 

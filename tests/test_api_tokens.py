@@ -26,8 +26,9 @@ from pydantic import BaseModel
 from sqlalchemy import text, update
 
 from chat_app.api_errors import ApiError, ApiRoute
-from chat_app.api_limits import ApiLimits, MemorySlots, RedisSlots
+from chat_app.api_limits import ApiLimits
 from chat_app.login_limits import storage_for
+from chat_app.shared_slots import MemorySlots, RedisSlots
 from core.errors import InvalidInput, NotFound, RateLimited
 from memory.api_tokens import MAX_ACTIVE_PER_USER, ApiCaller, ApiTokenStore
 from memory.db import session_factory
