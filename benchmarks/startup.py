@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,16 +43,15 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.app_process import free_port  # noqa: E402
+from tests.fakes.server_process import stop_process  # noqa: E402
+
 TARGET_S = 3.0
 POLL_S = 0.02
 SETTLE_S = 1.0  # idle time before the memory is read
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing answers there
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def base_env(pycache: Path | None) -> dict[str, str]:
@@ -138,12 +136,7 @@ def start_once(
         time.sleep(SETTLE_S)
         return elapsed, cpu, rss_mib(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def ours(

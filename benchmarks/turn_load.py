@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.chat_client import ChatSession  # noqa: E402
-from tests.fakes.server_process import OpenAIServerProcess  # noqa: E402
+from tests.fakes.server_process import OpenAIServerProcess, stop_process  # noqa: E402
 
 PASSWORD = "bench-password-123"  # every account's; the echo app takes it as ECHO_PASSWORD
 BROWSER_CONNECT_TIMEOUT_S = 20.0  # socket.io-client's default `timeout`
@@ -79,16 +79,6 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90
             pass
         time.sleep(0.2)
     raise RuntimeError(f"no 200 on {url} in {timeout:g} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def clean_env() -> dict[str, str]:
@@ -144,7 +134,7 @@ class EchoProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.fakes.server_process import stop_process
+
 ADMIN_PASSWORD = "admin-password-for-tests"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,13 +85,8 @@ class AppProcess:
         raise RuntimeError(f"app did not start in {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> AppProcess:
