@@ -38,6 +38,7 @@ from core.logging_setup import get_logger
 from memory.images import ImageRecord
 from memory.instances import images_left_by, message_text
 from memory.ledger import Reservation
+from memory.loras import LoraRecord
 from tools.context import ToolArtifact, ToolContext, Turn
 from tools.turn_guard import TurnGuard
 
@@ -92,7 +93,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             ),
             port=ChatPort(),
         )
-        await _tell_interrupted(runtime, ctx)
+        loras = await _tell_interrupted(runtime, ctx)
         uploads = []
         if message.elements:
             elements = list(message.elements)
@@ -123,7 +124,7 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
             await commands.run(runtime, ctx, name, rest)
         elif runtime.settings.llm_configured:
             model_status.require_chat_model(runtime.services.backends.catalogue, runtime.settings)
-            await _agent_turn(runtime, ctx, message, text)
+            await _agent_turn(runtime, ctx, message, text, loras)
         elif uploads:
             await commands.run(runtime, ctx, "edit", f"{text} --image {uploads[0].id}")
         else:
@@ -149,22 +150,26 @@ async def handle_message(runtime: Runtime, message: cl.Message) -> None:
         )
 
 
-async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> None:
+async def _tell_interrupted(runtime: Runtime, ctx: ToolContext) -> list[LoraRecord]:
     """Once per process: trainings a restart cut short, and how to continue them; once
-    ever: other work in this conversation that a crash cut short."""
+    ever: other work in this conversation that a crash cut short.
+
+    Returns the user's LoRAs, read for this anyway: an agent turn gives them to the model.
+    """
     await tell_interrupted_work(runtime, ctx.turn.user_id, ctx.turn.thread_id)
     await batch_display.tell_finished(
         runtime, ctx.turn.user_id, ctx.turn.thread_id, known_only=True
     )
     if runtime.services.trainings is None:
-        return
+        return []
     trainings = runtime.services.trainings
-    records = await trainings.loras.for_user(ctx.turn.user_id, status="interrupted")
+    records = await trainings.loras.for_user(ctx.turn.user_id)
     for record in trainings.untold_interrupted(records):
         await rendering.notice(
             f"The training of LoRA '{record.name}' was interrupted at step {record.step} "
             f"when the app stopped. `/train resume {record.name}` continues it."
         )
+    return records
 
 
 async def tell_interrupted_work(runtime: Runtime, user_id: str, thread_id: str) -> None:
@@ -262,13 +267,14 @@ def _quote(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def _agent_turn(runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str) -> None:
+async def _agent_turn(
+    runtime: Runtime, ctx: ToolContext, message: cl.Message, text: str, loras: list[LoraRecord]
+) -> None:
     # One more than the history keeps: the message being answered is among them.
     steps = await runtime.data_layer.recent_messages(message.thread_id, MAX_HISTORY_STEPS + 1)
     history = history_from_steps(steps, message.id)
     services, turn = runtime.services, ctx.turn
     images = await services.images.for_thread(turn.thread_id, turn.user_id)
     verdicts = await services.curation_store().verdicts_for_thread(turn.thread_id, turn.user_id)
-    loras = await services.trainings.loras.for_user(turn.user_id) if services.trainings else []
     messages = build_messages(history, images, text, services.styles.names(), verdicts, loras)
     await agent.run_turn(runtime.settings, ctx, messages)
