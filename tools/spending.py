@@ -62,6 +62,8 @@ class Charge:
     image_id: str | None = None  # the first thing it made, for the ledger's link
     unpriced_each: Decimal | None = None
     sources: list[str] = field(default_factory=list)  # per recorded part
+    # What the ledger settled when the action ended (None: not settled, or no price).
+    settled_usd: Decimal | None = None
 
     def record(self, cost: Cost, image_id: str | None = None, units: int = 1) -> None:
         """Add what one part of the action cost (a batch records each part).
@@ -307,6 +309,7 @@ async def _confirm_if_above_threshold(
 async def _settle(ctx: ToolContext, charge: Charge, turn: TurnGuard) -> None:
     assert ctx.services.ledger is not None and charge.reservation is not None
     usd, source = charge.actual()
+    charge.settled_usd = usd
     if usd is not None:
         turn.committed_usd += usd - charge.estimate.usd
     await ctx.services.ledger.settle(

@@ -234,9 +234,9 @@ class TrainingJobs:
             failure = exc
         try:
             if outcome is not None:
-                # What the ledger settled (nothing recorded: released, $0), kept with the
-                # LoRA so that whoever reads the record (the jobs API) sees what it cost.
-                usd = charge.actual()[0] if charge.costs else Decimal(0)
+                # What the ledger settled, kept with the LoRA so that whoever reads the
+                # record (the jobs API) sees what it cost.
+                usd = charge.settled_usd
                 metrics = outcome.values.setdefault("metrics", {})
                 metrics["cost_usd"] = str(usd) if usd is not None else None
                 await self._finish(job, "succeeded", outcome.values, outcome.text)
