@@ -82,9 +82,7 @@ return 1
 class RedisSlots:
     """Slots shared by every app process: leases in a sorted set per key."""
 
-    def __init__(
-        self, redis: Redis, lease_s: float = SLOT_LEASE_S, *, namespace: str = "atelier-api"
-    ) -> None:
+    def __init__(self, redis: Redis, lease_s: float = SLOT_LEASE_S, *, namespace: str) -> None:
         self._redis = redis
         self._lease_s = lease_s
         self._namespace = namespace

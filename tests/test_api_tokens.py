@@ -40,6 +40,7 @@ from tests.db_fixtures import db_url, engine, users  # noqa: F401 - fixtures
 from tests.waiting import wait_until_sync
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+API_SLOTS = "atelier-api"  # the namespace ApiLimits.from_settings gives its slots
 RATE = 6  # the app's requests per minute per token, in this module
 USERS = ("alice", "bob", "carol")
 
@@ -186,7 +187,7 @@ async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[list[ApiLimi
     yield [
         ApiLimits(
             storage_for(REDIS_URL),
-            RedisSlots(client),
+            RedisSlots(client, namespace=API_SLOTS),
             per_minute=10,
             concurrent_jobs=3,
             max_request_bytes=1024,
@@ -247,7 +248,7 @@ async def test_a_dead_processes_slots_lapse_while_held_ones_are_renewed() -> Non
         lease = 0.4
         live = ApiLimits(
             storage_for(REDIS_URL),
-            RedisSlots(client, lease_s=lease),
+            RedisSlots(client, lease_s=lease, namespace=API_SLOTS),
             per_minute=10,
             concurrent_jobs=2,
             max_request_bytes=1024,
@@ -256,7 +257,8 @@ async def test_a_dead_processes_slots_lapse_while_held_ones_are_renewed() -> Non
         caller = _caller()
         held = await live.acquire_slot(caller)  # renewed by this "process"
         # A process that took a slot and died: nobody renews its lease.
-        assert await RedisSlots(client, lease_s=lease).take(caller.token_id, 2) is not None
+        dead = RedisSlots(client, lease_s=lease, namespace=API_SLOTS)
+        assert await dead.take(caller.token_id, 2) is not None
         with pytest.raises(ApiError):
             await live.acquire_slot(caller)
         deadline = time.monotonic() + 10
