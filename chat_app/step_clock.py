@@ -24,9 +24,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
+from core.logging_setup import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _lock = threading.Lock()
 _last: datetime | None = None
