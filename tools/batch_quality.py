@@ -110,6 +110,23 @@ def judge(images: Sequence[bytes], checks: Sequence[str]) -> Verdict:
     )
 
 
+class _Turn:
+    """One attempt's place in the batch's reserving queue, given up once."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def take(self) -> None:
+        await self._lock.acquire()
+        self._held = True
+
+    def done(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
 @dataclass(frozen=True)
 class ItemWork:
     """What every item of one batch shares while it runs in this process."""
@@ -122,6 +139,10 @@ class ItemWork:
     error_retries: int
     # Told of each attempt as it ends, so a progress view can count items retrying.
     on_attempt: Callable[[BatchItemRecord], None] | None = None
+    # Items run side by side but reserve their cost one after another, in the order
+    # they started (the lock is FIFO): when the budget runs out it is the later
+    # positions that stay pending, never a gap among the first ones.
+    reserving: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, item: BatchItemRecord) -> str:
         """Attempts until one passes or the retries run out; the item's final status."""
@@ -169,10 +190,13 @@ class ItemWork:
             "attempt": n,
         }
         cost = Decimal(0)
+        turn = _Turn(self.reserving)
         try:
+            await turn.take()
             planned = await image_jobs.authorised(ctx, self._plan(item, seed))
             priced = image_jobs.estimate(ctx, planned)
             if priced is None:
+                turn.done()
                 artifact = await image_jobs.run(
                     ctx, planned, prompt_typed=item.label, lineage=lineage, seed_requested=seed
                 )
@@ -186,6 +210,7 @@ class ItemWork:
                     label=f"item {item.position + 1} of the batch {self.batch.title!r}",
                     units=planned.request.n,
                 ) as charge:
+                    turn.done()
                     if charge.reservation is not None:
                         await self.store.update_item(item.id, reservation_id=charge.reservation.id)
                     artifact = await image_jobs.run(
@@ -202,6 +227,8 @@ class ItemWork:
         except AtelierError as exc:
             final = isinstance(exc, FINAL_ERRORS)
             return _attempt(n, seed, "error", exc.message, started, final=final), Decimal(0)
+        finally:
+            turn.done()
         ids = [record.id for record, _ in artifact.images]
         datas = [data for _, data in artifact.images]
         return await self._judged(item, n, seed, ids, datas, cost, started)
