@@ -57,6 +57,7 @@ class CurationRecord:
 
 class CurationStore:
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._sessions = session_factory(engine)
 
     async def _owned_images(
@@ -261,9 +262,9 @@ class CurationStore:
     ) -> dict[str, tuple[str, int, str, float]]:
         """image id -> (verdict, rank, curation id, combined) from each image's latest curation."""
         thread_id = require_uuid(thread_id, "thread id")
-        async with self._sessions() as session:
+        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
             rows = (
-                await session.execute(
+                await conn.execute(
                     select(
                         CurationCandidate.image_id,
                         CurationCandidate.verdict,

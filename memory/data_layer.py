@@ -26,6 +26,7 @@ them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -291,12 +292,20 @@ class AtelierDataLayer(BaseDataLayer):
         or claim it.
         """
         who = self._who()
-        thread = await session.get(Thread, thread_id)
-        if thread is None or getattr(who, "is_system", False):
+        # The thread and its owner's name in one statement: every step, element and
+        # history read starts here, several times per turn.
+        found = (
+            await session.execute(
+                select(Thread, User.identifier)
+                .outerjoin(User, User.id == Thread.user_id)
+                .where(Thread.id == thread_id)
+            )
+        ).one_or_none()
+        if found is None:
+            return None
+        thread, owner = found
+        if getattr(who, "is_system", False):
             return thread
-        owner = None
-        if thread.user_id is not None:
-            owner = await session.scalar(select(User.identifier).where(User.id == thread.user_id))
         if owner is None or owner != who.identifier:
             log.warning("thread_access_denied", thread_id=thread_id)
             raise NotFound("No such conversation.")
@@ -624,20 +633,30 @@ class AtelierDataLayer(BaseDataLayer):
         Someone else's thread has no messages.
         """
         thread_id = require_uuid(thread_id, "thread id")
-        async with self._sessions() as session:
-            try:
-                if await self._check_thread_access(session, thread_id) is None:
-                    return []
-            except NotFound:
-                return []
-            rows = (
-                await session.execute(
-                    select(Step.id, Step.type, Step.name, Step.output, Step.is_error)
-                    .where(Step.thread_id == thread_id, Step.type.in_(_HISTORY_TYPES))
-                    .order_by(Step.created_at.desc(), Step.position.desc())
-                    .limit(limit)
+        who = self._who()
+        query = (
+            select(Step.id, Step.type, Step.name, Step.output, Step.is_error)
+            .where(Step.thread_id == thread_id, Step.type.in_(_HISTORY_TYPES))
+            .order_by(Step.created_at.desc(), Step.position.desc())
+            .limit(limit)
+        )
+        if not getattr(who, "is_system", False):
+            # Scoped to the requester's own thread in the same statement (asked on every
+            # agent turn); the full check below runs only when nothing came back.
+            query = query.where(
+                Step.thread_id.in_(
+                    select(Thread.id)
+                    .join(User, User.id == Thread.user_id)
+                    .where(Thread.id == thread_id, User.identifier == who.identifier)
                 )
-            ).all()
+            )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            async with self._sessions() as session:
+                with contextlib.suppress(NotFound):
+                    await self._check_thread_access(session, thread_id)  # logs a refusal
+            return []
         return [
             {"id": r.id, "type": r.type, "name": r.name, "output": r.output, "isError": r.is_error}
             for r in reversed(rows)
@@ -883,14 +902,8 @@ class AtelierDataLayer(BaseDataLayer):
         mime = element.mime or "application/octet-stream"
 
         async def work(session: AsyncSession) -> None:
-            await self._ensure_thread(session, thread_id)
-            existing = await session.scalar(
-                select(Element.thread_id).where(Element.id == element_id)
-            )
-            if existing is not None and existing != thread_id:
-                raise InvalidInput("Invalid element id.")
-            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
-            await session.execute(
+            owner = (await self._ensure_thread(session, thread_id)).user_id
+            inserted = await session.scalar(
                 self._insert(Element)
                 .values(
                     id=element_id,
@@ -911,7 +924,14 @@ class AtelierDataLayer(BaseDataLayer):
                     chainlit_key=element.chainlit_key,
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
+                .returning(Element.id)
             )
+            if inserted is None:  # the id is taken: only a repeat into the same thread
+                existing = await session.scalar(
+                    select(Element.thread_id).where(Element.id == element_id)
+                )
+                if existing != thread_id:
+                    raise InvalidInput("Invalid element id.")
             if media_key is not None:
                 await media_claims.claim(
                     session,

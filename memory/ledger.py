@@ -498,12 +498,20 @@ class Ledger:
         """
         user_id = require_uuid(user_id, "user id")
         thread_id = require_uuid(thread_id, "thread id")
+        # The owner and the lowest threshold set in one statement (asked before every
+        # paid action, just before the reservation reads the budgets again).
+        owner = select(Thread.user_id).where(Thread.id == thread_id).scalar_subquery()
+        lowest = (
+            select(func.min(Budget.confirm_above_usd))
+            .where(_budget_scopes(user_id, thread_id))
+            .scalar_subquery()
+        )
         async with self._engine.connect() as conn:
-            await _check_thread_owner(conn, thread_id, user_id)
-            rows = await _budget_rows(conn, user_id, thread_id)
-        chosen = [_dec(r.confirm_above_usd) for r in rows if r.confirm_above_usd is not None]
-        if chosen:  # a threshold set on either scope replaces the operator's (see _usage)
-            return min(chosen)
+            found_owner, chosen = (await conn.execute(select(owner, lowest))).one()
+        if found_owner not in (None, user_id):
+            raise NotFound("No such conversation.")
+        if chosen is not None:  # a threshold set on either scope replaces the operator's
+            return _dec(chosen)  # (see _usage)
         operator = operator_limits or OperatorLimits()
         if operator.confirm_above_usd is None:
             return None
@@ -781,17 +789,15 @@ async def _usage(
 
 async def _budget_rows(conn: AsyncConnection, user_id: str, thread_id: str) -> list[Any]:
     """The budgets set on the conversation and on the user's day."""
-    return list(
-        (
-            await conn.execute(
-                select(Budget).where(
-                    or_(
-                        (Budget.scope == "thread") & (Budget.scope_id == thread_id),
-                        (Budget.scope == "user_day") & (Budget.scope_id == user_id),
-                    )
-                )
-            )
-        ).all()
+    query = select(Budget).where(_budget_scopes(user_id, thread_id))
+    return list((await conn.execute(query)).all())
+
+
+def _budget_scopes(user_id: str, thread_id: str) -> Any:
+    """The budgets that apply here: the conversation's and the user's day."""
+    return or_(
+        (Budget.scope == "thread") & (Budget.scope_id == thread_id),
+        (Budget.scope == "user_day") & (Budget.scope_id == user_id),
     )
 
 

@@ -486,6 +486,7 @@ async def test_users_cannot_reach_each_others_threads(data_layer, users, request
         await data_layer.delete_feedback(feedback_id)
     assert await list_all(data_layer, alice) == [alices_thread]
     assert await list_all(data_layer, alice, search="bob") == []
+    assert await data_layer.recent_messages(bobs_thread, 10) == []  # no history to borrow
 
     # A call that names nobody is refused outright; even the server cannot move a
     # thread to another owner.
@@ -500,6 +501,9 @@ async def test_users_cannot_reach_each_others_threads(data_layer, users, request
     thread = await data_layer.get_thread(bobs_thread)
     assert thread is not None and thread["name"] == "bob's secret"
     assert [s["output"] for s in thread["steps"]] == ["bob's words"]
+    assert [m["output"] for m in await data_layer.recent_messages(bobs_thread, 10)] == [
+        "bob's words"
+    ]
     assert thread["steps"][0]["feedback"]["value"] == 1
     assert [e["id"] for e in thread["elements"]] == [bobs_image.id]
     assert await data_layer.get_element(bobs_thread, bobs_image.id) is not None
