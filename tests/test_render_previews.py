@@ -312,3 +312,23 @@ async def test_the_chat_updates_a_preview_and_keeps_only_the_image(make_app, fak
     images = [e for e in resumed.resumed["elements"] if e["type"] == "image"]
     assert len(images) == 1 and images[0]["url"].startswith("/media/")
     await resumed.close()
+
+
+async def test_previews_the_result_overtakes_are_never_sent(make_app, fake_openai):
+    # The provider thinks for a while (the bar shows), then its partial images and the
+    # result arrive together: a preview would be replaced before anyone could see it,
+    # and each is 50-100 KB down the socket (up to 2 MB from OpenAI).
+    fake_openai.latency_s = 0.6  # longer than the display's throttle
+    fake_openai.stream_interval_s = 0
+    app = make_app()
+    chat = ChatSession(app.base_url, login_cookie(app.base_url, "admin", ADMIN_PASSWORD))
+    await chat.connect()
+    replies = outputs(await chat.send("draw a heron at dawn"))
+    assert any("Done. Generated 1 image(s)" in text for text in replies)
+    assert len(fake_openai.requests_to("/v1/images/generations")) == 1
+    assert fake_openai.requests_to("/v1/images/generations")[0].json["partial_images"] > 0
+    elements = [data for event, data in chat.events if event == "element"]
+    assert [e["url"].split("?")[0][:7] for e in elements] == ["/media/"]  # the image only
+    bars = [d for e, d in chat.events if e == "new_message" and "drawing" in d.get("output", "")]
+    assert bars  # the bar was shown while the provider worked
+    await chat.close()
