@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -172,25 +171,36 @@ async def _stream_into(
 ) -> AIMessageChunk | None:
     """Show the streamed text as it comes; return the chunks merged into one.
 
-    Text is sent at once when it starts, then at most every `TOKEN_FLUSH_S`: a model
+    Text is sent `TOKEN_FLUSH_S` after it starts, then at most that often: a model
     faster than the eye (or a local server answering at once) had each of its tokens
     sent as a Socket.IO event of its own, which cost the server more than the text was
-    worth. The chunks are merged once at the end, not one by one as they come.
+    worth. An answer complete within the first interval is not streamed at all: it goes
+    out once, as the finished message (`_complete` sends it), instead of a stream start,
+    its tokens and then the message again. The chunks are merged once at the end.
     """
     loop = asyncio.get_running_loop()
     received: list[AIMessageChunk] = []
     pending: list[str] = []
-    sent_at = -math.inf
+    # The clock the next send waits on: the first text's arrival until something has
+    # been sent, then the last send.
+    since: float | None = None
+    streamed = False
     async for chunk in chunks:
         received.append(chunk)
         if isinstance(chunk.content, str) and chunk.content:
             pending.append(chunk.content)
-            if loop.time() - sent_at >= TOKEN_FLUSH_S:
-                await reply.stream_token("".join(pending))
-                pending.clear()
-                sent_at = loop.time()
-    if pending:
+            if since is None:
+                since = loop.time()
+        # Checked on every chunk: text followed by a tool call's streamed arguments is
+        # shown while they come.
+        if pending and since is not None and loop.time() - since >= TOKEN_FLUSH_S:
+            await reply.stream_token("".join(pending))
+            pending.clear()
+            since, streamed = loop.time(), True
+    if pending and streamed:
         await reply.stream_token("".join(pending))
+    elif pending:
+        reply.content = "".join(pending)  # never streamed: sent whole by the caller
     if not received:
         return None
     return received[0] + received[1:] if len(received) > 1 else received[0]

@@ -125,17 +125,32 @@ async def test_a_tool_call_runs_and_the_model_answers_with_its_result(turn, stre
 LONG_REPLY = " ".join(f"word{i}" for i in range(40))
 
 
-async def test_a_fast_stream_is_shown_in_few_events_and_whole(turn, fake_openai):
-    """A model faster than the eye: its 40 tokens reach the browser as a handful of
-    events, the first at once, and nothing of the text is lost."""
+async def test_a_fast_stream_is_shown_whole_in_one_message(turn, fake_openai):
+    """A model faster than the eye: its 40 tokens, all there within the first flush
+    interval, reach the browser as the finished message alone, with no stream events
+    before it, and nothing of the text is lost."""
     ctx, _, settings, _ = turn
     shown = in_a_chat()
     fake_openai.brain = lambda messages, tools: Reply(content=LONG_REPLY)
     messages = _ask("say a lot")
     await run_turn(settings(llm_stream=True), ctx, messages)
     assert messages[-1].content == LONG_REPLY
+    assert shown.tokens == []
+    assert shown.texts("assistant_message") == [LONG_REPLY]
+
+
+async def test_a_stream_slower_than_the_interval_is_shown_in_a_few_events(turn, fake_openai):
+    """40 tokens 10 ms apart: shown while they come, in a handful of events, the first
+    one interval after the text starts, and whole in the end."""
+    ctx, _, settings, _ = turn
+    shown = in_a_chat()
+    fake_openai.chat_interval_s = 0.01
+    fake_openai.brain = lambda messages, tools: Reply(content=LONG_REPLY)
+    messages = _ask("say a lot, slowly")
+    await run_turn(settings(llm_stream=True), ctx, messages)
     assert "".join(shown.tokens) == LONG_REPLY
-    assert 1 <= len(shown.tokens) <= 5, shown.tokens
+    assert 2 <= len(shown.tokens) <= 12, shown.tokens
+    assert shown.texts("assistant_message") == [LONG_REPLY]
 
 
 async def test_a_slow_stream_is_still_shown_token_by_token(turn, fake_openai):
