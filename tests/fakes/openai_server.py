@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import hashlib
 import inspect
 import io
@@ -411,6 +412,27 @@ def _disc_test_image(variant: int, width: int, height: int) -> Image.Image:
         r = radius * (0.7 if variant == 2 else 1)
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(30, 30, 40))
     return image
+
+
+@functools.lru_cache(maxsize=64)
+def _generated(
+    prompt: str,
+    index: int,
+    width: int,
+    height: int,
+    transparent: bool,
+    output_format: str,
+    compression: int | None,
+) -> bytes:
+    """`make_image`, encoded; the same bytes for the same request, drawn once.
+
+    Drawing and encoding a 1024x1024 picture, and blurring it for each partial image,
+    cost the fake ~140 ms of CPU per request: on a two-core machine a benchmark's "zero-
+    latency" provider was then the slowest thing in the run, and its image turns took
+    seconds of queueing instead of milliseconds.
+    """
+    image = make_image(prompt, index, width, height, transparent=transparent)
+    return _encode(image, output_format, compression)
 
 
 def _encode(image: Image.Image, output_format: str, compression: int | None) -> bytes:
@@ -922,11 +944,7 @@ class FakeOpenAI(ThreadedServer):
             raise keyword
         transparent = background == "transparent"
         images = [
-            _encode(
-                make_image(prompt, i, width, height, transparent=transparent),
-                output_format,
-                compression,
-            )
+            _generated(prompt, i, width, height, transparent, output_format, compression)
             for i in range(n)
         ]
         answer = _ImagesAnswer(
@@ -1255,6 +1273,7 @@ def _parse_stream(stream: Any, partial_images: Any) -> int | None:
     return count
 
 
+@functools.lru_cache(maxsize=64)
 def _partial_image(data: bytes, number: int, partials: int, output_format: str) -> str:
     """Partial image `number` of `partials`: the image blurred, less so each time."""
     with Image.open(io.BytesIO(data)) as image:
