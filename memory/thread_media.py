@@ -73,7 +73,7 @@ class LineageRecord:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Any) -> Self:  # an Image or Video, or a row of their columns
+    def from_row(cls, row: Image | Video) -> Self:
         values = {field.name: getattr(row, field.name) for field in fields(cls)}
         # A copy of its own: a frozen record must not share a mutable dict with a row.
         values["parameters"] = dict(row.parameters or {})
@@ -88,7 +88,6 @@ class MediaLineageStore(Generic[RowT, RecordT]):
     noun: str  # names the kind in errors: "image" gives "No image with id …"
 
     def __init__(self, engine: AsyncEngine, media: MediaStorage) -> None:
-        self._engine = engine
         self._sessions = session_factory(engine)
         self._media = media
         self._insert = media_claims.insert_for(engine)
@@ -109,13 +108,10 @@ class MediaLineageStore(Generic[RowT, RecordT]):
         """The user's records in the thread, oldest first (the newest `limit` of them)."""
         model = self.row_type
         thread_id = require_uuid(thread_id, "thread id")
-        # Read on every agent turn, up to `limit` rows: only the record's columns, on a
-        # plain connection (loading ORM objects cost more than the query).
-        columns = [getattr(model, field.name) for field in fields(self.record_type)]
-        async with self._engine.connect() as conn:
+        async with self._sessions() as session:
             rows = (
-                await conn.execute(
-                    select(*columns)
+                await session.scalars(
+                    select(model)
                     .where(model.thread_id == thread_id, model.user_id == user_id)
                     .order_by(model.created_at.desc())
                     .limit(limit)
