@@ -291,6 +291,13 @@ class AtelierDataLayer(BaseDataLayer):
         A thread with no owner is reachable only by the server itself: no user can read
         or claim it.
         """
+        found = await self._thread_and_owner(session, thread_id)
+        return None if found is None else found[0]
+
+    async def _thread_and_owner(
+        self, session: AsyncSession, thread_id: str
+    ) -> tuple[Thread, str | None] | None:
+        """`_check_thread_access`, with the owner's identifier it reads on the way."""
         who = self._who()
         # The thread and its owner's name in one statement: every step, element and
         # history read starts here, several times per turn.
@@ -304,12 +311,10 @@ class AtelierDataLayer(BaseDataLayer):
         if found is None:
             return None
         thread, owner = found
-        if getattr(who, "is_system", False):
-            return thread
-        if owner is None or owner != who.identifier:
+        if not getattr(who, "is_system", False) and (owner is None or owner != who.identifier):
             log.warning("thread_access_denied", thread_id=thread_id)
             raise NotFound("No such conversation.")
-        return thread
+        return thread, owner
 
     async def _ensure_thread(
         self, session: AsyncSession, thread_id: str, owner_id: str | None = None
@@ -588,16 +593,12 @@ class AtelierDataLayer(BaseDataLayer):
         thread_id = require_uuid(thread_id, "thread id")
         async with self._sessions() as session:
             try:
-                thread = await self._check_thread_access(session, thread_id)
+                found = await self._thread_and_owner(session, thread_id)
             except NotFound:
                 return None
-            if thread is None:
+            if found is None:
                 return None
-            identifier = None
-            if thread.user_id:
-                identifier = await session.scalar(
-                    select(User.identifier).where(User.id == thread.user_id)
-                )
+            thread, identifier = found
             steps = (
                 await session.scalars(
                     select(Step)
