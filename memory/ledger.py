@@ -508,8 +508,7 @@ class Ledger:
         )
         async with self._engine.connect() as conn:
             found_owner, chosen = (await conn.execute(select(owner, lowest))).one()
-        if found_owner not in (None, user_id):
-            raise NotFound("No such conversation.")
+        _refuse_foreign_thread(found_owner, user_id)
         if chosen is not None:  # a threshold set on either scope replaces the operator's
             return _dec(chosen)  # (see _usage)
         operator = operator_limits or OperatorLimits()
@@ -713,8 +712,13 @@ class Ledger:
 
 
 async def _check_thread_owner(conn: AsyncConnection, thread_id: str, user_id: str) -> None:
+    _refuse_foreign_thread(
+        await conn.scalar(select(Thread.user_id).where(Thread.id == thread_id)), user_id
+    )
+
+
+def _refuse_foreign_thread(owner: str | None, user_id: str) -> None:
     """Someone else's conversation is not found; one not stored yet may be budgeted."""
-    owner = await conn.scalar(select(Thread.user_id).where(Thread.id == thread_id))
     if owner not in (None, user_id):
         raise NotFound("No such conversation.")
 
@@ -755,8 +759,7 @@ async def _usage(
             )
         )
     ).one()
-    if row[0] not in (None, user_id):
-        raise NotFound("No such conversation.")
+    _refuse_foreign_thread(row[0], user_id)
     thread_sums, day_sums = (row[1], row[2]), (row[3], row[4])
     budget_rows = await _budget_rows(conn, user_id, thread_id)
     operator = operator_limits or OperatorLimits()
