@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_app import batch_display, training_display
 from chat_app.api_limits import ApiLimits
+from chat_app.chat_model import close_chat_models
 from chat_app.embedding_worker import EmbeddingWorker, build_likeness
 from chat_app.model_status import load_catalogue
 from chat_app.settings import Settings
@@ -151,6 +152,7 @@ class Runtime:
                 await self.instances.unregister()
             except Exception:
                 log.exception("instance_unregister_failed")
+        await close_chat_models()  # their HTTP sessions belong to this event loop
         # Messages Chainlit handed over but not yet committed are written, not dropped.
         await self.data_layer.flush()
         await self.engine.dispose()
