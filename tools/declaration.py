@@ -83,6 +83,7 @@ class Tool(Generic[ArgsT]):
         schema = convert_to_openai_tool(self.args)
         schema["function"]["name"] = self.name
         schema["function"]["description"] = self.description
+        _omit_optional_nulls(schema["function"]["parameters"])
         return schema
 
     def validate(self, raw: Mapping[str, Any]) -> ArgsT:
@@ -230,3 +231,22 @@ def _tokens(text: str, multi_word: set[str]) -> list[tuple[str, str | None]]:
             i += 2 if has_value else 1
         out.append((name, value))
     return out
+
+
+def _omit_optional_nulls(parameters: dict[str, Any]) -> None:
+    """An optional argument as a plain type the model leaves out, not "X or null".
+
+    pydantic writes `field: X | None = None` as `anyOf: [X, null]` with `default: null`.
+    Not being required already says the model may leave it out (and validation fills in
+    None), so the null branch only adds tokens: a fifth of the tools' JSON, which is
+    sent, paid for and encoded with every model call.
+    """
+    required = set(parameters.get("required", ()))
+    for name, prop in parameters.get("properties", {}).items():
+        branches = prop.get("anyOf")
+        if name in required or prop.get("default", ...) is not None or not branches:
+            continue
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1 and len(branches) == 2:
+            del prop["anyOf"], prop["default"]
+            prop.update(kept[0])
