@@ -20,6 +20,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 import chainlit as cl
+from chainlit.context import context
 
 from core import money
 from core.logging_setup import get_logger
@@ -62,11 +63,32 @@ def actions_for(record: ImageRecord) -> list[cl.Action]:
     return [button(name, record, tail) for name in names]
 
 
+class Button(cl.Action):
+    """Chainlit's action, sent as the same event built by hand.
+
+    `Action.send` serialises with dataclasses_json (about 50 µs a button here): six
+    buttons per image shown, and 1,800 when a conversation of 300 images is resumed.
+    """
+
+    async def send(self, for_id: str) -> None:
+        self.forId = for_id
+        event = {
+            "name": self.name,
+            "payload": self.payload,
+            "label": self.label,
+            "tooltip": self.tooltip,
+            "icon": self.icon,
+            "forId": for_id,
+            "id": self.id,
+        }
+        await context.emitter.emit("action", event)
+
+
 def button(name: str, record: ImageRecord, tail: str) -> cl.Action:
     word, label, icon = _BUTTONS[name]
     if name == DETAILS:
         label = details(record)  # images.js shows it on the image; nothing is fetched
-    return cl.Action(
+    return Button(
         name=name,
         payload={"image_id": record.id},
         label=label,
