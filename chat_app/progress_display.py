@@ -19,6 +19,11 @@ and its result together, and forwarding a 100 KB-2 MB picture that the result re
 a moment later was most of the socket traffic (and a tenth of the CPU) of an image turn
 at 50 sessions. Previews that arrive seconds apart, as they do while a picture is being
 drawn, are shown a quarter of a second later than they came.
+
+For the same reason the bar itself first appears `BAR_HOLD_S` after its job started: a
+job done sooner (a provider that answers at once, a cached result) never shows a bar
+that would be removed a moment later. That bar was two of an image turn's socket
+events, and neither could be seen. The tool's own step shows the call from the start.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pipelines.progress import Preview, Progress, ProgressUpdate
 
 MIN_INTERVAL_S = 0.25
 PREVIEW_HOLD_S = 0.25
+BAR_HOLD_S = 0.25
 BAR_CELLS = 20
 
 
@@ -63,6 +69,7 @@ class _Display:
         self.preview_at = -math.inf  # when the newest preview came
         self.latest: ProgressUpdate | None = None
         self.last_sent = -math.inf
+        self.opened = time.monotonic()  # the job's start: the bar waits BAR_HOLD_S
         self.later: asyncio.Task[None] | None = None
         # One send at a time: two first reports racing would make two messages.
         self.lock = asyncio.Lock()
@@ -77,7 +84,8 @@ class _Display:
         ):
             self.preview_at = time.monotonic()
         self.latest = update
-        wait = self.last_sent + MIN_INTERVAL_S - time.monotonic()
+        due = max(self.last_sent + MIN_INTERVAL_S, self.opened + BAR_HOLD_S)
+        wait = due - time.monotonic()
         if wait <= 0:
             await self._send()
         elif self.later is None:
