@@ -31,6 +31,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from memory import sqlite_connection
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy.engine import Connection
@@ -90,7 +92,13 @@ def create_engine(
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            url,
+            # One trip to the connection's thread per statement (memory/sqlite_connection).
+            async_creator=sqlite_connection.creator(
+                url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            ),
+        )
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
     return create_async_engine(
