@@ -89,7 +89,13 @@ async def test_stop_cancels_a_running_local_job(local_app):
     def texts() -> list[str]:
         return [d.get("output") or "" for e, d in chat.events if isinstance(d, dict)]
 
-    await wait_until(lambda: any("⏳" in text for text in texts()), 20, "the job's progress bar")
+    # Stopped while it denoises. A pipeline still loading cannot be interrupted, and the
+    # device is not free until it returns: under load that alone took over 10 s.
+    await wait_until(
+        lambda: any("⏳" in text and "denoising" in text for text in texts()),
+        60,
+        "the job's progress bar, denoising",
+    )
     stopped_at = len(chat.events)
     await chat.sio.emit("stop")
     await wait_until(
