@@ -95,9 +95,7 @@ def create_engine(
         engine = create_async_engine(
             url,
             # One trip to the connection's thread per statement (memory/sqlite_connection).
-            async_creator=sqlite_connection.creator(
-                url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-            ),
+            async_creator=sqlite_connection.creator(url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000),
         )
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine

@@ -27,9 +27,7 @@ from sqlalchemy.engine import make_url
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _run(
-    connection: sqlite3.Connection, sql: str, parameters: Any, many: bool
-) -> _Outcome:
+def _run(connection: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Outcome:
     """On the connection's thread: the whole statement, its rows read and its cursor
     closed."""
     cursor = connection.cursor()
@@ -100,17 +98,15 @@ class OneTripConnection(aiosqlite.Connection):
 
 
 def creator(url: str, **kwargs: Any) -> Callable[[], OneTripConnection]:
-    """The engine's `async_creator` for a `sqlite+aiosqlite` URL: its file (or memory)
-    and query options, as SQLAlchemy would pass them to `aiosqlite.connect`, and
-    `kwargs` (the engine's `connect_args`)."""
+    """The engine's `async_creator` for a `sqlite+aiosqlite` URL: the arguments
+    SQLAlchemy's aiosqlite dialect would give `aiosqlite.connect` for it (file, `uri`,
+    `check_same_thread`, query options), with `kwargs` (the engine's `connect_args`)."""
     parsed = make_url(url)
-    database = parsed.database or ":memory:"
-    options = {**parsed.query, **kwargs}
-    if options.pop("uri", None) in ("true", True):
-        options["uri"] = True
+    args, options = parsed.get_dialect()().create_connect_args(parsed)
+    options.update(kwargs)
 
     def connect() -> OneTripConnection:
-        connection = OneTripConnection(lambda: sqlite3.connect(database, **options), 64)
+        connection = OneTripConnection(lambda: sqlite3.connect(*args, **options), 64)
         # As SQLAlchemy does for aiosqlite: a connection left open never holds up exit.
         connection._thread.daemon = True
         return connection
