@@ -25,30 +25,25 @@ class Emitted(BaseChainlitEmitter):
         self.events.append((event, data))
 
 
-def _record(**overrides: Any) -> ImageRecord:
-    fields = {
-        field: None
-        for field in ImageRecord.__dataclass_fields__  # every column, then these
-    }
-    fields.update(
+def _record() -> ImageRecord:
+    return ImageRecord(
         id="0d61f0c2-5d1e-4f7e-9a44-2f1c3b4d5e6f",
         thread_id="t",
-        user_id="u",
         media_key="k.png",
         mime="image/png",
-        width=1024,
-        height=1024,
         prompt_typed="a fox",
-        prompt_sent="a red fox",
         backend="openai",
         model="gpt-image-2",
         parameters={},
         seed=None,
+        width=1024,
+        height=1024,
         cost_usd=Decimal("0.0420"),
+        duration_ms=None,
         created_at=datetime(2026, 12, 1, tzinfo=UTC),
+        parent_id=None,
+        prompt_sent="a red fox",
     )
-    fields.update(overrides)
-    return ImageRecord(**{k: v for k, v in fields.items() if k in ImageRecord.__dataclass_fields__})
 
 
 async def test_each_button_is_sent_as_chainlits_own_action_event() -> None:
