@@ -14,11 +14,13 @@ same name gets a new id, and the old cookies stay dead.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -58,6 +60,20 @@ async def revoke_all(session: AsyncSession, user_id: str) -> int:
     return int(result.rowcount or 0)
 
 
+@functools.cache
+def _active_query() -> Any:
+    """Sessions by id, not revoked, with their user's name: asked for every request and
+    socket, so built once (building it per call cost more than running it)."""
+    return (
+        select(AuthSession, User.identifier)
+        .join(User, User.id == AuthSession.user_id)
+        .where(
+            AuthSession.id.in_(bindparam("ids", expanding=True)),
+            AuthSession.revoked_at.is_(None),
+        )
+    )
+
+
 class AuthSessionStore:
     def __init__(self, sessions: async_sessionmaker, max_age: timedelta) -> None:
         self._sessions = sessions
@@ -86,13 +102,7 @@ class AuthSessionStore:
             return {}
         oldest = utcnow() - self._max_age
         async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(AuthSession, User.identifier)
-                    .join(User, User.id == AuthSession.user_id)
-                    .where(AuthSession.id.in_(ids), AuthSession.revoked_at.is_(None))
-                )
-            ).all()
+            rows = (await session.execute(_active_query(), {"ids": ids})).all()
         return {
             row.id: ActiveSession(row.id, row.user_id, identifier, _aware(row.last_seen))
             for row, identifier in rows

@@ -7,10 +7,12 @@ the user, like image lineage.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import InvalidInput, NotFound
@@ -262,21 +264,9 @@ class CurationStore:
     ) -> dict[str, tuple[str, int, str, float]]:
         """image id -> (verdict, rank, curation id, combined) from each image's latest curation."""
         thread_id = require_uuid(thread_id, "thread id")
+        params = {"thread_id": thread_id, "user_id": user_id}
         async with self._engine.connect() as conn:  # read on every agent turn: no ORM
-            rows = (
-                await conn.execute(
-                    select(
-                        CurationCandidate.image_id,
-                        CurationCandidate.verdict,
-                        CurationCandidate.rank,
-                        Curation.id,
-                        CurationCandidate.combined,
-                    )
-                    .join(Curation, Curation.id == CurationCandidate.curation_id)
-                    .where(Curation.thread_id == thread_id, Curation.user_id == user_id)
-                    .order_by(Curation.created_at)
-                )
-            ).all()
+            rows = (await conn.execute(_verdicts_query(), params)).all()
         return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
 
     async def scores_for_image(self, image_id: str, user_id: str) -> list[StoredScore]:
@@ -295,3 +285,23 @@ class CurationStore:
         return [
             StoredScore(r.criterion, r.value, r.score, r.passed, r.reason) for r in newest.values()
         ]
+
+
+@functools.cache
+def _verdicts_query() -> Any:
+    """Every candidate's verdict in a user's thread, oldest curation first: read on every
+    agent turn, so built once (building it per call cost more than running it)."""
+    return (
+        select(
+            CurationCandidate.image_id,
+            CurationCandidate.verdict,
+            CurationCandidate.rank,
+            Curation.id,
+            CurationCandidate.combined,
+        )
+        .join(Curation, Curation.id == CurationCandidate.curation_id)
+        .where(
+            Curation.thread_id == bindparam("thread_id"), Curation.user_id == bindparam("user_id")
+        )
+        .order_by(Curation.created_at)
+    )

@@ -41,6 +41,7 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Subquery,
     and_,
     bindparam,
@@ -207,6 +208,58 @@ def _fts_trigrams(search: str) -> str:
     return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams)
 
 
+# Statements read on every turn, built once (functools.cache) with bound parameters:
+# building one per call, then its cache key, cost more than running it on SQLite.
+
+
+@functools.cache
+def _thread_and_owner_query() -> Any:
+    return (
+        select(Thread, User.identifier)
+        .outerjoin(User, User.id == Thread.user_id)
+        .where(Thread.id == bindparam("thread_id"))
+    )
+
+
+@functools.cache
+def _user_query() -> Any:
+    return select(User).where(User.identifier == bindparam("identifier"))
+
+
+@functools.cache
+def _author_query() -> Any:
+    return (
+        select(User.identifier)
+        .join(Thread, Thread.user_id == User.id)
+        .where(Thread.id == bindparam("thread_id"))
+    )
+
+
+@functools.cache
+def _recent_messages_query(system: bool) -> Any:
+    """A thread's newest message steps; for a user, only in their own thread (the same
+    statement: asked on every agent turn; the full check runs only when nothing came
+    back)."""
+    query = (
+        select(Step.id, Step.type, Step.name, Step.output, Step.is_error)
+        .where(Step.thread_id == bindparam("thread_id"), Step.type.in_(_HISTORY_TYPES))
+        .order_by(Step.created_at.desc(), Step.position.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if not system:
+        query = query.where(
+            Step.thread_id.in_(
+                select(Thread.id)
+                .join(User, User.id == Thread.user_id)
+                .where(
+                    Thread.id == bindparam("thread_id"),
+                    User.identifier == bindparam("identifier"),
+                )
+            )
+        )
+    return query
+
+
 class AtelierDataLayer(BaseDataLayer):
     def __init__(
         self,
@@ -302,11 +355,7 @@ class AtelierDataLayer(BaseDataLayer):
         # The thread and its owner's name in one statement: every step, element and
         # history read starts here, several times per turn.
         found = (
-            await session.execute(
-                select(Thread, User.identifier)
-                .outerjoin(User, User.id == Thread.user_id)
-                .where(Thread.id == thread_id)
-            )
+            await session.execute(_thread_and_owner_query(), {"thread_id": thread_id})
         ).one_or_none()
         if found is None:
             return None
@@ -353,7 +402,7 @@ class AtelierDataLayer(BaseDataLayer):
 
     async def get_user(self, identifier: str) -> PersistedUser | None:
         async with self._sessions() as session:
-            user = await session.scalar(select(User).where(User.identifier == identifier))
+            user = await session.scalar(_user_query(), {"identifier": identifier})
         if user is None:
             return None
         return PersistedUser(
@@ -383,12 +432,8 @@ class AtelierDataLayer(BaseDataLayer):
     async def get_thread_author(self, thread_id: str) -> str:
         if not is_uuid(thread_id):
             return ""
-        async with self._sessions() as session:
-            owner = await session.scalar(
-                select(User.identifier)
-                .join(Thread, Thread.user_id == User.id)
-                .where(Thread.id == require_uuid(thread_id))
-            )
+        async with self._engine.connect() as conn:
+            owner = await conn.scalar(_author_query(), {"thread_id": require_uuid(thread_id)})
         return owner or ""
 
     async def update_thread(
@@ -635,24 +680,10 @@ class AtelierDataLayer(BaseDataLayer):
         """
         thread_id = require_uuid(thread_id, "thread id")
         who = self._who()
-        query = (
-            select(Step.id, Step.type, Step.name, Step.output, Step.is_error)
-            .where(Step.thread_id == thread_id, Step.type.in_(_HISTORY_TYPES))
-            .order_by(Step.created_at.desc(), Step.position.desc())
-            .limit(limit)
-        )
-        if not getattr(who, "is_system", False):
-            # Scoped to the requester's own thread in the same statement (asked on every
-            # agent turn); the full check below runs only when nothing came back.
-            query = query.where(
-                Step.thread_id.in_(
-                    select(Thread.id)
-                    .join(User, User.id == Thread.user_id)
-                    .where(Thread.id == thread_id, User.identifier == who.identifier)
-                )
-            )
+        system = bool(getattr(who, "is_system", False))
+        params = {"thread_id": thread_id, "limit": limit, "identifier": who.identifier}
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_recent_messages_query(system), params)).all()
         if not rows:
             async with self._sessions() as session:
                 with contextlib.suppress(NotFound):

@@ -10,6 +10,7 @@ the PNG (so a downloaded file still says how it was made), and the media route's
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from memory.db import write_session
 from memory.ids import require_uuid
@@ -140,16 +141,29 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""
-        async with self._sessions() as session:
-            return await session.scalar(
-                select(MediaRef.mime)
-                .join(Thread, Thread.id == MediaRef.thread_id)
-                .where(MediaRef.media_key == key, Thread.user_id == user_id)
-                .limit(1)
-            )
+        async with self._engine.connect() as conn:
+            return await conn.scalar(_owned_mime_query(), {"key": key, "user_id": user_id})
 
     async def media_mime(self, key: str) -> str | None:
-        async with self._sessions() as session:
-            return await session.scalar(
-                select(MediaRef.mime).where(MediaRef.media_key == key).limit(1)
-            )
+        async with self._engine.connect() as conn:
+            return await conn.scalar(_mime_query(), {"key": key})
+
+
+# Asked for every image a browser loads, so built once (building them per call cost
+# more than running them).
+
+
+@functools.cache
+def _owned_mime_query() -> Any:
+    """The file's mime type if a thread of the user's references it."""
+    return (
+        select(MediaRef.mime)
+        .join(Thread, Thread.id == MediaRef.thread_id)
+        .where(MediaRef.media_key == bindparam("key"), Thread.user_id == bindparam("user_id"))
+        .limit(1)
+    )
+
+
+@functools.cache
+def _mime_query() -> Any:
+    return select(MediaRef.mime).where(MediaRef.media_key == bindparam("key")).limit(1)

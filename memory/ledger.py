@@ -27,6 +27,7 @@ scoping scheme per database; kept together so that scheme is read in one place.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from typing import Any
 from sqlalchemy import (
     Select,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -229,8 +231,9 @@ class Ledger:
             if conn.dialect.name == "postgresql":
                 # A fixed order, so two reservations sharing scopes cannot deadlock.
                 # One statement; PostgreSQL evaluates a select list left to right.
-                locks = [func.pg_advisory_xact_lock(func.hashtext(k)) for k in sorted(set(keys))]
-                await conn.execute(select(*locks))
+                ordered = sorted(set(keys))
+                params = {f"key{i}": key for i, key in enumerate(ordered)}
+                await conn.execute(_advisory_locks_query(len(ordered)), params)
             # SQLite: the write transaction already holds the one write lock.
             yield conn
 
@@ -282,7 +285,7 @@ class Ledger:
             for usage in await _usage(conn, user_id, thread_id, when, operator_limits):
                 if usage.would_exceed(estimate):
                     raise BudgetExceeded(usage, estimate)
-            await conn.execute(insert(LedgerEntry).values(**values))
+            await conn.execute(_insert_entry_query(), values)
         return Reservation(**values, image_id=None, actual_usd=None, source=None, settled_at=None)
 
     async def settle(
@@ -500,14 +503,9 @@ class Ledger:
         thread_id = require_uuid(thread_id, "thread id")
         # The owner and the lowest threshold set in one statement (asked before every
         # paid action, just before the reservation reads the budgets again).
-        owner = select(Thread.user_id).where(Thread.id == thread_id).scalar_subquery()
-        lowest = (
-            select(func.min(Budget.confirm_above_usd))
-            .where(_budget_scopes(user_id, thread_id))
-            .scalar_subquery()
-        )
+        params = {"user_id": user_id, "thread_id": thread_id}
         async with self._engine.connect() as conn:
-            found_owner, chosen = (await conn.execute(select(owner, lowest))).one()
+            found_owner, chosen = (await conn.execute(_confirm_query(), params)).one()
         _refuse_foreign_thread(found_owner, user_id)
         if chosen is not None:  # a threshold set on either scope replaces the operator's
             return _dec(chosen)  # (see _usage)
@@ -712,9 +710,7 @@ class Ledger:
 
 
 async def _check_thread_owner(conn: AsyncConnection, thread_id: str, user_id: str) -> None:
-    _refuse_foreign_thread(
-        await conn.scalar(select(Thread.user_id).where(Thread.id == thread_id)), user_id
-    )
+    _refuse_foreign_thread(await conn.scalar(_owner_query(), {"thread_id": thread_id}), user_id)
 
 
 def _refuse_foreign_thread(owner: str | None, user_id: str) -> None:
@@ -737,28 +733,13 @@ async def _usage(
     under the write lock, so each statement less is time another request does not wait.
     """
     start = _day_start(when)
-
-    def total(status: str, amount: Any, *where: Any) -> Any:
-        picked = case((LedgerEntry.status == status, amount))
-        return select(func.sum(picked)).where(*where).scalar_subquery()
-
-    in_thread = (LedgerEntry.thread_id == thread_id,)
-    in_day = (
-        LedgerEntry.user_id == user_id,
-        LedgerEntry.created_at >= start,
-        LedgerEntry.created_at < start + timedelta(days=1),
-    )
-    row = (
-        await conn.execute(
-            select(
-                select(Thread.user_id).where(Thread.id == thread_id).scalar_subquery(),
-                total("settled", LedgerEntry.actual_usd, *in_thread),
-                total("reserved", LedgerEntry.estimate_usd, *in_thread),
-                total("settled", LedgerEntry.actual_usd, *in_day),
-                total("reserved", LedgerEntry.estimate_usd, *in_day),
-            )
-        )
-    ).one()
+    params = {
+        "user_id": user_id,
+        "thread_id": thread_id,
+        "day_start": start,
+        "day_end": start + timedelta(days=1),
+    }
+    row = (await conn.execute(_usage_query(), params)).one()
     _refuse_foreign_thread(row[0], user_id)
     thread_sums, day_sums = (row[1], row[2]), (row[3], row[4])
     budget_rows = await _budget_rows(conn, user_id, thread_id)
@@ -792,15 +773,77 @@ async def _usage(
 
 async def _budget_rows(conn: AsyncConnection, user_id: str, thread_id: str) -> list[Any]:
     """The budgets set on the conversation and on the user's day."""
-    query = select(Budget).where(_budget_scopes(user_id, thread_id))
-    return list((await conn.execute(query)).all())
+    params = {"user_id": user_id, "thread_id": thread_id}
+    return list((await conn.execute(_budget_rows_query(), params)).all())
 
 
-def _budget_scopes(user_id: str, thread_id: str) -> Any:
+# The statements of every reservation, built once (functools.cache) with bound
+# parameters: building them per call, then their cache keys, cost more than running them.
+
+
+def _budget_scopes() -> Any:
     """The budgets that apply here: the conversation's and the user's day."""
     return or_(
-        (Budget.scope == "thread") & (Budget.scope_id == thread_id),
-        (Budget.scope == "user_day") & (Budget.scope_id == user_id),
+        (Budget.scope == "thread") & (Budget.scope_id == bindparam("thread_id")),
+        (Budget.scope == "user_day") & (Budget.scope_id == bindparam("user_id")),
+    )
+
+
+def _owner_subquery() -> Any:
+    return select(Thread.user_id).where(Thread.id == bindparam("thread_id")).scalar_subquery()
+
+
+@functools.cache
+def _owner_query() -> Any:
+    return select(Thread.user_id).where(Thread.id == bindparam("thread_id"))
+
+
+@functools.cache
+def _budget_rows_query() -> Any:
+    return select(Budget).where(_budget_scopes())
+
+
+@functools.cache
+def _confirm_query() -> Any:
+    """The conversation's owner and the lowest confirm threshold set on either scope."""
+    lowest = select(func.min(Budget.confirm_above_usd)).where(_budget_scopes())
+    return select(_owner_subquery(), lowest.scalar_subquery())
+
+
+@functools.cache
+def _usage_query() -> Any:
+    """The conversation's owner, then settled and reserved sums in the conversation and
+    in the user's day (from day_start, before day_end)."""
+
+    def total(status: str, amount: Any, *where: Any) -> Any:
+        picked = case((LedgerEntry.status == status, amount))
+        return select(func.sum(picked)).where(*where).scalar_subquery()
+
+    in_thread = (LedgerEntry.thread_id == bindparam("thread_id"),)
+    in_day = (
+        LedgerEntry.user_id == bindparam("user_id"),
+        LedgerEntry.created_at >= bindparam("day_start"),
+        LedgerEntry.created_at < bindparam("day_end"),
+    )
+    return select(
+        _owner_subquery(),
+        total("settled", LedgerEntry.actual_usd, *in_thread),
+        total("reserved", LedgerEntry.estimate_usd, *in_thread),
+        total("settled", LedgerEntry.actual_usd, *in_day),
+        total("reserved", LedgerEntry.estimate_usd, *in_day),
+    )
+
+
+@functools.cache
+def _insert_entry_query() -> Any:
+    return insert(LedgerEntry)
+
+
+@functools.cache
+def _advisory_locks_query(count: int) -> Any:
+    """PostgreSQL: take `count` transaction locks, named key0, key1, ... in that order."""
+    return select(
+        *(func.pg_advisory_xact_lock(func.hashtext(bindparam(f"key{i}"))) for i in range(count))
     )
 
 

@@ -8,11 +8,12 @@ final state, so a late write from a job that was just stopped cannot undo the st
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -150,11 +151,9 @@ class LoraStore:
 
     async def for_user(self, user_id: str, *, status: str | None = None) -> list[LoraRecord]:
         """The user's LoRAs, newest first."""
-        query = select(LoraModel).where(LoraModel.user_id == user_id)
-        if status is not None:
-            query = query.where(LoraModel.status == status)
+        params = {"user_id": user_id, "status": status}
         async with self._sessions() as session:
-            rows = (await session.scalars(query.order_by(LoraModel.created_at.desc()))).all()
+            rows = (await session.scalars(_for_user_query(status is not None), params)).all()
         return [LoraRecord.from_row(row) for row in rows]
 
     async def names_in_use(self) -> set[str]:
@@ -246,3 +245,13 @@ def _taken(name: str) -> str:
         f"You already have a LoRA (or a training) called {name!r}. Choose another name, "
         "or `/train resume NAME` to continue a stopped one."
     )
+
+
+@functools.cache
+def _for_user_query(by_status: bool) -> Any:
+    """A user's LoRAs (of one status), newest first: read on every agent turn, so built
+    once (building it per call cost more than running it)."""
+    query = select(LoraModel).where(LoraModel.user_id == bindparam("user_id"))
+    if by_status:
+        query = query.where(LoraModel.status == bindparam("status"))
+    return query.order_by(LoraModel.created_at.desc())

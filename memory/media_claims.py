@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -33,14 +34,18 @@ async def claim(
     size_bytes: int,
 ) -> None:
     """Idempotent: the same file claimed twice by one thread is one row."""
-    await session.execute(
-        insert(MediaRef)
-        .values(
-            media_key=media_key,
-            thread_id=thread_id,
-            user_id=user_id,
-            mime=mime[:128],
-            size_bytes=size_bytes,
-        )
-        .on_conflict_do_nothing(index_elements=["media_key", "thread_id"])
-    )
+    params = {
+        "media_key": media_key,
+        "thread_id": thread_id,
+        "user_id": user_id,
+        "mime": mime[:128],
+        "size_bytes": size_bytes,
+    }
+    connection = await session.connection()  # Core: no ORM work per statement
+    await connection.execute(_claim_query(insert), params)
+
+
+@functools.cache
+def _claim_query(insert: Callable[..., Any]) -> Any:
+    """Built once per dialect: building it per image cost more than running it."""
+    return insert(MediaRef).on_conflict_do_nothing(index_elements=["media_key", "thread_id"])

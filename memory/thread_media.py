@@ -16,13 +16,14 @@ copied from someone else's thread, is simply not found.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, Self, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import NotFound
@@ -88,6 +89,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
     noun: str  # names the kind in errors: "image" gives "No image with id …"
 
     def __init__(self, engine: AsyncEngine, media: MediaStorage) -> None:
+        self._engine = engine
         self._sessions = session_factory(engine)
         self._media = media
         self._insert = media_claims.insert_for(engine)
@@ -106,17 +108,10 @@ class MediaLineageStore(Generic[RowT, RecordT]):
 
     async def for_thread(self, thread_id: str, user_id: str, limit: int = 50) -> list[RecordT]:
         """The user's records in the thread, oldest first (the newest `limit` of them)."""
-        model = self.row_type
         thread_id = require_uuid(thread_id, "thread id")
+        params = {"thread_id": thread_id, "user_id": user_id, "limit": limit}
         async with self._sessions() as session:
-            rows = (
-                await session.scalars(
-                    select(model)
-                    .where(model.thread_id == thread_id, model.user_id == user_id)
-                    .order_by(model.created_at.desc())
-                    .limit(limit)
-                )
-            ).all()
+            rows = (await session.scalars(_newest_in_thread(self.row_type), params)).all()
         return [self.record_type.from_row(row) for row in reversed(rows)]
 
     def read(self, record: RecordT) -> bytes:
@@ -153,12 +148,10 @@ class MediaLineageStore(Generic[RowT, RecordT]):
             **own,
         )
         async with write_session(self._sessions) as session:
-            await session.execute(
-                self._insert(Thread)
-                .values(id=thread_id, user_id=user_id, created_at=created, updated_at=created)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            owner = await session.scalar(select(Thread.user_id).where(Thread.id == thread_id))
+            connection = await session.connection()  # Core: no ORM work per statement
+            thread = {"id": thread_id, "user_id": user_id, "at": created}
+            await connection.execute(_thread_if_absent(self._insert), thread)
+            owner = await connection.scalar(_thread_owner(), {"thread_id": thread_id})
             if owner not in (None, user_id):
                 raise NotFound("No such conversation.")
             session.add(row)
@@ -173,3 +166,33 @@ class MediaLineageStore(Generic[RowT, RecordT]):
                     size_bytes=size_bytes,
                 )
         return self.record_type.from_row(row)
+
+
+# Statements of every image stored and every agent turn, built once per dialect or table
+# (functools.cache) with bound parameters: building them per call, then their cache
+# keys, cost more than running them.
+
+
+@functools.cache
+def _thread_if_absent(insert: Callable[..., Any]) -> Any:
+    """Create the thread (id, user_id; made and active at `at`) unless it exists."""
+    return (
+        insert(Thread)
+        .values(created_at=bindparam("at"), updated_at=bindparam("at"))
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+@functools.cache
+def _thread_owner() -> Any:
+    return select(Thread.user_id).where(Thread.id == bindparam("thread_id"))
+
+
+@functools.cache
+def _newest_in_thread(model: Any) -> Any:
+    return (
+        select(model)
+        .where(model.thread_id == bindparam("thread_id"), model.user_id == bindparam("user_id"))
+        .order_by(model.created_at.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
