@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from chat_app.runtime import get_runtime
+from chat_app.session_guard import claims_of
 from core.errors import NotFound
 from memory import signed_links
 from memory.ids import require_media_key
@@ -31,16 +32,12 @@ _HEADERS = {
 
 async def _requester_id(request: Request) -> str | None:
     from chainlit.auth.cookie import get_token_from_cookies
-    from chainlit.auth.jwt import decode_jwt
 
-    token = get_token_from_cookies(dict(request.cookies))
-    if not token:
+    # None if absent, expired, forged or malformed: treated as not logged in.
+    claims = claims_of(get_token_from_cookies(dict(request.cookies)))
+    if claims is None:
         return None
-    try:
-        user = decode_jwt(token)
-    except Exception:  # expired, forged or malformed: treated as not logged in
-        return None
-    persisted = await get_runtime().data_layer.get_user(user.identifier)
+    persisted = await get_runtime().data_layer.get_user(claims.identifier)
     return persisted.id if persisted else None
 
 

@@ -14,6 +14,7 @@ from starlette.requests import cookie_parser
 from starlette.types import Scope
 
 from chat_app.runtime import get_runtime
+from chat_app.session_guard import claims_of
 
 
 def token_from_scope(scope: Scope) -> str | None:
@@ -43,12 +44,7 @@ def token_from_environ(environ: dict) -> str | None:
 
 async def stored_user(token: str | None) -> PersistedUser | None:
     """The user the token names, if it is valid and the user still exists."""
-    if not token:
-        return None
-    from chainlit.auth.jwt import decode_jwt
-
-    try:
-        claimed = decode_jwt(token)
-    except Exception:  # forged, expired or malformed (PyJWT raises several kinds)
+    claimed = claims_of(token)  # None if forged, expired or malformed
+    if claimed is None:
         return None
     return await get_runtime().data_layer.get_user(claimed.identifier)
