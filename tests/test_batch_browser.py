@@ -57,7 +57,9 @@ def test_progress_pause_resume_and_summary(
     make_app, fake_openai, page: Page, page_errors: list[str], tmp_path: Path
 ):
     app = make_app(ATELIER_MAX_RETRIES="0", ATELIER_BATCH_ERROR_RETRIES="1")
-    fake_openai.latency_s = 1.0
+    # Slow enough that Pause lands while the batch runs: at 1 s an item, the whole
+    # batch (8 s) once ended under a loaded CI before the click arrived ("already done").
+    fake_openai.latency_s = 2.5
     with signed_in(app, page, page_errors, tmp_path):
         send(page, f"/batch {ITEMS} --style photo")
         expect(page.get_by_text(re.compile(r"Start the batch"))).to_be_visible()
