@@ -71,8 +71,20 @@ def chat_model(settings: Settings, streaming: bool) -> ChatOpenAI:
     if llm is None:
         llm = _clients[key] = _build(*key[:-1])
         while len(_clients) > _KEEP:  # settings changed (tests): the oldest go
-            _clients.pop(next(iter(_clients)))
+            oldest = next(iter(_clients))
+            _close_evicted(oldest[-1], _clients.pop(oldest))
     return llm
+
+
+def _close_evicted(loop: asyncio.AbstractEventLoop, llm: ChatOpenAI) -> None:
+    """Close an evicted client's HTTP session, so its pooled connections are not left
+    open. Only on its own loop: an aiohttp session cannot be closed from another, and
+    one whose loop has ended has nothing left open (nothing runs its connections)."""
+    if loop is not asyncio.get_running_loop():
+        return
+    task = loop.create_task(llm.root_async_client.close())
+    _closing.add(task)  # held until done: a task with no reference may be collected
+    task.add_done_callback(_closing.discard)
 
 
 async def close_chat_models() -> None:
@@ -84,6 +96,7 @@ async def close_chat_models() -> None:
 
 _KEEP = 8
 _clients: dict[tuple[Any, ...], ChatOpenAI] = {}
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _build(
