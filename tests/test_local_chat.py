@@ -98,11 +98,13 @@ async def test_stop_cancels_a_running_local_job(local_app):
     )
     stopped_at = len(chat.events)
     await chat.sio.emit("stop")
+    # Generous bounds: a loaded CI (three test workers, browsers and torch on 2 cores) once
+    # took over 10 s here. Had the job not stopped it would store an image (checked below).
     await wait_until(
-        lambda: any(e == "task_end" for e, _ in chat.events[stopped_at:]), 10, "the turn to end"
+        lambda: any(e == "task_end" for e, _ in chat.events[stopped_at:]), 30, "the turn to end"
     )
     await wait_until(
-        lambda: any("Stopped by the user" in text for text in texts()), 10, "the stop notice"
+        lambda: any("Stopped by the user" in text for text in texts()), 30, "the stop notice"
     )
     assert _images(app) == []
     # The device is free again: the next job runs (the stopped one did not block it), and
