@@ -31,7 +31,8 @@ from memory import media_claims
 from memory.db import session_factory, write_transaction
 from memory.ids import require_uuid
 from memory.images import ImageRecord
-from memory.models import Batch, BatchItem, Image, Thread, new_id, utcnow
+from memory.models import Batch, BatchItem, Image, new_id, utcnow
+from memory.thread_rows import own_thread
 
 STATUSES = ("running", "paused", "stopped", "done")
 ACTIVE = ("running", "paused")  # a process runs it (or will, once resumed)
@@ -174,14 +175,7 @@ class BatchStore:
         }
         rows = [_item_row(batch["id"], position, item, now) for position, item in enumerate(items)]
         async with write_transaction(self._engine) as conn:
-            await conn.execute(
-                self._insert(Thread)
-                .values(id=thread_id, user_id=user_id, created_at=now, updated_at=now)
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            owner = await conn.scalar(select(Thread.user_id).where(Thread.id == thread_id))
-            if owner not in (None, user_id):
-                raise NotFound("No such conversation.")
+            await own_thread(conn, self._insert, thread_id=thread_id, user_id=user_id, at=now)
             await conn.execute(insert(Batch).values(**batch))
             await conn.execute(insert(BatchItem), rows)
         return BatchRecord(**batch)

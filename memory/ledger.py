@@ -57,7 +57,8 @@ from core.errors import AtelierError, InvalidInput, NotFound
 from memory import csv_cells, media_claims
 from memory.db import write_transaction
 from memory.ids import require_uuid
-from memory.models import Batch, Budget, LedgerEntry, Schedule, Thread, new_id, utcnow
+from memory.models import Batch, Budget, LedgerEntry, Schedule, new_id, utcnow
+from memory.thread_rows import owner_query
 
 SCOPES = ("thread", "user_day")
 SETTERS = ("user", "operator")
@@ -710,7 +711,7 @@ class Ledger:
 
 
 async def _check_thread_owner(conn: AsyncConnection, thread_id: str, user_id: str) -> None:
-    _refuse_foreign_thread(await conn.scalar(_owner_query(), {"thread_id": thread_id}), user_id)
+    _refuse_foreign_thread(await conn.scalar(owner_query(), {"thread_id": thread_id}), user_id)
 
 
 def _refuse_foreign_thread(owner: str | None, user_id: str) -> None:
@@ -789,15 +790,6 @@ def _budget_scopes() -> Any:
     )
 
 
-def _owner_subquery() -> Any:
-    return select(Thread.user_id).where(Thread.id == bindparam("thread_id")).scalar_subquery()
-
-
-@functools.cache
-def _owner_query() -> Any:
-    return select(Thread.user_id).where(Thread.id == bindparam("thread_id"))
-
-
 @functools.cache
 def _budget_rows_query() -> Any:
     return select(Budget).where(_budget_scopes())
@@ -807,7 +799,7 @@ def _budget_rows_query() -> Any:
 def _confirm_query() -> Any:
     """The conversation's owner and the lowest confirm threshold set on either scope."""
     lowest = select(func.min(Budget.confirm_above_usd)).where(_budget_scopes())
-    return select(_owner_subquery(), lowest.scalar_subquery())
+    return select(owner_query().scalar_subquery(), lowest.scalar_subquery())
 
 
 @functools.cache
@@ -826,7 +818,7 @@ def _usage_query() -> Any:
         LedgerEntry.created_at < bindparam("day_end"),
     )
     return select(
-        _owner_subquery(),
+        owner_query().scalar_subquery(),
         total("settled", LedgerEntry.actual_usd, *in_thread),
         total("reserved", LedgerEntry.estimate_usd, *in_thread),
         total("settled", LedgerEntry.actual_usd, *in_day),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -31,7 +31,8 @@ from memory import media_claims
 from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.media_store import MediaStorage
-from memory.models import Image, Thread, Video
+from memory.models import Image, Video
+from memory.thread_rows import own_thread
 
 RowT = TypeVar("RowT", Image, Video)
 RecordT = TypeVar("RecordT", bound="LineageRecord")
@@ -149,11 +150,9 @@ class MediaLineageStore(Generic[RowT, RecordT]):
         )
         async with write_session(self._sessions) as session:
             connection = await session.connection()  # Core: no ORM work per statement
-            thread = {"id": thread_id, "user_id": user_id, "at": created}
-            await connection.execute(_thread_if_absent(self._insert), thread)
-            owner = await connection.scalar(_thread_owner(), {"thread_id": thread_id})
-            if owner not in (None, user_id):
-                raise NotFound("No such conversation.")
+            await own_thread(
+                connection, self._insert, thread_id=thread_id, user_id=user_id, at=created
+            )
             session.add(row)
             for media_key, mime, size_bytes in files:
                 await media_claims.claim(
@@ -168,24 +167,8 @@ class MediaLineageStore(Generic[RowT, RecordT]):
         return self.record_type.from_row(row)
 
 
-# Statements of every image stored and every agent turn, built once per dialect or table
-# (functools.cache) with bound parameters: building them per call, then their cache
-# keys, cost more than running them.
-
-
-@functools.cache
-def _thread_if_absent(insert: Callable[..., Any]) -> Any:
-    """Create the thread (id, user_id; made and active at `at`) unless it exists."""
-    return (
-        insert(Thread)
-        .values(created_at=bindparam("at"), updated_at=bindparam("at"))
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
-
-
-@functools.cache
-def _thread_owner() -> Any:
-    return select(Thread.user_id).where(Thread.id == bindparam("thread_id"))
+# Read on every agent turn, so built once per table (functools.cache) with bound
+# parameters: building it per call, then its cache key, cost more than running it.
 
 
 @functools.cache
