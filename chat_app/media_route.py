@@ -14,8 +14,8 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
+from chat_app.request_user import stored_user
 from chat_app.runtime import get_runtime
-from chat_app.session_guard import claims_of
 from core.errors import NotFound
 from memory import signed_links
 from memory.ids import require_media_key
@@ -33,11 +33,8 @@ _HEADERS = {
 async def _requester_id(request: Request) -> str | None:
     from chainlit.auth.cookie import get_token_from_cookies
 
-    # None if absent, expired, forged or malformed: treated as not logged in.
-    claims = claims_of(get_token_from_cookies(dict(request.cookies)))
-    if claims is None:
-        return None
-    persisted = await get_runtime().data_layer.get_user(claims.identifier)
+    # Nobody if the cookie is absent, expired, forged or malformed, or its user is gone.
+    persisted = await stored_user(get_token_from_cookies(dict(request.cookies)))
     return persisted.id if persisted else None
 
 
