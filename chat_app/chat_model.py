@@ -21,12 +21,16 @@ Two costs were paid on every agent turn, on the event loop (measured at 50 sessi
   its README) takes a pooled connection without probing the others. Its session
   belongs to the event loop that opened it, so the clients are kept per loop, and
   `close_chat_models` closes the current loop's when the app stops.
+- each streamed chunk made into an SDK model and dumped back into a dict by LangChain:
+  a streamed reply is read as dicts instead (chat_app/chat_stream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+
+from chat_app.chat_stream import ChunkDicts
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
@@ -49,6 +53,8 @@ class _MessagesAsGiven:
         if given:
             params["extra_body"] = {**(params.get("extra_body") or {}), **given}
         params.setdefault("messages", [])  # required by the signature; replaced in the body
+        if params.get("stream"):
+            return await ChunkDicts.open(self._completions, params)
         return await self._completions.create(**params)
 
     def __getattr__(self, name: str) -> Any:
@@ -119,6 +125,7 @@ def _build(
         timeout=timeout,
         max_retries=max_retries,
         http_async_client=openai.DefaultAioHttpClient(),
+        stream_chunk_timeout=0,  # a task per chunk; ChunkDicts keeps the same bound
     )
     llm.async_client = _MessagesAsGiven(llm.async_client)
     return llm

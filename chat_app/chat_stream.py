@@ -1,0 +1,102 @@
+"""A streamed chat completion read as plain dicts, as LangChain reads them anyway.
+
+The OpenAI SDK turns every streamed chunk into a `ChatCompletionChunk` model (about 70 µs
+here: `construct_type` walks the model's fields), and langchain-openai turns it straight
+back into a dict with `model_dump()`. A reply streams one chunk per token, so an image
+turn (a tool call, then a closing sentence) spent a few milliseconds of the event loop
+on objects nobody kept. LangChain takes dicts as they are (`_astream` checks for one),
+so the body is read here from the SDK's raw streaming response instead: the request,
+its retries and its status errors are still the SDK's.
+
+langchain-openai also bounds the silence between chunks by wrapping every chunk's wait
+in `asyncio.wait_for`, a task per chunk; that wrapper is turned off for these clients
+(chat_app/chat_model.py) and the same bound is kept here, with one rescheduled timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+CHUNK_SILENCE_S = 120.0  # langchain-openai's default bound on a silent stream
+
+
+class ChunkDicts:
+    """The chunks of one streamed completion, each the JSON object the server sent."""
+
+    def __init__(self, manager: Any, response: Any, silence_s: float = CHUNK_SILENCE_S) -> None:
+        self._manager = manager  # the SDK's response context: closes the body on exit
+        self._response = response
+        self._silence_s = silence_s
+
+    @classmethod
+    async def open(
+        cls, completions: Any, params: dict[str, Any], silence_s: float = CHUNK_SILENCE_S
+    ) -> ChunkDicts:
+        """Send the request (the SDK's retries and status errors apply) and hold the body."""
+        manager = completions.with_streaming_response.create(**params)
+        response = await manager.__aenter__()
+        return cls(manager, response, silence_s)
+
+    async def __aenter__(self) -> ChunkDicts:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._manager.__aexit__(None, None, None)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
+        import openai
+
+        loop = asyncio.get_running_loop()
+        done = False
+        try:
+            async with asyncio.timeout(loop.time() + self._silence_s) as silence:
+                async for text in _event_data(self._response.iter_lines()):
+                    if done:
+                        continue  # read to the body's end: the connection is reused
+                    if text.startswith("[DONE]"):
+                        done = True
+                        continue
+                    chunk = json.loads(text)
+                    if isinstance(chunk, Mapping) and chunk.get("error"):
+                        raise _stream_error(chunk["error"], self._response)
+                    silence.reschedule(loop.time() + self._silence_s)
+                    yield chunk
+        except TimeoutError as exc:
+            raise openai.APITimeoutError(request=self._response.http_request) from exc
+        finally:
+            await self.close()
+
+
+async def _event_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each server-sent event (its `data:` lines joined); comments, other
+    fields and events without data are skipped."""
+    data: list[str] = []
+    async for line in lines:
+        if line:
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            continue
+        if data:
+            yield "\n".join(data)
+            data.clear()
+    if data:  # the last event, when the body ends without its blank line
+        yield "\n".join(data)
+
+
+def _stream_error(error: Any, response: Any) -> Exception:
+    """An error the server sent inside the stream, as the SDK raises it."""
+    import openai
+
+    message = error.get("message") if isinstance(error, Mapping) else None
+    if not isinstance(message, str) or not message:
+        message = "An error occurred during streaming"
+    return openai.APIError(message=message, request=response.http_request, body=error)
