@@ -59,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         gc.enable()
     import uvicorn
 
+    # loop="auto" (the default) runs on uvloop, a dependency where it builds (not Windows).
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio"
     )
