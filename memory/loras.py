@@ -21,6 +21,7 @@ from core.errors import InvalidInput, NotFound
 from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.models import LoraModel, new_id, utcnow
+from memory.row_columns import row_columns
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -51,7 +52,8 @@ class LoraRecord:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: LoraModel) -> LoraRecord:
+    def from_row(cls, row: Any) -> LoraRecord:
+        """From a `LoraModel`, or a row of its `row_columns`."""
         return cls(
             id=row.id,
             user_id=row.user_id,
@@ -91,6 +93,7 @@ class NewLora:
 
 class LoraStore:
     def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
         self._sessions = session_factory(engine)
 
     async def create(self, user_id: str, new: NewLora) -> LoraRecord:
@@ -152,8 +155,8 @@ class LoraStore:
     async def for_user(self, user_id: str, *, status: str | None = None) -> list[LoraRecord]:
         """The user's LoRAs, newest first."""
         params = {"user_id": user_id, "status": status}
-        async with self._sessions() as session:
-            rows = (await session.scalars(_for_user_query(status is not None), params)).all()
+        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
+            rows = (await conn.execute(_for_user_query(status is not None), params)).all()
         return [LoraRecord.from_row(row) for row in rows]
 
     async def names_in_use(self) -> set[str]:
@@ -251,7 +254,7 @@ def _taken(name: str) -> str:
 def _for_user_query(by_status: bool) -> Any:
     """A user's LoRAs (of one status), newest first: read on every agent turn, so built
     once (building it per call cost more than running it)."""
-    query = select(LoraModel).where(LoraModel.user_id == bindparam("user_id"))
+    query = select(*row_columns(LoraModel)).where(LoraModel.user_id == bindparam("user_id"))
     if by_status:
         query = query.where(LoraModel.status == bindparam("status"))
     return query.order_by(LoraModel.created_at.desc())

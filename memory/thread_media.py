@@ -32,6 +32,7 @@ from memory.db import session_factory, write_session
 from memory.ids import require_uuid
 from memory.media_store import MediaStorage
 from memory.models import Image, Video
+from memory.row_columns import row_columns
 from memory.thread_rows import own_thread
 
 RowT = TypeVar("RowT", Image, Video)
@@ -75,7 +76,8 @@ class LineageRecord:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Image | Video) -> Self:
+    def from_row(cls, row: Any) -> Self:
+        """From an `Image` or `Video`, or a row of its `row_columns`."""
         values = {field.name: getattr(row, field.name) for field in fields(cls)}
         # A copy of its own: a frozen record must not share a mutable dict with a row.
         values["parameters"] = dict(row.parameters or {})
@@ -111,8 +113,8 @@ class MediaLineageStore(Generic[RowT, RecordT]):
         """The user's records in the thread, oldest first (the newest `limit` of them)."""
         thread_id = require_uuid(thread_id, "thread id")
         params = {"thread_id": thread_id, "user_id": user_id, "limit": limit}
-        async with self._sessions() as session:
-            rows = (await session.scalars(_newest_in_thread(self.row_type), params)).all()
+        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
+            rows = (await conn.execute(_newest_in_thread(self.row_type), params)).all()
         return [self.record_type.from_row(row) for row in reversed(rows)]
 
     def read(self, record: RecordT) -> bytes:
@@ -174,7 +176,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
 @functools.cache
 def _newest_in_thread(model: Any) -> Any:
     return (
-        select(model)
+        select(*row_columns(model))
         .where(model.thread_id == bindparam("thread_id"), model.user_id == bindparam("user_id"))
         .order_by(model.created_at.desc())
         .limit(bindparam("limit", type_=Integer))
