@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -67,6 +68,29 @@ async def test_unreachable_server_is_reported():
     with pytest.raises(BackendUnavailable) as caught:
         await dead.generate(ImageRequest("a heron"))
     assert "Could not reach OpenAI" in caught.value.message
+
+
+async def test_a_server_that_does_not_answer_in_time_is_told_apart(fake_openai):
+    """A refused connection and a slow answer both reach the client as connect or read
+    timeouts on its aiohttp transport; only the slow one is told as a timeout."""
+    fake_openai.latency_s = 2.0
+    slow = OpenAIImages("sk-test", "gpt-image-1.5", fake_openai.base_url, 0.5, 0)
+    with pytest.raises(BackendUnavailable) as caught:
+        await slow.generate(ImageRequest("a heron"))
+    assert "did not answer in time" in caught.value.message
+
+
+async def test_one_backend_serves_requests_from_two_event_loops(fake_openai):
+    """Its HTTP session belongs to a loop: a second loop (a test's, a worker job's) gets
+    a client of its own instead of a session bound to a finished loop."""
+    shared = backend(fake_openai)
+
+    def one_image() -> int:
+        return len(asyncio.run(shared.generate(ImageRequest("a heron"))).images)
+
+    assert await asyncio.to_thread(one_image) == 1
+    assert len((await shared.generate(ImageRequest("a heron"))).images) == 1
+    assert await asyncio.to_thread(one_image) == 1
 
 
 @pytest.mark.parametrize(
@@ -189,9 +213,7 @@ async def test_gpt_image_2_takes_any_multiple_of_16_within_its_bounds(fake_opena
         ),
     ],
 )
-async def test_gpt_image_2_refuses_what_it_cannot_make_before_sending(
-    fake_openai, request_, words
-):
+async def test_gpt_image_2_refuses_what_it_cannot_make_before_sending(fake_openai, request_, words):
     with pytest.raises(InvalidInput) as caught:
         await backend(fake_openai).generate(request_)
     assert words in caught.value.message

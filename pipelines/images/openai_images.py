@@ -179,13 +179,30 @@ def _error_code(exc: openai.APIError) -> str | None:
     return str(code) if code else None
 
 
+def _refused(exc: BaseException) -> bool:
+    """A connection that failed at once (refused, no route, no such host): the aiohttp
+    transport reports it as a connect timeout, though nothing was waited for."""
+    import aiohttp
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short: SDK error, httpx error, aiohttp error
+        if seen is None:
+            return False
+        if isinstance(seen, aiohttp.ClientConnectorError) and not isinstance(
+            seen, aiohttp.ServerTimeoutError
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def translate_error(
     exc: openai.OpenAIError, model: str | None = None
 ) -> BackendError | InvalidInput:
     """Map the client's exceptions to errors with a user-facing message."""
     import openai  # on first use, as everywhere here: it costs start-up time
 
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return BackendUnavailable("OpenAI did not answer in time. Try again in a moment.")
     if isinstance(exc, openai.APIConnectionError):
         return BackendUnavailable(
@@ -274,25 +291,33 @@ class OpenAIImages:
         self._options: dict[str, Any] = dict(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
         )
-        self._openai: openai.AsyncOpenAI | None = None  # made on first use, like its import
+        # Made on first use, like its import, and per event loop: its HTTP session
+        # belongs to the loop that opened it.
+        self._openai: openai.AsyncOpenAI | None = None
+        self._openai_loop: asyncio.AbstractEventLoop | None = None
         self._durations = Durations()
 
     @property
     def _client(self) -> openai.AsyncOpenAI:
-        if self._openai is None:
+        loop = asyncio.get_running_loop()
+        if self._openai is None or self._openai_loop is not loop:
             import openai
 
             from pipelines.images.openai_stream import client_class
 
             # Every request, the client's own retries included, waits out a 429 pause that
             # any request to OpenAI met (pipelines/provider_limits.py). Its streams are
-            # split into lines at memory speed (pipelines/images/openai_stream.py).
+            # split into lines at memory speed (pipelines/images/openai_stream.py). The
+            # aiohttp transport takes a pooled connection without probing every idle one
+            # (httpx's default pool did, at each request's start and end: at 50 sessions,
+            # 50-odd connections; chat_app/chat_model.py says the same of the chat client).
             self._openai = client_class()(
                 **self._options,
-                http_client=openai.DefaultAsyncHttpxClient(
+                http_client=openai.DefaultAioHttpClient(
                     event_hooks=provider_limits.http_hooks("openai")
                 ),
             )
+            self._openai_loop = loop
         return self._openai
 
     def capabilities(self, model: str | None = None) -> Capabilities:
