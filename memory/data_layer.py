@@ -110,6 +110,25 @@ _STEP_VALUES = (
     "end_at",
     "write_version",
 )
+# An element's columns as `create_element` sets them (created_at takes its default).
+_ELEMENT_COLUMNS = (
+    "id",
+    "thread_id",
+    "for_id",
+    "type",
+    "name",
+    "display",
+    "size",
+    "language",
+    "page",
+    "mime",
+    "props",
+    "auto_play",
+    "player_config",
+    "media_key",
+    "external_url",
+    "chainlit_key",
+)
 
 
 def _queue_in_session(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -277,6 +296,7 @@ class AtelierDataLayer(BaseDataLayer):
         self._insert = media_claims.insert_for(engine)
         self._search_indexed: bool | None = None  # known after the first search
         self._upsert: Any = None
+        self._new_element: Any = None
         self._touch: dict[bool, Any] = {}
         self._step_writer: SqliteStepWriter | None = None
         self._writing: dict[asyncio.Task[Any], str] = {}  # message writes under way: step id
@@ -826,6 +846,17 @@ class AtelierDataLayer(BaseDataLayer):
             ).returning(Step.id)
         return self._upsert
 
+    def _element_insert(self) -> Any:
+        """Insert an element unless its id is taken (then nothing is returned)."""
+        if self._new_element is None:
+            self._new_element = (
+                self._insert(Element)
+                .values({c: bindparam(c) for c in _ELEMENT_COLUMNS})
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(Element.id)
+            )
+        return self._new_element
+
     def _thread_touch(self, system: bool) -> Any:
         """Set a thread's activity time if it is the requester's (any, for the server)."""
         if system not in self._touch:
@@ -935,29 +966,26 @@ class AtelierDataLayer(BaseDataLayer):
 
         async def work(session: AsyncSession) -> None:
             owner = (await self._ensure_thread(session, thread_id)).user_id
-            inserted = await session.scalar(
-                self._insert(Element)
-                .values(
-                    id=element_id,
-                    thread_id=thread_id,
-                    for_id=element.for_id if is_uuid(element.for_id) else None,
-                    type=element.type,
-                    name=(element.name or "")[:255],
-                    display=element.display,
-                    size=getattr(element, "size", None),
-                    language=element.language,
-                    page=getattr(element, "page", None),
-                    mime=mime[:128],
-                    props=getattr(element, "props", None),
-                    auto_play=getattr(element, "auto_play", None),
-                    player_config=getattr(element, "player_config", None),
-                    media_key=media_key,
-                    external_url=None if media_key else element.url,
-                    chainlit_key=element.chainlit_key,
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(Element.id)
-            )
+            params = {
+                "id": element_id,
+                "thread_id": thread_id,
+                "for_id": element.for_id if is_uuid(element.for_id) else None,
+                "type": element.type,
+                "name": (element.name or "")[:255],
+                "display": element.display,
+                "size": getattr(element, "size", None),
+                "language": element.language,
+                "page": getattr(element, "page", None),
+                "mime": mime[:128],
+                "props": getattr(element, "props", None),
+                "auto_play": getattr(element, "auto_play", None),
+                "player_config": getattr(element, "player_config", None),
+                "media_key": media_key,
+                "external_url": None if media_key else element.url,
+                "chainlit_key": element.chainlit_key,
+            }
+            connection = await session.connection()  # Core: no ORM work per statement
+            inserted = (await connection.execute(self._element_insert(), params)).scalar()
             if inserted is None:  # the id is taken: only a repeat into the same thread
                 existing = await session.scalar(
                     select(Element.thread_id).where(Element.id == element_id)
