@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./data"), validation_alias=_env("ATELIER_DATA_DIR"))
     database_url: str | None = Field(None, validation_alias=_env("ATELIER_DATABASE_URL"))
-    # PostgreSQL connections per process (memory/db.py says why these defaults).
+    # Database connections per process (memory/db.py says why these defaults).
     db_pool_size: Annotated[int, Field(ge=1, le=500)] = Field(
         DEFAULT_POOL_SIZE, validation_alias=_env("ATELIER_DB_POOL_SIZE")
     )

@@ -8,7 +8,7 @@ writers that keep missing the lock under load fail with `database is locked` onc
 timeout runs out; a FIFO lock hands it over at once and in order. The busy timeout is
 left only for other processes (the CLI) sharing the file.
 
-PostgreSQL needs none of this: its writers wait for row locks themselves. Its pool is
+PostgreSQL needs none of this: its writers wait for row locks themselves. Both pools are
 sized by settings (`ATELIER_DB_POOL_SIZE`, `ATELIER_DB_MAX_OVERFLOW`; see the README).
 """
 
@@ -53,11 +53,15 @@ SEARCH_INDEXES = frozenset(
     }
 )
 
-# PostgreSQL connections per app process: a turn holds one only for the length of a
+# Connections per app process (on SQLite, each is a thread of aiosqlite's; on PostgreSQL,
+# a server connection). PostgreSQL: a turn holds one only for the length of a
 # transaction, and 50 busy sessions kept up to ~40 in use at once. They are kept open:
 # connections beyond the pool size are closed as soon as they are returned, and at 50
 # sessions that churn opened ~190 new server connections in one minute of turns. Two
-# processes and the CLI stay under the server's default max_connections (100).
+# processes and the CLI stay under the server's default max_connections (100). SQLite
+# had SQLAlchemy's default (5, then 10 more closed on return): at 50 sessions a turn
+# and image run opened 134 connections to the file (a thread, the file, its pragmas
+# each), 86 with these (benchmarks/turn_latency.py, one round of each).
 DEFAULT_POOL_SIZE = 30
 DEFAULT_MAX_OVERFLOW = 10
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # other processes only; in-process writers queue
@@ -96,6 +100,9 @@ def create_engine(
             url,
             # One trip to the connection's thread per statement (memory/sqlite_connection).
             async_creator=sqlite_connection.creator(url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000),
+            # Kept open, as on PostgreSQL (DEFAULT_POOL_SIZE says why).
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
