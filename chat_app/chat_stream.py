@@ -54,18 +54,19 @@ class ChunkDicts:
 
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         import openai
+        from openai._streaming import SSEDecoder  # the SDK's own streams' decoder
 
         loop = asyncio.get_running_loop()
         done = False
         try:
             async with asyncio.timeout(loop.time() + self._silence_s) as silence:
-                async for text in _event_data(self._response.iter_lines()):
-                    if done:
-                        continue  # read to the body's end: the connection is reused
-                    if text.startswith("[DONE]"):
+                async for event in SSEDecoder().aiter_bytes(self._response.iter_bytes()):
+                    if done or not event.data:  # after [DONE]: read to the body's end
+                        continue  # so the connection is reused; no data: nothing to read
+                    if event.data.startswith("[DONE]"):
                         done = True
                         continue
-                    chunk = json.loads(text)
+                    chunk = json.loads(event.data)
                     if isinstance(chunk, Mapping) and chunk.get("error"):
                         raise _stream_error(chunk["error"], self._response)
                     silence.reschedule(loop.time() + self._silence_s)
@@ -74,22 +75,6 @@ class ChunkDicts:
             raise openai.APITimeoutError(request=self._response.http_request) from exc
         finally:
             await self.close()
-
-
-async def _event_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The data of each server-sent event (its `data:` lines joined); comments, other
-    fields and events without data are skipped."""
-    data: list[str] = []
-    async for line in lines:
-        if line:
-            if line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-            continue
-        if data:
-            yield "\n".join(data)
-            data.clear()
-    if data:  # the last event, when the body ends without its blank line
-        yield "\n".join(data)
 
 
 def _stream_error(error: Any, response: Any) -> Exception:

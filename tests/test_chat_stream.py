@@ -56,7 +56,7 @@ async def test_the_chunks_are_the_servers_json_objects(fake_openai):
     assert text == "one two three" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_comments_crlf_split_data_and_a_last_event_without_its_blank_line(fake_openai):
+async def test_comments_crlf_split_data_an_event_without_data_and_data_after_done(fake_openai):
     first = json.dumps(_chunk("Hello "), indent=1).splitlines()  # JSON over several lines
     body = (
         ": keepalive\r\n\r\n"
