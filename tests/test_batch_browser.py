@@ -56,9 +56,12 @@ def _status(app: AppProcess) -> str:
 def test_progress_pause_resume_and_summary(
     make_app, fake_openai, page: Page, page_errors: list[str], tmp_path: Path
 ):
-    app = make_app(ATELIER_MAX_RETRIES="0", ATELIER_BATCH_ERROR_RETRIES="1")
-    # Slow enough that Pause lands while the batch runs: at 1 s an item, the whole
-    # batch (8 s) once ended under a loaded CI before the click arrived ("already done").
+    # One OpenAI request at a time, each 2.5 s: the batch runs about 20 s, so Pause lands
+    # while it runs. With the default four in flight, the second wave of four ended
+    # within 2.5 s of the first "done" and, on a loaded CI, before the click arrived.
+    app = make_app(
+        ATELIER_MAX_RETRIES="0", ATELIER_BATCH_ERROR_RETRIES="1", ATELIER_OPENAI_CONCURRENCY="1"
+    )
     fake_openai.latency_s = 2.5
     with signed_in(app, page, page_errors, tmp_path):
         send(page, f"/batch {ITEMS} --style photo")
