@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from memory import sqlite_connection
+from memory import idle_ping, sqlite_connection
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -106,9 +106,9 @@ def create_engine(
         )
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
-    return create_async_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
-    )
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    idle_ping.ping_when_idle(engine)  # not `pool_pre_ping`: three round trips per checkout
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "db_url",
     "engine",
     "media",
+    "postgres_database",
     "requester",
     "step_dict",
     "users",
@@ -128,6 +131,13 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'atelier.db'}"
         return
+    async with postgres_database() as url:
+        yield url
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """The URL of a PostgreSQL database made for the caller, dropped on exit."""
     name = f"atelier_t_{uuid.uuid4().hex}"
     admin = await _admin_connection()
     try:
