@@ -67,6 +67,7 @@ from memory.ids import is_uuid, require_uuid
 from memory.media_store import MediaStorage
 from memory.models import Element, Step, Thread, User, utcnow
 from memory.models import Feedback as FeedbackRow
+from memory.pg_step_write import PgStepWriter
 from memory.requester import Requester
 from memory.requester import explicit as explicit_requester
 from memory.sqlite_step_writer import Outcome, SqliteStepWriter
@@ -298,10 +299,13 @@ class AtelierDataLayer(BaseDataLayer):
         self._upsert: Any = None
         self._new_element: Any = None
         self._touch: dict[bool, Any] = {}
-        self._step_writer: SqliteStepWriter | None = None
+        self._step_writer: SqliteStepWriter | PgStepWriter | None = None
         self._writing: dict[asyncio.Task[Any], str] = {}  # message writes under way: step id
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self._step_writer = SqliteStepWriter(engine, self._step_upsert(), self._thread_touch)
+        elif engine.dialect.name == "postgresql":
+            columns = ["id", "position", *_STEP_VALUES]
+            self._step_writer = PgStepWriter(engine, columns, self._thread_touch)
 
     # ---------------------------------------------------------------- helpers
 
@@ -790,8 +794,10 @@ class AtelierDataLayer(BaseDataLayer):
         await self._write("message", work)
 
     async def _write_step_batched(self, params: dict[str, Any]) -> bool:
-        """SQLite: the write, batched with others (memory/sqlite_step_writer.py); False
-        when it needs the full path (a new conversation, or the writer failed)."""
+        """The write on the common path: on SQLite batched with others
+        (memory/sqlite_step_writer.py), on PostgreSQL one statement
+        (memory/pg_step_write.py); False when it needs the full path (a new
+        conversation, or the writer failed)."""
         assert self._step_writer is not None
         who = self._who()
         touch = {"thread_id": params["thread_id"], "now": utcnow(), "identifier": who.identifier}

@@ -449,13 +449,69 @@ async def test_crafted_thread_ids_are_rejected(data_layer, users, requester, cra
 # ---------------------------------------------------------------------- isolation
 
 
-async def test_users_cannot_reach_each_others_threads(data_layer, users, requester, engine):
+async def test_messages_in_ones_own_conversation_take_the_short_path(data_layer, users, requester):
+    """A step's create and updates in its owner's conversation are written by the
+    one-trip path (memory/pg_step_write.py, memory/sqlite_step_writer.py), not sent
+    down the full path after failing there."""
+    from structlog.testing import capture_logs
+
+    alice = await make_user(users, "alice")
+    requester.act_as(alice)
+    thread_id = await new_thread(data_layer, alice, "alice's")
+    step = step_dict(thread_id, output="first", metadata={"k": [1, 2]}, tags=["t"])
+    with capture_logs() as logs:
+        await data_layer.create_step(step)
+        await data_layer.update_step({**step, "output": "second", "name": "Atelier"})
+    assert [e for e in logs if e["event"] == "batched_step_write_failed"] == []
+    [stored] = (await data_layer.get_thread(thread_id))["steps"]
+    assert (stored["output"], stored["name"], stored["metadata"]) == (
+        "second",
+        "Atelier",
+        {"k": [1, 2]},
+    )
+
+
+async def test_a_step_id_of_another_users_message_cannot_be_taken_over(
+    data_layer, users, requester
+):
+    """Alice writes into her own conversation with the id of Bob's message: refused on
+    the one-statement path (memory/pg_step_write.py, memory/sqlite_step_writer.py), and
+    Bob's message keeps its words and its place."""
+    alice, bob, bobs_thread, bobs_step = await _bobs_message(data_layer, users, requester, "bob's")
+
+    requester.act_as(alice)
+    alices_thread = await new_thread(data_layer, alice, "alice's")
+    await data_layer.create_step(step_dict(alices_thread, output="alice's own"))
+    taken = {**bobs_step, "threadId": alices_thread, "output": "stolen"}
+    with pytest.raises(InvalidInput):
+        await data_layer.create_step(taken)
+    with pytest.raises(InvalidInput):
+        await data_layer.update_step(taken)
+    assert [s["output"] for s in (await data_layer.get_thread(alices_thread))["steps"]] == [
+        "alice's own"
+    ]
+
+    requester.act_as(bob)
+    assert [s["output"] for s in (await data_layer.get_thread(bobs_thread))["steps"]] == [
+        "bob's words"
+    ]
+
+
+async def _bobs_message(data_layer, users, requester, thread_name: str):
+    """Alice and Bob; Bob has a conversation with one message of his, and is asking."""
     alice = await make_user(users, "alice")
     bob = await make_user(users, "bob")
     requester.act_as(bob)
-    bobs_thread = await new_thread(data_layer, bob, "bob's secret")
+    bobs_thread = await new_thread(data_layer, bob, thread_name)
     bobs_step = step_dict(bobs_thread, type="user_message", output="bob's words")
     await data_layer.create_step(bobs_step)
+    return alice, bob, bobs_thread, bobs_step
+
+
+async def test_users_cannot_reach_each_others_threads(data_layer, users, requester, engine):
+    alice, bob, bobs_thread, bobs_step = await _bobs_message(
+        data_layer, users, requester, "bob's secret"
+    )
     bobs_image = image(bobs_thread, for_id=bobs_step["id"])
     await data_layer.create_element(bobs_image)
     feedback_id = await data_layer.upsert_feedback(Feedback(forId=bobs_step["id"], value=1))
