@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import NotFound
-from memory.db import write_session
+from memory.db import for_reads, write_session
 from memory.ids import is_uuid
 from memory.models import AuthSession, User, utcnow
 
@@ -79,6 +79,7 @@ class AuthSessionStore:
     def __init__(self, sessions: async_sessionmaker, max_age: timedelta) -> None:
         self._sessions = sessions
         self._max_age = max_age
+        self._reads = for_reads(sessions.kw["bind"])  # checked on every request and event
 
     async def create(self, user_id: str) -> str:
         """A new session for a user; NotFound if the user was removed meanwhile."""
@@ -103,7 +104,7 @@ class AuthSessionStore:
             return {}
         oldest = utcnow() - self._max_age
         # Core on the sessions' engine: a session's bookkeeping cost as much as the query.
-        async with self._sessions.kw["bind"].connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(_active_query(), {"ids": ids})).all()
         return {
             row.id: ActiveSession(row.id, row.user_id, row.identifier, _aware(row.last_seen))

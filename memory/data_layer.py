@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from core.errors import AccessDenied, InvalidInput, NotFound, PersistenceError
 from core.logging_setup import get_logger
 from memory import media_claims, signed_links
-from memory.db import session_factory, write_session
+from memory.db import for_reads, session_factory, write_session
 from memory.ids import is_uuid, require_uuid
 from memory.media_store import MediaStorage
 from memory.models import Element, Step, Thread, User, utcnow
@@ -290,6 +290,7 @@ class AtelierDataLayer(BaseDataLayer):
     ) -> None:
         self._engine = engine
         self._sessions = session_factory(engine)
+        self._reads = for_reads(engine)
         self._media = media
         self._link_secret = link_secret
         self._requester = requester
@@ -456,7 +457,7 @@ class AtelierDataLayer(BaseDataLayer):
     async def get_thread_author(self, thread_id: str) -> str:
         if not is_uuid(thread_id):
             return ""
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             owner = await conn.scalar(_author_query(), {"thread_id": require_uuid(thread_id)})
         return owner or ""
 
@@ -706,7 +707,7 @@ class AtelierDataLayer(BaseDataLayer):
         who = self._who()
         system = bool(getattr(who, "is_system", False))
         params = {"thread_id": thread_id, "limit": limit, "identifier": who.identifier}
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(_recent_messages_query(system), params)).all()
         if not rows:
             async with self._sessions() as session:

@@ -111,6 +111,17 @@ def create_engine(
     return engine
 
 
+def for_reads(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for reads that need no transaction: a single statement, or several that
+    need no common snapshot. On PostgreSQL it runs in autocommit (a flag on the pooled
+    connection: the same pool), so a read is one round trip, not three (BEGIN, the read,
+    ROLLBACK); on SQLite nothing changes. Never for writes: in autocommit each statement
+    commits alone."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -141,11 +141,11 @@ class ImageStore(MediaLineageStore[Image, ImageRecord]):
 
     async def media_owner_ok(self, key: str, user_id: str) -> str | None:
         """The file's mime type if `user_id` owns a thread that references it."""
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return await conn.scalar(_owned_mime_query(), {"key": key, "user_id": user_id})
 
     async def media_mime(self, key: str) -> str | None:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return await conn.scalar(_mime_query(), {"key": key})
 
 

@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core import money
 from core.errors import AtelierError, InvalidInput, NotFound
 from memory import csv_cells, media_claims
-from memory.db import write_transaction
+from memory.db import for_reads, write_transaction
 from memory.ids import require_uuid
 from memory.models import Batch, Budget, LedgerEntry, Schedule, new_id, utcnow
 from memory.thread_rows import owner_query
@@ -220,6 +220,7 @@ class BatchCostRow:
 class Ledger:
     def __init__(self, engine: AsyncEngine, instance_id: str | None = None) -> None:
         self._engine = engine
+        self._reads = for_reads(engine)  # reads of one statement, asked on every paid action
         self._insert = media_claims.insert_for(engine)
         # The app process whose reservations these are (Runtime.start sets it once the
         # process is registered); None leaves them to the age-based sweep.
@@ -415,7 +416,7 @@ class Ledger:
 
     async def untold_threads(self) -> set[str]:
         """Conversations with interrupted work whose user has not been told yet."""
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.scalars(
                 select(LedgerEntry.thread_id)
                 .where(LedgerEntry.interrupted_at.is_not(None), LedgerEntry.told_at.is_(None))
@@ -463,7 +464,7 @@ class Ledger:
     async def entry(self, reservation_id: str, *, user_id: str) -> Reservation:
         reservation_id = require_uuid(reservation_id, "reservation id")
         user_id = require_uuid(user_id, "user id")
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     select(LedgerEntry).where(
@@ -486,7 +487,7 @@ class Ledger:
         """The conversation's and today's spending against their limits (for /cost)."""
         user_id = require_uuid(user_id, "user id")
         thread_id = require_uuid(thread_id, "thread id")
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return await _usage(conn, user_id, thread_id, _utc(now), operator_limits)
 
     async def confirmation_threshold(
@@ -505,7 +506,7 @@ class Ledger:
         # The owner and the lowest threshold set in one statement (asked before every
         # paid action, just before the reservation reads the budgets again).
         params = {"user_id": user_id, "thread_id": thread_id}
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             found_owner, chosen = (await conn.execute(_confirm_query(), params)).one()
         _refuse_foreign_thread(found_owner, user_id)
         if chosen is not None:  # a threshold set on either scope replaces the operator's
@@ -565,7 +566,7 @@ class Ledger:
         """The budget rows on the user's day and, if given, on one of their conversations."""
         user_id = require_uuid(user_id, "user id")
         wanted = [(Budget.scope == "user_day") & (Budget.scope_id == user_id)]
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             if thread_id is not None:
                 thread_id = require_uuid(thread_id, "thread id")
                 await _check_thread_owner(conn, thread_id, user_id)

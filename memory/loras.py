@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import InvalidInput, NotFound
-from memory.db import session_factory, write_session
+from memory.db import for_reads, session_factory, write_session
 from memory.ids import require_uuid
 from memory.models import LoraModel, new_id, utcnow
 from memory.row_columns import row_columns
@@ -94,6 +94,7 @@ class NewLora:
 class LoraStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = for_reads(engine)
         self._sessions = session_factory(engine)
 
     async def create(self, user_id: str, new: NewLora) -> LoraRecord:
@@ -155,7 +156,7 @@ class LoraStore:
     async def for_user(self, user_id: str, *, status: str | None = None) -> list[LoraRecord]:
         """The user's LoRAs, newest first."""
         params = {"user_id": user_id, "status": status}
-        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
+        async with self._reads.connect() as conn:  # read on every agent turn: no ORM
             rows = (await conn.execute(_for_user_query(status is not None), params)).all()
         return [LoraRecord.from_row(row) for row in rows]
 

@@ -24,6 +24,7 @@ from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from memory.db import for_reads
 from memory.models import Step
 from memory.sqlite_step_writer import Outcome
 
@@ -37,7 +38,7 @@ class PgStepWriter:
         attributes: Sequence[str],
         touch: Callable[[bool], Any],
     ) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = for_reads(engine)  # autocommit: the one statement is its own transaction
         # Step's attributes, named as the write's parameters, and their columns.
         self._attributes = list(attributes)
         self._columns = [Step.__mapper__.attrs[a].columns[0] for a in self._attributes]

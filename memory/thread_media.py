@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import NotFound
 from memory import media_claims
-from memory.db import session_factory, write_session
+from memory.db import for_reads, session_factory, write_session
 from memory.ids import require_uuid
 from memory.media_store import MediaStorage
 from memory.models import Image, Video
@@ -93,6 +93,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
 
     def __init__(self, engine: AsyncEngine, media: MediaStorage) -> None:
         self._engine = engine
+        self._reads = for_reads(engine)
         self._sessions = session_factory(engine)
         self._media = media
         self._insert = media_claims.insert_for(engine)
@@ -113,7 +114,7 @@ class MediaLineageStore(Generic[RowT, RecordT]):
         """The user's records in the thread, oldest first (the newest `limit` of them)."""
         thread_id = require_uuid(thread_id, "thread id")
         params = {"thread_id": thread_id, "user_id": user_id, "limit": limit}
-        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
+        async with self._reads.connect() as conn:  # read on every agent turn: no ORM
             rows = (await conn.execute(_newest_in_thread(self.row_type), params)).all()
         return [self.record_type.from_row(row) for row in reversed(rows)]
 
