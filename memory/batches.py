@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import InvalidInput, NotFound
 from memory import media_claims
-from memory.db import session_factory, write_transaction
+from memory.db import for_reads, session_factory, write_transaction
 from memory.ids import require_uuid
 from memory.images import ImageRecord
 from memory.models import Batch, BatchItem, Image, new_id, utcnow
@@ -121,6 +121,7 @@ class NewBatchItem:
 class BatchStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = for_reads(engine)  # the heartbeat's sweep
         self._sessions = session_factory(engine)
         self._insert = media_claims.insert_for(engine)
 
@@ -293,7 +294,7 @@ class BatchStore:
     async def untold_threads(self) -> set[str]:
         """Conversations with a stopped or done batch whose summary was not shown yet: a
         turn looks its batches up only when its conversation is among them."""
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(
                 select(Batch.thread_id)
                 .where(Batch.status.in_(FINAL), Batch.told_at.is_(None))

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import InvalidInput, NotFound
-from memory.db import session_factory, write_session
+from memory.db import for_reads, session_factory, write_session
 from memory.ids import require_uuid
 from memory.models import Curation, CurationCandidate, Image, ImageScore, new_id, utcnow
 
@@ -60,6 +60,7 @@ class CurationRecord:
 class CurationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = for_reads(engine)
         self._sessions = session_factory(engine)
 
     async def _owned_images(
@@ -265,7 +266,7 @@ class CurationStore:
         """image id -> (verdict, rank, curation id, combined) from each image's latest curation."""
         thread_id = require_uuid(thread_id, "thread id")
         params = {"thread_id": thread_id, "user_id": user_id}
-        async with self._engine.connect() as conn:  # read on every agent turn: no ORM
+        async with self._reads.connect() as conn:  # read on every agent turn: no ORM
             rows = (await conn.execute(_verdicts_query(), params)).all()
         return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
 
