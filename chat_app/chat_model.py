@@ -23,6 +23,8 @@ Two costs were paid on every agent turn, on the event loop (measured at 50 sessi
   `close_chat_models` closes the current loop's when the app stops.
 - each streamed chunk made into an SDK model and dumped back into a dict by LangChain:
   a streamed reply is read as dicts instead (chat_app/chat_stream.py).
+- the tools' schemas encoded to JSON again for every streamed call: their encoding is
+  kept, and the body built here (chat_app/request_body.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from chat_app.chat_stream import ChunkDicts
+from chat_app.request_body import RequestBody
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
@@ -45,16 +48,19 @@ _AS_GIVEN = ("messages", "tools")  # plain JSON already; "messages" is required 
 class _MessagesAsGiven:
     """`chat.completions` whose `create` skips the SDK's transform of messages and tools."""
 
-    def __init__(self, completions: Any) -> None:
+    def __init__(self, completions: Any, client: Any) -> None:
         self._completions = completions
+        self._client = client  # the AsyncOpenAI the completions belong to
+        self._body = RequestBody()
 
     async def create(self, **params: Any) -> Any:
+        if params.get("stream"):  # every agent turn's call: its body encoded here
+            body, options = self._body.build(params)
+            return await ChunkDicts.post(self._client, body, options)
         given = {key: params.pop(key) for key in _AS_GIVEN if params.get(key) is not None}
         if given:
             params["extra_body"] = {**(params.get("extra_body") or {}), **given}
         params.setdefault("messages", [])  # required by the signature; replaced in the body
-        if params.get("stream"):
-            return await ChunkDicts.open(self._completions, params)
         return await self._completions.create(**params)
 
     def __getattr__(self, name: str) -> Any:
@@ -127,5 +133,5 @@ def _build(
         http_async_client=openai.DefaultAioHttpClient(),
         stream_chunk_timeout=0,  # a task per chunk; ChunkDicts keeps the same bound
     )
-    llm.async_client = _MessagesAsGiven(llm.async_client)
+    llm.async_client = _MessagesAsGiven(llm.async_client, llm.root_async_client)
     return llm

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 CHUNK_SILENCE_S = 120.0  # langchain-openai's default bound on a silent stream
+# The SDK's header for "return the response unread" (what `with_streaming_response` sets).
+_RAW_RESPONSE = "X-Stainless-Raw-Response"
 
 
 class ChunkDicts:
@@ -39,6 +41,30 @@ class ChunkDicts:
         manager = completions.with_streaming_response.create(**params)
         response = await manager.__aenter__()
         return cls(manager, response, silence_s)
+
+    @classmethod
+    async def post(
+        cls,
+        client: Any,
+        body: bytes,
+        options: dict[str, Any],
+        silence_s: float = CHUNK_SILENCE_S,
+    ) -> ChunkDicts:
+        """The same, with the JSON body already encoded (chat_app/request_body.py): sent
+        by the SDK's generic `post` (its retries, auth and status errors), read raw."""
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        headers = {**options.get("headers", {}), _RAW_RESPONSE: "stream"}
+        response = await client.post(
+            "/chat/completions",
+            cast_to=ChatCompletion,
+            content=body,
+            options={**options, "headers": headers},
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        )
+        return cls(_Closing(response), response, silence_s)
 
     async def __aenter__(self) -> ChunkDicts:
         return self
@@ -75,6 +101,16 @@ class ChunkDicts:
             raise openai.APITimeoutError(request=self._response.http_request) from exc
         finally:
             await self.close()
+
+
+class _Closing:
+    """Closes a raw response as `with_streaming_response`'s context manager does."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._response.close()
 
 
 def _stream_error(error: Any, response: Any) -> Exception:

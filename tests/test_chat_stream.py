@@ -119,3 +119,52 @@ async def test_an_error_in_the_stream_in_a_chat_turn_is_retried_once_plainly(fak
     await run_turn(chat_settings(fake_openai, llm_stream=True), ctx, messages)
     assert messages[-1].content == "Plain answer."
     assert len(fake_openai.requests_to("/chat/completions")) == 2
+
+
+async def test_a_body_built_here_is_the_one_the_sdk_would_send(fake_openai):
+    """chat_app/request_body.py against the SDK's own `create`: the same JSON object
+    reaches the server (tools spliced in from their kept encoding, `extra_body` merged,
+    non-ASCII text as is), with the same extra header, and twice in a row."""
+    from chat_app.request_body import RequestBody
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "draw",
+                "description": "Draw a café — «quoted»",
+                "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+            },
+        }
+    ]
+    params = {
+        **PARAMS,
+        "messages": [{"role": "user", "content": 'naïve ☕ "quoted"\n'}],
+        "tools": tools,
+        "stream_options": {"include_usage": True},
+        "temperature": None,
+        "parallel_tool_calls": openai.NOT_GIVEN,
+        "extra_body": {"user": "u-1"},
+        "extra_headers": {"X-Atelier-Test": "yes"},
+    }
+    fake_openai.brain = lambda messages, tools: Reply(content="ok")
+    built = RequestBody()
+    async with _client(fake_openai) as client:
+        for _ in range(2):
+            body, options = built.build(params)
+            async with await ChunkDicts.post(client, body, options) as stream:
+                assert [c async for c in stream]
+        async for _ in await client.chat.completions.create(**params):
+            pass
+    ours_1, ours_2, theirs = fake_openai.requests_to("/chat/completions")
+    assert ours_1.json == ours_2.json == theirs.json
+    assert ours_1.json["tools"] == tools and ours_1.json["user"] == "u-1"
+    assert ours_1.headers["x-atelier-test"] == theirs.headers["x-atelier-test"] == "yes"
+    assert ours_1.headers["content-type"] == "application/json"
+
+
+def test_a_body_without_other_fields_is_still_json():
+    from chat_app.request_body import RequestBody
+
+    body, options = RequestBody().build({"tools": [{"type": "function"}], "timeout": 5.0})
+    assert json.loads(body) == {"tools": [{"type": "function"}]} and options == {"timeout": 5.0}
