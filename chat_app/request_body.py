@@ -16,6 +16,7 @@ and status errors. Keyword arguments that are request options, not body fields
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 _OPTIONS = {"extra_headers": "headers", "extra_query": "params", "timeout": "timeout"}
@@ -59,4 +60,18 @@ class RequestBody:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_plain
+    )
+
+
+def _plain(value: Any) -> Any:
+    """What the SDK's encoder makes of the non-JSON values it accepts (a pydantic model,
+    e.g. a response format; a datetime)."""
+    import pydantic
+
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(exclude_unset=True, mode="json", by_alias=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

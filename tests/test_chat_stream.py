@@ -168,3 +168,24 @@ def test_a_body_without_other_fields_is_still_json():
 
     body, options = RequestBody().build({"tools": [{"type": "function"}], "timeout": 5.0})
     assert json.loads(body) == {"tools": [{"type": "function"}]} and options == {"timeout": 5.0}
+
+
+def test_values_the_sdk_encodes_are_encoded_alike():
+    """A pydantic model and a datetime, as the SDK's own encoder writes them; anything
+    else is refused, as there."""
+    from datetime import UTC, datetime
+
+    import pydantic
+    from openai._utils._json import openapi_dumps
+
+    from chat_app.request_body import RequestBody
+
+    class Format(pydantic.BaseModel):
+        kind: str = "json"
+        note: str | None = None
+
+    params = {"model": "m", "when": datetime(2026, 12, 2, tzinfo=UTC), "fmt": Format(note="x")}
+    body, _ = RequestBody().build(params)
+    assert json.loads(body) == json.loads(openapi_dumps(params))
+    with pytest.raises(TypeError):
+        RequestBody().build({"model": object()})
