@@ -148,6 +148,19 @@ def _queue_in_session(method: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
     return wrapper
 
 
+def _newer_in_same_thread(insert: Any) -> Any:
+    """A step's upsert: a write replaces the stored step only if it is newer and names
+    the same thread (a step id is never moved into another conversation)."""
+    return insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={c: insert.excluded[c] for c in map(_step_column, _STEP_VALUES)},
+        where=and_(
+            Step.write_version < insert.excluded.write_version,
+            Step.thread_id == insert.excluded.thread_id,
+        ),
+    )
+
+
 def _step_column(attribute: str) -> str:
     return Step.__mapper__.attrs[attribute].columns[0].name
 
@@ -306,7 +319,9 @@ class AtelierDataLayer(BaseDataLayer):
             self._step_writer = SqliteStepWriter(engine, self._step_upsert(), self._thread_touch)
         elif engine.dialect.name == "postgresql":
             columns = ["id", "position", *_STEP_VALUES]
-            self._step_writer = PgStepWriter(engine, columns, self._thread_touch)
+            self._step_writer = PgStepWriter(
+                engine, columns, self._thread_touch, _newer_in_same_thread
+            )
 
     # ---------------------------------------------------------------- helpers
 
@@ -843,14 +858,7 @@ class AtelierDataLayer(BaseDataLayer):
         if self._upsert is None:
             columns = ["id", "position", *_STEP_VALUES]
             insert = self._insert(Step).values({c: bindparam(c) for c in columns})
-            self._upsert = insert.on_conflict_do_update(
-                index_elements=["id"],
-                set_={c: insert.excluded[c] for c in map(_step_column, _STEP_VALUES)},
-                where=and_(
-                    Step.write_version < insert.excluded.write_version,
-                    Step.thread_id == insert.excluded.thread_id,
-                ),
-            ).returning(Step.id)
+            self._upsert = _newer_in_same_thread(insert).returning(Step.id)
         return self._upsert
 
     def _element_insert(self) -> Any:

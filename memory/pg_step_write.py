@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,12 +37,14 @@ class PgStepWriter:
         engine: AsyncEngine,
         attributes: Sequence[str],
         touch: Callable[[bool], Any],
+        on_conflict: Callable[[Any], Any],
     ) -> None:
         self._engine = for_reads(engine)  # autocommit: the one statement is its own transaction
         # Step's attributes, named as the write's parameters, and their columns.
         self._attributes = list(attributes)
         self._columns = [Step.__mapper__.attrs[a].columns[0] for a in self._attributes]
         self._touch = touch
+        self._on_conflict = on_conflict  # the data layer's rule for an id already stored
         self._statements: dict[bool, Any] = {}
 
     async def write(
@@ -79,19 +81,7 @@ class PgStepWriter:
         values = select(*(bindparam(_STEP + a, type_=c.type) for a, c in pairs))
         names = [c.name for c in self._columns]
         upsert = insert(Step).from_select(names, values.select_from(touched))
-        kept = ("id", "position")  # a step's identity and its place are set once
-        written = (
-            upsert.on_conflict_do_update(
-                index_elements=["id"],
-                set_={n: upsert.excluded[n] for n in names if n not in kept},
-                where=and_(
-                    Step.write_version < upsert.excluded.write_version,
-                    Step.thread_id == upsert.excluded.thread_id,
-                ),
-            )
-            .returning(Step.id)
-            .cte("written")
-        )
+        written = self._on_conflict(upsert).returning(Step.id).cte("written")
         return select(
             select(func.count()).select_from(touched).scalar_subquery().label("touched"),
             select(func.count()).select_from(written).scalar_subquery().label("written"),
