@@ -28,19 +28,9 @@ _RAW_RESPONSE = "X-Stainless-Raw-Response"
 class ChunkDicts:
     """The chunks of one streamed completion, each the JSON object the server sent."""
 
-    def __init__(self, manager: Any, response: Any, silence_s: float = CHUNK_SILENCE_S) -> None:
-        self._manager = manager  # the SDK's response context: closes the body on exit
-        self._response = response
+    def __init__(self, response: Any, silence_s: float = CHUNK_SILENCE_S) -> None:
+        self._response = response  # the SDK's raw response: its body is read here
         self._silence_s = silence_s
-
-    @classmethod
-    async def open(
-        cls, completions: Any, params: dict[str, Any], silence_s: float = CHUNK_SILENCE_S
-    ) -> ChunkDicts:
-        """Send the request (the SDK's retries and status errors apply) and hold the body."""
-        manager = completions.with_streaming_response.create(**params)
-        response = await manager.__aenter__()
-        return cls(manager, response, silence_s)
 
     @classmethod
     async def post(
@@ -50,8 +40,9 @@ class ChunkDicts:
         options: dict[str, Any],
         silence_s: float = CHUNK_SILENCE_S,
     ) -> ChunkDicts:
-        """The same, with the JSON body already encoded (chat_app/request_body.py): sent
-        by the SDK's generic `post` (its retries, auth and status errors), read raw."""
+        """Send the request, its JSON body already encoded (chat_app/request_body.py), by
+        the SDK's generic `post` (its retries, auth and status errors), and hold the
+        body, unread, as `with_streaming_response` would."""
         from openai import AsyncStream
         from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -64,7 +55,7 @@ class ChunkDicts:
             stream=True,
             stream_cls=AsyncStream[ChatCompletionChunk],
         )
-        return cls(_Closing(response), response, silence_s)
+        return cls(response, silence_s)
 
     async def __aenter__(self) -> ChunkDicts:
         return self
@@ -73,7 +64,7 @@ class ChunkDicts:
         await self.close()
 
     async def close(self) -> None:
-        await self._manager.__aexit__(None, None, None)
+        await self._response.close()
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._chunks()
@@ -101,16 +92,6 @@ class ChunkDicts:
             raise openai.APITimeoutError(request=self._response.http_request) from exc
         finally:
             await self.close()
-
-
-class _Closing:
-    """Closes a raw response as `with_streaming_response`'s context manager does."""
-
-    def __init__(self, response: Any) -> None:
-        self._response = response
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._response.close()
 
 
 def _stream_error(error: Any, response: Any) -> Exception:

@@ -15,6 +15,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from chat_app.agent import run_turn
 from chat_app.chat_stream import ChunkDicts
+from chat_app.request_body import RequestBody
 from pipelines.images.registry import BackendRegistry
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.test_provider_answers import chat_settings
@@ -36,7 +37,8 @@ def _chunk(content: str, finish: str | None = None) -> dict[str, Any]:
 
 async def _read_all(fake: FakeOpenAI, silence_s: float = 120) -> list[dict[str, Any]]:
     async with _client(fake) as client:
-        stream = await ChunkDicts.open(client.chat.completions, dict(PARAMS), silence_s)
+        body, options = RequestBody().build(PARAMS)
+        stream = await ChunkDicts.post(client, body, options, silence_s)
         async with stream:
             return [chunk async for chunk in stream]
 
@@ -92,7 +94,7 @@ async def test_a_status_error_is_raised_when_the_request_is_sent(fake_openai):
     fake_openai.answer_next("/chat/completions", {"error": {"message": "no"}}, status=401)
     async with _client(fake_openai) as client:
         with pytest.raises(openai.AuthenticationError):
-            await ChunkDicts.open(client.chat.completions, dict(PARAMS))
+            await ChunkDicts.post(client, *RequestBody().build(PARAMS))
 
 
 async def test_a_stream_silent_for_longer_than_the_bound_times_out(fake_openai):
@@ -128,8 +130,6 @@ async def test_a_body_built_here_is_the_one_the_sdk_would_send(fake_openai):
     """chat_app/request_body.py against the SDK's own `create`: the same JSON object
     reaches the server (tools spliced in from their kept encoding, `extra_body` merged,
     non-ASCII text as is), with the same extra header, and twice in a row."""
-    from chat_app.request_body import RequestBody
-
     tools = [
         {
             "type": "function",
@@ -167,8 +167,6 @@ async def test_a_body_built_here_is_the_one_the_sdk_would_send(fake_openai):
 
 
 def test_a_body_without_other_fields_is_still_json():
-    from chat_app.request_body import RequestBody
-
     body, options = RequestBody().build({"tools": [{"type": "function"}], "timeout": 5.0})
     assert json.loads(body) == {"tools": [{"type": "function"}]} and options == {"timeout": 5.0}
 
@@ -180,8 +178,6 @@ def test_values_the_sdk_encodes_are_encoded_alike():
 
     import pydantic
     from openai._utils._json import openapi_dumps
-
-    from chat_app.request_body import RequestBody
 
     class Format(pydantic.BaseModel):
         kind: str = "json"
